@@ -1,0 +1,60 @@
+# promptgate developer commands. `make run` and `make test` set up everything
+# they need (a venv in .venv via uv, buf via npm) on a fresh machine.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+PORT ?= 50051
+
+.PHONY: help venv tools generate lint test run clean check-generated
+
+help:
+	@echo "make run       start the server on localhost:$(PORT) (SQLite in ./data, mock provider, demo prompt)"
+	@echo "make test      run the test suite"
+	@echo "make lint      ruff, mypy (strict), buf lint, buf breaking, generated code current"
+	@echo "make generate  regenerate code from proto/"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || uv venv --quiet --python $(PYTHON) $(VENV)
+	uv pip install --quiet --python $(PY) -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(BUF): package.json
+	npm ci --silent --no-audit --no-fund
+	@touch $@
+
+tools: venv $(BUF)
+
+generate: tools
+	rm -rf .gen
+	$(BUF) generate
+	$(PY) tools/place_generated.py
+	rm -rf .gen
+
+check-generated: generate
+	@git diff --exit-code --stat -- server/promptgate/api/v1 \
+	  && test -z "$$(git status --porcelain -- server/promptgate/api/v1)" \
+	  || (echo "generated code is stale: run make generate and commit" >&2; exit 1)
+
+lint: tools check-generated
+	$(VENV)/bin/ruff check server tests tools bench
+	$(VENV)/bin/ruff format --check server tests tools bench
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	@if git rev-parse --verify --quiet main >/dev/null; then \
+	  $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch yet, skipped"; fi
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: venv
+	$(VENV)/bin/promptgate serve --dev --port $(PORT) --database-url sqlite+aiosqlite:///./data/promptgate.db
+
+clean:
+	rm -rf $(VENV) node_modules .gen .mypy_cache .ruff_cache .pytest_cache

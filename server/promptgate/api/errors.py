@@ -1,0 +1,138 @@
+"""The one place where domain errors become gRPC status.
+
+A ``RequestError`` becomes its status code with google.rpc details:
+ErrorInfo (reason = the error code, domain "promptgate", metadata) and, for
+bad fields, BadRequest field violations. Anything unexpected becomes INTERNAL
+with a reference id that is also logged with the traceback; callers never see
+a stack trace or an exception's text.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from promptgate.errors import ProviderError, RequestError
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "promptgate"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_for(error: RequestError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """The status code, message and google.rpc.Status for ``error``."""
+    code = grpc.StatusCode[error.status]
+    details = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    ]
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return code, error.message, status
+
+
+def _internal_status(reference: str) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    message = f"internal error (reference {reference})"
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL_ERROR", domain=DOMAIN, metadata={"reference": reference}
+    )
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    return (
+        grpc.StatusCode.INTERNAL,
+        message,
+        status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=[packed]),
+    )
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """Abort the call with the status for ``exc`` (raises AbortError)."""
+    if isinstance(exc, RequestError):
+        code, message, status = status_for(exc)
+    else:
+        reference = uuid.uuid4().hex[:12]
+        if isinstance(exc, ProviderError):
+            log.error("provider error escaped the executor (reference %s): %s", reference, exc)
+        else:
+            log.error("unexpected error (reference %s)", reference, exc_info=exc)
+        code, message, status = _internal_status(reference)
+    await context.abort(
+        code, message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    )
+
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions raised by servicers to gRPC status (see module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+
+    return guarded
+
+
+def _guard_stream(behavior: StreamBehavior) -> StreamBehavior:
+    async def guarded(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+
+    return guarded

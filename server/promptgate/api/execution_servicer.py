@@ -1,0 +1,140 @@
+"""ExecutionService: thin mapping between gRPC and the Executor."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC as _UTC
+from typing import Any
+
+import grpc
+
+from promptgate.api import convert
+from promptgate.api.context import CallContext
+from promptgate.api.v1 import execution_service_pb2 as epb
+from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
+from promptgate.errors import Unimplemented
+from promptgate.execution.executor import Executor
+from promptgate.execution.model import Delta, Finished, Initiated
+from promptgate.execution.records import ExecutionHistory
+from promptgate.prompts.catalog import PromptCatalog
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
+    """Serves promptgate.v1.ExecutionService."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        history: ExecutionHistory,
+        catalog: PromptCatalog,
+        calls: CallContext,
+    ) -> None:
+        self._executor = executor
+        self._history = history
+        self._catalog = catalog
+        self._calls = calls
+
+    async def ExecutePrompt(
+        self, request: epb.ExecutePromptRequest, context: Context
+    ) -> epb.ExecutePromptResponse:
+        domain = convert.execution_request_from_proto(
+            request,
+            workspace=self._calls.workspace(context),
+            deadline=self._calls.deadline(context),
+        )
+        record = await self._executor.execute(domain)
+        return convert.execute_response(record, request)
+
+    async def ExecutePromptStream(
+        self, request: epb.ExecutePromptRequest, context: Context
+    ) -> AsyncIterator[epb.ExecutePromptStreamResponse]:
+        domain = convert.execution_request_from_proto(
+            request,
+            workspace=self._calls.workspace(context),
+            deadline=self._calls.deadline(context),
+        )
+        execution_id = ""
+        async with contextlib.aclosing(self._executor.stream(domain)) as events:
+            async for event in events:
+                if isinstance(event, Initiated):
+                    execution_id = event.record.id
+                    yield convert.initiated_event(event.record, request)
+                elif isinstance(event, Delta):
+                    yield convert.delta_event(execution_id, event.text, event.index)
+                elif isinstance(event, Finished):
+                    yield convert.finished_event(event.record, request)
+
+    async def GetExecution(
+        self, request: epb.GetExecutionRequest, context: Context
+    ) -> epb.GetExecutionResponse:
+        record = await self._history.get(
+            self._calls.workspace(context),
+            execution_id=request.execution_id,
+            external_id=request.external_id,
+        )
+        return epb.GetExecutionResponse(execution=convert.execution_to_proto(record))
+
+    async def ListExecutions(
+        self, request: epb.ListExecutionsRequest, context: Context
+    ) -> epb.ListExecutionsResponse:
+        workspace = self._calls.workspace(context)
+        prompt_id = ""
+        if request.prompt:
+            prompt_id = (await self._catalog.get_prompt(workspace, request.prompt)).id
+        records, token = await self._history.list(
+            workspace,
+            size=request.page_size,
+            token=request.page_token,
+            prompt_id=prompt_id,
+            version=request.version,
+            release_tag=request.release_tag,
+            state=convert.state_from_proto(request.state),
+            start=request.start_time.ToDatetime(tzinfo=_UTC)
+            if request.HasField("start_time")
+            else None,
+            end=request.end_time.ToDatetime(tzinfo=_UTC) if request.HasField("end_time") else None,
+        )
+        return epb.ListExecutionsResponse(
+            executions=[convert.execution_to_proto(r) for r in records], next_page_token=token
+        )
+
+    async def SubmitActuals(
+        self, request: epb.SubmitActualsRequest, context: Context
+    ) -> epb.SubmitActualsResponse:
+        raise _not_yet("SubmitActuals")
+
+    async def ExecuteBatch(
+        self, request: epb.ExecuteBatchRequest, context: Context
+    ) -> epb.ExecuteBatchResponse:
+        raise _not_yet("ExecuteBatch")
+
+    async def GetBatch(
+        self, request: epb.GetBatchRequest, context: Context
+    ) -> epb.GetBatchResponse:
+        raise _not_yet("GetBatch")
+
+    async def WatchBatch(
+        self, request: epb.WatchBatchRequest, context: Context
+    ) -> AsyncIterator[epb.WatchBatchResponse]:
+        raise _not_yet("WatchBatch")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def ListBatchResults(
+        self, request: epb.ListBatchResultsRequest, context: Context
+    ) -> epb.ListBatchResultsResponse:
+        raise _not_yet("ListBatchResults")
+
+    async def CancelBatch(
+        self, request: epb.CancelBatchRequest, context: Context
+    ) -> epb.CancelBatchResponse:
+        raise _not_yet("CancelBatch")
+
+
+def _not_yet(rpc: str) -> Unimplemented:
+    return Unimplemented(
+        f"{rpc} is part of the promptgate.v1 contract but is not served by this server yet",
+        metadata={"rpc": rpc},
+    )

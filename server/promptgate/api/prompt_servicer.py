@@ -1,0 +1,158 @@
+"""PromptService: thin mapping between gRPC and the PromptCatalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from promptgate.api import convert
+from promptgate.api.context import CallContext
+from promptgate.api.v1 import prompt_service_pb2 as ppb
+from promptgate.api.v1 import prompt_service_pb2_grpc as ppb_grpc
+from promptgate.errors import InvalidArgument
+from promptgate.execution.executor import Executor
+from promptgate.prompts.catalog import PromptCatalog
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class PromptServicer(ppb_grpc.PromptServiceServicer):
+    """Serves promptgate.v1.PromptService."""
+
+    def __init__(self, catalog: PromptCatalog, executor: Executor, calls: CallContext) -> None:
+        self._catalog = catalog
+        self._executor = executor
+        self._calls = calls
+
+    async def CreatePrompt(
+        self, request: ppb.CreatePromptRequest, context: Context
+    ) -> ppb.CreatePromptResponse:
+        prompt = await self._catalog.create_prompt(
+            self._calls.workspace(context), request.name, request.description, dict(request.labels)
+        )
+        return ppb.CreatePromptResponse(prompt=convert.prompt_to_proto(prompt))
+
+    async def GetPrompt(
+        self, request: ppb.GetPromptRequest, context: Context
+    ) -> ppb.GetPromptResponse:
+        prompt = await self._catalog.get_prompt(self._calls.workspace(context), request.prompt)
+        return ppb.GetPromptResponse(prompt=convert.prompt_to_proto(prompt))
+
+    async def ListPrompts(
+        self, request: ppb.ListPromptsRequest, context: Context
+    ) -> ppb.ListPromptsResponse:
+        prompts, token = await self._catalog.list_prompts(
+            self._calls.workspace(context),
+            size=request.page_size,
+            token=request.page_token,
+            show_archived=request.show_archived,
+            name_prefix=request.name_prefix,
+        )
+        return ppb.ListPromptsResponse(
+            prompts=[convert.prompt_to_proto(p) for p in prompts], next_page_token=token
+        )
+
+    async def ArchivePrompt(
+        self, request: ppb.ArchivePromptRequest, context: Context
+    ) -> ppb.ArchivePromptResponse:
+        prompt = await self._catalog.set_archived(
+            self._calls.workspace(context), request.prompt, True
+        )
+        return ppb.ArchivePromptResponse(prompt=convert.prompt_to_proto(prompt))
+
+    async def UnarchivePrompt(
+        self, request: ppb.UnarchivePromptRequest, context: Context
+    ) -> ppb.UnarchivePromptResponse:
+        prompt = await self._catalog.set_archived(
+            self._calls.workspace(context), request.prompt, False
+        )
+        return ppb.UnarchivePromptResponse(prompt=convert.prompt_to_proto(prompt))
+
+    async def CreatePromptVersion(
+        self, request: ppb.CreatePromptVersionRequest, context: Context
+    ) -> ppb.CreatePromptVersionResponse:
+        if not request.HasField("version"):
+            raise InvalidArgument.field(
+                "version", "the version's content is required", reason="INVALID_PROMPT"
+            )
+        spec = convert.spec_from_version(request.version)
+        version = await self._catalog.create_version(
+            self._calls.workspace(context),
+            request.prompt,
+            spec,
+            request.version.description,
+            list(request.release_tags),
+        )
+        return ppb.CreatePromptVersionResponse(version=convert.version_to_proto(version))
+
+    async def GetPromptVersion(
+        self, request: ppb.GetPromptVersionRequest, context: Context
+    ) -> ppb.GetPromptVersionResponse:
+        which = request.WhichOneof("selector")
+        if which is None:
+            raise InvalidArgument.field("version", "give a version, version_id or release_tag")
+        version = await self._catalog.get_version(
+            self._calls.workspace(context),
+            request.prompt,
+            version=request.version,
+            version_id=request.version_id,
+            tag=request.release_tag,
+        )
+        return ppb.GetPromptVersionResponse(version=convert.version_to_proto(version))
+
+    async def ListPromptVersions(
+        self, request: ppb.ListPromptVersionsRequest, context: Context
+    ) -> ppb.ListPromptVersionsResponse:
+        versions, token = await self._catalog.list_versions(
+            self._calls.workspace(context),
+            request.prompt,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return ppb.ListPromptVersionsResponse(
+            versions=[convert.version_to_proto(v) for v in versions], next_page_token=token
+        )
+
+    async def SetReleaseTag(
+        self, request: ppb.SetReleaseTagRequest, context: Context
+    ) -> ppb.SetReleaseTagResponse:
+        tag = await self._catalog.set_release_tag(
+            self._calls.workspace(context),
+            request.prompt,
+            request.tag,
+            version=request.version,
+            version_id=request.version_id,
+        )
+        return ppb.SetReleaseTagResponse(release_tag=convert.release_tag_to_proto(tag))
+
+    async def ListReleaseTags(
+        self, request: ppb.ListReleaseTagsRequest, context: Context
+    ) -> ppb.ListReleaseTagsResponse:
+        tags = await self._catalog.list_release_tags(self._calls.workspace(context), request.prompt)
+        return ppb.ListReleaseTagsResponse(
+            release_tags=[convert.release_tag_to_proto(t) for t in tags]
+        )
+
+    async def ListReleaseTagHistory(
+        self, request: ppb.ListReleaseTagHistoryRequest, context: Context
+    ) -> ppb.ListReleaseTagHistoryResponse:
+        events, token = await self._catalog.tag_history(
+            self._calls.workspace(context),
+            request.prompt,
+            tag=request.tag,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return ppb.ListReleaseTagHistoryResponse(
+            events=[convert.tag_event_to_proto(e) for e in events], next_page_token=token
+        )
+
+    async def RenderPrompt(
+        self, request: ppb.RenderPromptRequest, context: Context
+    ) -> ppb.RenderPromptResponse:
+        domain = convert.execution_request_from_proto(
+            request, workspace=self._calls.workspace(context), deadline=None
+        )
+        rendering = await self._executor.render(domain)
+        return convert.rendering_to_proto(rendering)

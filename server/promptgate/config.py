@@ -1,0 +1,65 @@
+"""Typed server configuration, from environment variables and CLI flags.
+
+Every setting is an environment variable ``PROMPTGATE_<NAME>`` (e.g.
+``PROMPTGATE_PORT``); ``promptgate serve`` flags override the environment.
+The provider keys also read the providers' usual variables
+(``OPENAI_API_KEY``, ``OPENAI_BASE_URL``).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class Settings(BaseSettings):
+    """All server settings. See the configuration table in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPTGATE_", extra="ignore")
+
+    # Listening and transport
+    host: str = "127.0.0.1"
+    port: int = 50051
+    grace_period_s: float = Field(30.0, ge=0)
+    max_receive_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    keepalive_time_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+    keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
+    max_concurrent_streams: int = Field(10_000, ge=1)
+
+    # Storage
+    database_url: str = "sqlite+aiosqlite:///./data/promptgate.db"
+    database_echo: bool = False
+    record_batch_max: int = Field(512, ge=1)
+
+    # Execution
+    max_prompt_chars: int = Field(1_000_000, ge=1)
+    max_inputs: int = Field(256, ge=1)
+    default_timeout_s: float = Field(600.0, gt=0)
+    default_release_tag: str = "production"
+
+    # Providers
+    openai_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("PROMPTGATE_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str = Field(
+        OPENAI_DEFAULT_BASE_URL,
+        validation_alias=AliasChoices("PROMPTGATE_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    )
+    openai_models: list[str] = Field(default_factory=list)
+    http_connect_timeout_s: float = Field(10.0, gt=0)
+    http_max_connections: int = Field(1000, ge=1)
+    prices_file: str | None = None
+
+    # Developer mode: seed a demo prompt and print example commands.
+    dev: bool = False
+    log_level: str = "INFO"
+    workspace: str = "default"
+
+    @property
+    def openai_enabled(self) -> bool:
+        """The openai provider is on when it has a key or points at a custom server."""
+        return bool(self.openai_api_key) or self.openai_base_url != OPENAI_DEFAULT_BASE_URL

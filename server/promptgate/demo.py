@@ -1,0 +1,61 @@
+"""The demo prompt that `promptgate serve --dev` seeds, and the commands it prints."""
+
+from __future__ import annotations
+
+from promptgate.chat import ModelParameters, Role
+from promptgate.errors import NotFound
+from promptgate.prompts.catalog import PromptCatalog
+from promptgate.prompts.model import InputType, InputVariable, PromptSpec, TemplateMessage
+
+DEMO_PROMPT = "demo"
+
+DEMO_SPEC = PromptSpec(
+    messages=(
+        TemplateMessage(Role.SYSTEM, "You are a concise assistant for {{ audience }}."),
+        TemplateMessage(Role.USER, "Answer in one sentence: {{ question }}"),
+    ),
+    model="mock-1",
+    provider="mock",
+    parameters=ModelParameters(temperature=0.2, max_tokens=200),
+    input_variables=(
+        InputVariable("question", InputType.STRING, "What to answer."),
+        InputVariable("audience", InputType.STRING, "Who reads the answer.", True, "engineers"),
+    ),
+)
+
+
+async def seed_demo(catalog: PromptCatalog, workspace: str) -> bool:
+    """Create the demo prompt with version 1 tagged production; False if it exists."""
+    try:
+        await catalog.get_prompt(workspace, DEMO_PROMPT)
+        return False
+    except NotFound:
+        pass
+    await catalog.create_prompt(workspace, DEMO_PROMPT, "A demo prompt on the mock provider.", {})
+    await catalog.create_version(
+        workspace, DEMO_PROMPT, DEMO_SPEC, "First version.", ["production"]
+    )
+    return True
+
+
+def demo_commands(address: str) -> str:
+    """Copy-paste grpcurl commands against ``address``."""
+    execute = (
+        '{"prompt": "demo", "inputs": [{"name": "question", '
+        '"string_value": "What is promptgate?"}]}'
+    )
+    inline = (
+        '{"inline_prompt": {"model": "mock-1", "prompt": "Say hello to {{ name }}"}, '
+        '"inputs": [{"name": "name", "string_value": "Ada"}]}'
+    )
+    return "\n".join(
+        [
+            "Try it (grpcurl, plaintext, reflection):",
+            f"  grpcurl -plaintext {address} list",
+            f"  grpcurl -plaintext {address} describe promptgate.v1.ExecutionService",
+            f"  grpcurl -plaintext -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
+            f"  grpcurl -plaintext -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePromptStream",
+            f"  grpcurl -plaintext -d '{inline}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
+            f'  grpcurl -plaintext -d \'{{"prompt": "demo"}}\' {address} promptgate.v1.PromptService/GetPrompt',
+        ]
+    )

@@ -1,0 +1,169 @@
+"""The domain's exception tree.
+
+Every error the domain raises on purpose is a ``PromptgateError``. The transport
+maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
+``api/`` knows about gRPC.
+
+    PromptgateError
+    ├── RequestError                 the request cannot run: a gRPC status error
+    │   ├── InvalidArgument          INVALID_ARGUMENT   (INVALID_PROMPT, INVALID_INPUT, ...)
+    │   ├── NotFound                 NOT_FOUND          (PROMPT_NOT_FOUND, ...)
+    │   ├── AlreadyExists            ALREADY_EXISTS     (PROMPT_ALREADY_EXISTS)
+    │   ├── FailedPrecondition       FAILED_PRECONDITION (PROMPT_ARCHIVED)
+    │   ├── Aborted                  ABORTED            (EXECUTION_IN_PROGRESS)
+    │   ├── Unavailable              UNAVAILABLE        (SHUTTING_DOWN)
+    │   └── Unimplemented            UNIMPLEMENTED      (NOT_IMPLEMENTED)
+    └── ProviderError                the execution failed: a REJECTED response
+        ├── ProviderTimeout          the provider did not answer in time
+        ├── StreamInterrupted        the provider's stream broke off
+        └── ProviderBadResponse      the provider answered something unreadable
+
+``RequestError`` carries a stable ``reason`` (google.rpc.ErrorInfo.reason) and
+optional field violations (google.rpc.BadRequest). ``ProviderError`` carries the
+``code`` recorded on the rejected execution, the provider's HTTP status and its
+Retry-After, and whether a retry could succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: a dotted path and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class PromptgateError(Exception):
+    """Base of every error promptgate raises on purpose."""
+
+
+class RequestError(PromptgateError):
+    """The request cannot run. Subclasses name the gRPC status it becomes."""
+
+    status: str = "UNKNOWN"
+    default_reason: str = "ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        violations: list[FieldViolation] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.violations = violations or []
+        self.metadata = metadata or {}
+
+
+class InvalidArgument(RequestError):
+    """The request is malformed or names something invalid."""
+
+    status = "INVALID_ARGUMENT"
+    default_reason = "INVALID_PARAMETERS"
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        """An InvalidArgument for a single bad field."""
+        return cls(
+            f"{field}: {description}",
+            reason=reason,
+            violations=[FieldViolation(field, description)],
+        )
+
+
+class NotFound(RequestError):
+    """A named resource does not exist (or is not visible to the caller)."""
+
+    status = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(RequestError):
+    """A resource with the same unique key exists."""
+
+    status = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(RequestError):
+    """The resource is in a state that does not allow the request."""
+
+    status = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(RequestError):
+    """A concurrent request conflicts with this one; retrying later may succeed."""
+
+    status = "ABORTED"
+    default_reason = "ABORTED"
+
+
+class Unavailable(RequestError):
+    """The server cannot take the request now; retrying later may succeed."""
+
+    status = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
+
+
+class Unimplemented(RequestError):
+    """The RPC is part of the contract but not served yet."""
+
+    status = "UNIMPLEMENTED"
+    default_reason = "NOT_IMPLEMENTED"
+
+
+class ProviderError(PromptgateError):
+    """A provider call failed; the execution is REJECTED with ``code``."""
+
+    default_code = "PROVIDER_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int = 0,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+class ProviderTimeout(ProviderError):
+    """The provider did not answer within the time allowed."""
+
+    default_code = "PROVIDER_TIMEOUT"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, retryable=True)
+
+
+class StreamInterrupted(ProviderError):
+    """The provider's stream ended before its last event."""
+
+    default_code = "STREAM_INTERRUPTED"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class ProviderBadResponse(ProviderError):
+    """The provider's answer could not be read (malformed JSON, missing fields)."""
+
+    default_code = "PROVIDER_BAD_RESPONSE"
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message, status=status, retryable=False)

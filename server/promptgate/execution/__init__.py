@@ -1,0 +1,1 @@
+"""Execution: resolve -> render -> call the provider -> normalise -> record."""

@@ -1,0 +1,510 @@
+"""Executor: runs one execution from request to recorded outcome.
+
+    resolve the prompt version (stored) or check the inline prompt
+    -> check inputs and render messages
+    -> pick the provider for the model
+    -> call it (unary or streamed) within the time allowed
+    -> normalise outputs, usage, cost and finish reason
+    -> record the execution durably, then answer
+
+Request problems raise ``RequestError`` before anything is recorded.
+Failures of the execution itself (provider errors, timeouts, an interrupted
+stream, output that breaks its JSON schema) produce a REJECTED record. A
+caller's cancellation records the partial execution and propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import jsonschema
+from sqlalchemy.exc import IntegrityError
+
+from promptgate.chat import (
+    FinishReason,
+    ModelParameters,
+    ResponseFormatType,
+    Usage,
+    parameter_problems,
+)
+from promptgate.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    ProviderError,
+)
+from promptgate.execution.model import (
+    Delta,
+    ExecutionEvent,
+    ExecutionFailure,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionState,
+    Finished,
+    FunctionCallOutput,
+    Initiated,
+    InlineTarget,
+    JsonOutput,
+    Output,
+    Rendering,
+    TextOutput,
+)
+from promptgate.execution.pricing import PriceTable
+from promptgate.execution.records import ExecutionHistory, to_row
+from promptgate.execution.recorder import ExecutionRecorder
+from promptgate.ids import new_id
+from promptgate.prompts.catalog import PromptCatalog
+from promptgate.prompts.inputs import resolve_inputs
+from promptgate.prompts.model import PromptSpec
+from promptgate.prompts.render import render_messages
+from promptgate.prompts.templates import TemplateEngine
+from promptgate.prompts.validation import response_format_problems, tool_problems, validate_spec
+from promptgate.providers.base import Provider, ProviderRequest, ProviderResponse, StreamDone
+from promptgate.providers.registry import ProviderRegistry
+from promptgate.store.engine import SessionFactory
+from promptgate.store.tables import utcnow
+
+# Leave this much of the caller's deadline to record and answer a timeout.
+DEADLINE_MARGIN_S = 0.05
+MAX_EXTERNAL_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLimits:
+    """Limits and defaults of the execution path."""
+
+    max_prompt_chars: int = 1_000_000
+    max_inputs: int = 256
+    default_timeout_s: float = 600.0
+    default_release_tag: str = "production"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    record: ExecutionRecord
+    provider: Provider
+    request: ProviderRequest
+    spec: PromptSpec
+
+
+class Executor:
+    """Runs executions; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        *,
+        catalog: PromptCatalog,
+        registry: ProviderRegistry,
+        templates: TemplateEngine,
+        prices: PriceTable,
+        recorder: ExecutionRecorder,
+        history: ExecutionHistory,
+        sessions: SessionFactory,
+        limits: ExecutorLimits,
+    ) -> None:
+        self._catalog = catalog
+        self._registry = registry
+        self._templates = templates
+        self._prices = prices
+        self._recorder = recorder
+        self._history = history
+        self._sessions = sessions
+        self._limits = limits
+
+    # Public API
+
+    async def render(self, request: ExecutionRequest) -> Rendering:
+        """The rendered messages and the exact provider body, without executing."""
+        plan = await self._plan(request, streamed=False)
+        build = plan.provider.build_payload
+        return Rendering(
+            messages=plan.request.messages,
+            provider=plan.record.provider,
+            model=plan.record.model,
+            payload=build(plan.request),
+            prompt_id=plan.record.prompt_id,
+            version_id=plan.record.version_id,
+            version=plan.record.version,
+            release_tag=plan.record.release_tag,
+        )
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionRecord:
+        """Run ``request`` to a recorded FULFILLED or REJECTED execution."""
+        started = time.monotonic()
+        replay = await self._replay(request)
+        if replay is not None:
+            return replay
+        plan = await self._plan(request, streamed=False)
+        record = plan.record
+        claimed = await self._claim(request, record)
+        if isinstance(claimed, ExecutionRecord):
+            return claimed
+        deadline = self._deadline(request)
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await plan.provider.complete(plan.request)
+            self._fulfil(plan, response, request, started)
+        except TimeoutError:
+            self._reject(record, self._timeout_failure(request), started)
+        except ProviderError as exc:
+            self._reject(record, _failure(exc), started)
+            record.attempts = 1
+        except asyncio.CancelledError:
+            self._cancel(record, "", started)
+            self._recorder.submit(record, upsert=claimed)
+            raise
+        await self._recorder.record(record, upsert=claimed)
+        return record
+
+    async def stream(self, request: ExecutionRequest) -> AsyncIterator[ExecutionEvent]:
+        """Run ``request``, yielding Initiated, Deltas, then one Finished (after recording).
+
+        Close the iterator (``contextlib.aclosing``) when abandoning it: the
+        provider call is then cancelled and the partial execution recorded.
+        """
+        started = time.monotonic()
+        replay = await self._replay(request)
+        if replay is not None:
+            yield Initiated(replay)
+            for index, output in enumerate(replay.outputs):
+                if isinstance(output, TextOutput) and output.text:
+                    yield Delta(output.text, index)
+            yield Finished(replay)
+            return
+        plan = await self._plan(request, streamed=True)
+        record = plan.record
+        claimed = await self._claim(request, record)
+        if isinstance(claimed, ExecutionRecord):
+            yield Initiated(claimed)
+            yield Finished(claimed)
+            return
+        yield Initiated(replace(record))
+        deadline = self._deadline(request)
+        parts: list[str] = []
+        finished = False
+        try:
+            events = plan.provider.stream(plan.request)
+            async with contextlib.aclosing(events):
+                iterator = aiter(events)
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            event = await anext(iterator)
+                    except StopAsyncIteration:
+                        raise ProviderError(
+                            "the provider's stream ended without a final event",
+                            code="STREAM_INTERRUPTED",
+                        ) from None
+                    if isinstance(event, StreamDone):
+                        self._fulfil(plan, event.response, request, started)
+                        break
+                    if not event.text:
+                        continue
+                    if record.time_to_first_token is None:
+                        record.time_to_first_token = time.monotonic() - started
+                    parts.append(event.text)
+                    yield Delta(event.text, 0)
+        except TimeoutError:
+            self._reject(record, self._timeout_failure(request), started, partial="".join(parts))
+        except ProviderError as exc:
+            self._reject(record, _failure(exc), started, partial="".join(parts))
+        except (asyncio.CancelledError, GeneratorExit):
+            if not finished:
+                self._cancel(record, "".join(parts), started)
+                self._recorder.submit(record, upsert=claimed)
+            raise
+        await self._recorder.record(record, upsert=claimed)
+        finished = True
+        yield Finished(record)
+
+    # Planning
+
+    async def _plan(self, request: ExecutionRequest, *, streamed: bool) -> _Plan:
+        _check_request(request, self._limits)
+        target = request.target
+        prompt_id = prompt_name = version_id = release_tag = ""
+        version = 0
+        if isinstance(target, InlineTarget):
+            spec = target.spec
+            validate_spec(
+                spec,
+                self._templates,
+                field="inline_prompt",
+                check_model=self._registry.check if not request.model else _accept_model,
+                declared_required=target.declared,
+            )
+            declared = spec.input_variables if target.declared else None
+            model_field = "inline_prompt.model"
+        else:
+            if target.release_tag and target.version:
+                raise InvalidArgument.field("version", "give a release_tag or a version, not both")
+            resolved = await self._catalog.resolve(
+                request.workspace_id,
+                target.prompt,
+                tag=target.release_tag or self._limits.default_release_tag,
+                version=target.version,
+            )
+            spec = resolved.version.spec
+            declared = spec.input_variables
+            prompt_id, prompt_name = resolved.prompt.id, resolved.prompt.name
+            version_id, version = resolved.version.id, resolved.version.version
+            release_tag = resolved.release_tag
+            model_field = "prompt"
+        model = request.model or spec.model
+        provider_hint = request.provider or ("" if request.model else spec.provider)
+        field = "model" if request.model else ("provider" if request.provider else model_field)
+        provider_name, provider = self._registry.resolve(provider_hint, model, field)
+        overrides = request.parameters or ModelParameters()
+        parameters = overrides.merged_over(spec.parameters)
+        response_format = request.response_format or spec.response_format
+        tools = request.tools if request.tools is not None else spec.tools
+        tool_choice = request.tool_choice or spec.tool_choice
+        values = resolve_inputs(declared, request.inputs)
+        messages = render_messages(
+            spec,
+            values,
+            self._templates,
+            field=model_field if isinstance(target, InlineTarget) else "inputs",
+            max_chars=self._limits.max_prompt_chars,
+        )
+        provider_request = ProviderRequest(
+            model=model,
+            messages=messages,
+            parameters=parameters,
+            response_format=response_format,
+            tools=tuple(tools),
+            tool_choice=tool_choice,
+            raw_body=request.raw_body,
+            raw_headers=request.raw_headers,
+        )
+        record = ExecutionRecord(
+            id=new_id("exe"),
+            workspace_id=request.workspace_id,
+            state=ExecutionState.RUNNING,
+            created_at=utcnow(),
+            external_id=request.external_id,
+            streamed=streamed,
+            prompt_id=prompt_id,
+            prompt_name=prompt_name,
+            version_id=version_id,
+            version=version,
+            release_tag=release_tag,
+            provider=provider_name,
+            model=model,
+            inputs=request.inputs,
+            input_chars=sum(len(m.content) for m in messages),
+            parameters=parameters,
+            metadata=request.metadata,
+        )
+        return _Plan(record=record, provider=provider, request=provider_request, spec=spec)
+
+    def _deadline(self, request: ExecutionRequest) -> float:
+        limits = [self._limits.default_timeout_s]
+        if request.timeout:
+            limits.append(request.timeout)
+        if request.deadline is not None:
+            limits.append(max(request.deadline - DEADLINE_MARGIN_S, 0.0))
+        return asyncio.get_running_loop().time() + min(limits)
+
+    def _timeout_failure(self, request: ExecutionRequest) -> ExecutionFailure:
+        return ExecutionFailure(
+            code="EXECUTION_TIMEOUT",
+            message="the execution did not finish within its time limit "
+            f"({_describe_limit(request, self._limits)})",
+        )
+
+    # Idempotency
+
+    async def _replay(self, request: ExecutionRequest) -> ExecutionRecord | None:
+        if not request.external_id:
+            return None
+        existing = await self._history.find(request.workspace_id, external_id=request.external_id)
+        if existing is None:
+            return None
+        return self._replay_or_conflict(existing)
+
+    def _replay_or_conflict(self, existing: ExecutionRecord) -> ExecutionRecord | None:
+        if existing.state is ExecutionState.RUNNING:
+            age = (utcnow() - existing.created_at).total_seconds()
+            if age > self._limits.default_timeout_s + 60:
+                return None  # abandoned by a process that died; run it again
+            raise Aborted(
+                f"an execution with external_id {existing.external_id!r} is still running",
+                reason="EXECUTION_IN_PROGRESS",
+                metadata={"external_id": existing.external_id, "execution_id": existing.id},
+            )
+        existing.replayed = True
+        return existing
+
+    async def _claim(
+        self, request: ExecutionRequest, record: ExecutionRecord
+    ) -> bool | ExecutionRecord:
+        """Insert a RUNNING row for an external_id so concurrent retries see it.
+
+        Returns True when claimed, False when there is nothing to claim, or the
+        execution that won the race.
+        """
+        if not request.external_id:
+            return False
+        try:
+            async with self._sessions() as session:
+                session.add(to_row(record))
+                await session.commit()
+            return True
+        except IntegrityError:
+            existing = await self._history.find(
+                request.workspace_id, external_id=request.external_id
+            )
+            if existing is None:
+                raise
+            replay = self._replay_or_conflict(existing)
+            if replay is None:
+                record.id = existing.id
+                return True
+            return replay
+
+    # Outcomes
+
+    def _fulfil(
+        self,
+        plan: _Plan,
+        response: ProviderResponse,
+        request: ExecutionRequest,
+        started: float,
+    ) -> None:
+        record = plan.record
+        outputs: list[Output] = []
+        failure: ExecutionFailure | None = None
+        fmt = plan.request.response_format
+        if response.text or not response.function_calls:
+            if fmt is not None and fmt.type is not ResponseFormatType.TEXT:
+                try:
+                    value = json.loads(response.text)
+                except json.JSONDecodeError as exc:
+                    failure = ExecutionFailure(
+                        "SCHEMA_VALIDATION_FAILED", f"the output is not valid JSON: {exc.msg}"
+                    )
+                    outputs.append(TextOutput(response.text))
+                else:
+                    problem = _schema_problem(fmt.json_schema, value)
+                    if problem:
+                        failure = ExecutionFailure("SCHEMA_VALIDATION_FAILED", problem)
+                        outputs.append(TextOutput(response.text))
+                    else:
+                        outputs.append(JsonOutput(value))
+            else:
+                outputs.append(TextOutput(response.text))
+        outputs.extend(FunctionCallOutput(call) for call in response.function_calls)
+        record.outputs = tuple(outputs)
+        record.output_chars = len(response.text)
+        record.usage = response.usage
+        record.cost = self._prices.cost(record.provider, record.model, response.usage)
+        record.finish_reason = response.finish_reason
+        record.raw = {k: response.raw[k] for k in request.expand_raw if k in response.raw}
+        record.attempts = 1
+        record.latency = time.monotonic() - started
+        record.completed_at = utcnow()
+        if failure is not None:
+            record.state = ExecutionState.REJECTED
+            record.error = failure
+        else:
+            record.state = ExecutionState.FULFILLED
+
+    def _reject(
+        self, record: ExecutionRecord, failure: ExecutionFailure, started: float, partial: str = ""
+    ) -> None:
+        record.state = ExecutionState.REJECTED
+        record.error = failure
+        record.finish_reason = FinishReason.ERROR
+        record.attempts = max(record.attempts, 1)
+        if partial:
+            record.outputs = (TextOutput(partial),)
+            record.output_chars = len(partial)
+            record.usage = _estimated_usage(record, partial)
+        record.latency = time.monotonic() - started
+        record.completed_at = utcnow()
+
+    def _cancel(self, record: ExecutionRecord, partial: str, started: float) -> None:
+        self._reject(
+            record,
+            ExecutionFailure("CANCELLED", "the caller cancelled the execution"),
+            started,
+            partial=partial,
+        )
+        record.finish_reason = FinishReason.CANCELLED
+        record.cost = self._prices.cost(record.provider, record.model, record.usage)
+
+
+def _accept_model(provider: str, model: str, field: str) -> None:
+    """The inline prompt's own model is overridden by the request's; nothing to check."""
+
+
+def _check_request(request: ExecutionRequest, limits: ExecutorLimits) -> None:
+    problems: list[FieldViolation] = []
+    if len(request.inputs) > limits.max_inputs:
+        problems.append(FieldViolation("inputs", f"at most {limits.max_inputs} inputs"))
+    if len(request.external_id) > MAX_EXTERNAL_ID:
+        problems.append(FieldViolation("external_id", f"at most {MAX_EXTERNAL_ID} characters"))
+    if request.timeout is not None and request.timeout <= 0:
+        problems.append(FieldViolation("timeout", "must be positive"))
+    if request.parameters is not None:
+        problems.extend(
+            FieldViolation(f, d) for f, d in parameter_problems(request.parameters, "parameters")
+        )
+    problems.extend(response_format_problems(request.response_format, "response_format"))
+    if request.tools is not None or request.tool_choice is not None:
+        problems.extend(tool_problems(request.tools or (), request.tool_choice, ""))
+    if problems:
+        problems = [FieldViolation(p.field.lstrip("."), p.description) for p in problems]
+        raise InvalidArgument(
+            "; ".join(f"{p.field}: {p.description}" for p in problems),
+            reason="INVALID_PARAMETERS",
+            violations=problems,
+        )
+
+
+def _failure(exc: ProviderError) -> ExecutionFailure:
+    return ExecutionFailure(
+        code=exc.code,
+        message=exc.message,
+        provider_status=exc.status,
+        retry_after=exc.retry_after,
+    )
+
+
+def _schema_problem(schema: dict[str, Any] | None, value: Any) -> str:
+    if not schema:
+        return ""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return ""
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"the output does not match its JSON schema at {where}: {error.message}"
+
+
+def _estimated_usage(record: ExecutionRecord, partial: str) -> Usage:
+    """Partial usage when the provider never reported it: about 4 characters a token."""
+    if record.usage.output_tokens:
+        return record.usage
+    return Usage(
+        input_tokens=record.usage.input_tokens or -(-record.input_chars // 4),
+        output_tokens=-(-len(partial) // 4),
+    )
+
+
+def _describe_limit(request: ExecutionRequest, limits: ExecutorLimits) -> str:
+    options = {"server limit": limits.default_timeout_s}
+    if request.timeout:
+        options["request timeout"] = request.timeout
+    if request.deadline is not None:
+        options["call deadline"] = request.deadline
+    name = min(options, key=lambda k: options[k])
+    return f"{name} {timedelta(seconds=round(options[name], 3))}"

@@ -1,0 +1,140 @@
+"""ExecutionRecorder: durable writes of execution records with group commit.
+
+Callers hand a finished record to ``record()`` and wait until it is committed.
+One writer task takes everything queued at that moment (up to
+``batch_max`` records) and writes it in a single transaction, so under load
+many executions share one commit (and one fsync) and recording stays off the
+critical path. If a group fails, its records are retried one by one so that
+one bad record cannot lose the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from promptgate.errors import Unavailable
+from promptgate.execution.model import ExecutionRecord
+from promptgate.execution.records import to_row
+from promptgate.store.engine import SessionFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: ExecutionRecord
+    upsert: bool
+    done: asyncio.Future[None] | None
+
+
+class ExecutionRecorder:
+    """Group-commit writer of execution records."""
+
+    def __init__(self, sessions: SessionFactory, *, batch_max: int = 512) -> None:
+        self._sessions = sessions
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.written = 0
+
+    def start(self) -> None:
+        """Start the writer task."""
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+
+    async def record(self, record: ExecutionRecord, *, upsert: bool = False) -> None:
+        """Write ``record`` and return once it is committed.
+
+        ``upsert`` replaces an existing row with the same id (an execution
+        that was claimed earlier by its external_id).
+        """
+        if self._closing:
+            raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(record, upsert, done))
+        # Shielded: if the caller is cancelled, the write still completes.
+        await asyncio.shield(done)
+
+    def submit(self, record: ExecutionRecord, *, upsert: bool = False) -> None:
+        """Queue ``record`` without waiting (used when the caller is being cancelled)."""
+        self._queue.put_nowait(_Pending(record, upsert, None))
+
+    async def close(self) -> None:
+        """Write everything queued, then stop the writer."""
+        self._closing = True
+        if self._writer is None:
+            return
+        await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        # Records submitted by handlers cancelled during shutdown.
+        late = []
+        while not self._queue.empty():
+            late.append(self._queue.get_nowait())
+        if late:
+            await self._write(late)
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            group = [first]
+            while len(group) < self._batch_max and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                await self._write(group)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    async def _write(self, group: list[_Pending]) -> None:
+        try:
+            await self._commit(group)
+        except SQLAlchemyError:
+            if len(group) == 1:
+                log.exception("recording execution %s failed", group[0].record.id)
+                _resolve(group[0], error=True)
+                return
+            log.warning("group commit of %d records failed; retrying one by one", len(group))
+            for pending in group:
+                try:
+                    await self._commit([pending])
+                except SQLAlchemyError:
+                    log.exception("recording execution %s failed", pending.record.id)
+                    _resolve(pending, error=True)
+                    continue
+                _resolve(pending)
+            return
+        for pending in group:
+            _resolve(pending)
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        async with self._sessions() as session:
+            for pending in group:
+                row = to_row(pending.record)
+                if pending.upsert:
+                    await session.merge(row)
+                else:
+                    session.add(row)
+            await session.commit()
+        self.commits += 1
+        self.written += len(group)
+
+
+def _resolve(pending: _Pending, *, error: bool = False) -> None:
+    if pending.done is None or pending.done.done():
+        return
+    if error:
+        pending.done.set_exception(
+            Unavailable("the execution could not be recorded", reason="RECORDING_FAILED")
+        )
+    else:
+        pending.done.set_result(None)

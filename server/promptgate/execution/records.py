@@ -1,0 +1,232 @@
+"""Execution records in the store: row conversion, lookups and listings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlmodel import col, select
+
+from promptgate.chat import ChatMessage, FinishReason, FunctionCall, ModelParameters, Usage
+from promptgate.errors import InvalidArgument, NotFound
+from promptgate.execution.model import (
+    Cost,
+    ExecutionFailure,
+    ExecutionRecord,
+    ExecutionState,
+    FunctionCallOutput,
+    JsonOutput,
+    Output,
+    TextOutput,
+)
+from promptgate.paging import decode_token, encode_token, page_size
+from promptgate.prompts.model import InputType, PromptInput
+from promptgate.store.engine import SessionFactory
+from promptgate.store.tables import ExecutionRow, as_utc
+
+_MESSAGES: TypeAdapter[list[ChatMessage]] = TypeAdapter(list[ChatMessage])
+_CALL: TypeAdapter[FunctionCall] = TypeAdapter(FunctionCall)
+_PARAMS: TypeAdapter[ModelParameters] = TypeAdapter(ModelParameters)
+
+
+def to_row(record: ExecutionRecord) -> ExecutionRow:
+    """The row that stores ``record``."""
+    return ExecutionRow(
+        id=record.id,
+        workspace_id=record.workspace_id,
+        external_id=record.external_id or None,
+        state=record.state.value,
+        streamed=record.streamed,
+        prompt_id=record.prompt_id or None,
+        prompt_name=record.prompt_name,
+        version_id=record.version_id or None,
+        version=record.version,
+        release_tag=record.release_tag,
+        provider=record.provider,
+        model=record.model,
+        inputs=[_input_json(i) for i in record.inputs],
+        outputs=[_output_json(o) for o in record.outputs],
+        error=(
+            {
+                "code": record.error.code,
+                "message": record.error.message,
+                "provider_status": record.error.provider_status,
+                "retry_after": record.error.retry_after,
+            }
+            if record.error
+            else None
+        ),
+        finish_reason=record.finish_reason.value,
+        input_tokens=record.usage.input_tokens,
+        output_tokens=record.usage.output_tokens,
+        cached_input_tokens=record.usage.cached_input_tokens,
+        input_chars=record.input_chars,
+        output_chars=record.output_chars,
+        cost=record.cost.value,
+        priced=record.cost.priced,
+        latency_ms=record.latency * 1000,
+        ttft_ms=record.time_to_first_token * 1000
+        if record.time_to_first_token is not None
+        else None,
+        attempts=record.attempts,
+        cache_hit=record.cache_hit,
+        parameters=_PARAMS.dump_python(record.parameters, mode="json"),
+        request_metadata=record.metadata,
+        raw=record.raw,
+        created_at=record.created_at,
+        completed_at=record.completed_at,
+    )
+
+
+def from_row(row: ExecutionRow) -> ExecutionRecord:
+    """The record stored in ``row``."""
+    error = row.error
+    return ExecutionRecord(
+        id=row.id,
+        workspace_id=row.workspace_id,
+        state=ExecutionState(row.state),
+        created_at=as_utc(row.created_at),
+        external_id=row.external_id or "",
+        streamed=row.streamed,
+        prompt_id=row.prompt_id or "",
+        prompt_name=row.prompt_name,
+        version_id=row.version_id or "",
+        version=row.version,
+        release_tag=row.release_tag,
+        provider=row.provider,
+        model=row.model,
+        inputs=tuple(_input_from(i) for i in row.inputs or []),
+        outputs=tuple(_output_from(o) for o in row.outputs or []),
+        error=(
+            ExecutionFailure(
+                code=error["code"],
+                message=error["message"],
+                provider_status=error.get("provider_status") or 0,
+                retry_after=error.get("retry_after"),
+            )
+            if error
+            else None
+        ),
+        finish_reason=FinishReason(row.finish_reason or FinishReason.UNSPECIFIED.value),
+        usage=Usage(row.input_tokens, row.output_tokens, row.cached_input_tokens),
+        input_chars=row.input_chars,
+        output_chars=row.output_chars,
+        cost=Cost(value=row.cost, priced=row.priced),
+        latency=row.latency_ms / 1000,
+        time_to_first_token=row.ttft_ms / 1000 if row.ttft_ms is not None else None,
+        attempts=row.attempts,
+        cache_hit=row.cache_hit,
+        parameters=_PARAMS.validate_python(row.parameters or {}),
+        metadata=dict(row.request_metadata or {}),
+        raw=dict(row.raw or {}),
+        completed_at=as_utc(row.completed_at) if row.completed_at else None,
+    )
+
+
+def _input_json(item: PromptInput) -> dict[str, Any]:
+    value = item.value
+    if item.type is InputType.CHAT_HISTORY:
+        value = _MESSAGES.dump_python(list(value), mode="json")
+    return {"name": item.name, "type": item.type.value, "value": value}
+
+
+def _input_from(data: dict[str, Any]) -> PromptInput:
+    kind = InputType(data["type"])
+    value = data.get("value")
+    if kind is InputType.CHAT_HISTORY:
+        value = tuple(_MESSAGES.validate_python(value or []))
+    return PromptInput(name=data["name"], type=kind, value=value)
+
+
+def _output_json(output: Output) -> dict[str, Any]:
+    if isinstance(output, TextOutput):
+        return {"type": "STRING", "value": output.text}
+    if isinstance(output, JsonOutput):
+        return {"type": "JSON", "value": output.value}
+    return {"type": "FUNCTION_CALL", "value": _CALL.dump_python(output.call, mode="json")}
+
+
+def _output_from(data: dict[str, Any]) -> Output:
+    kind = data.get("type")
+    if kind == "JSON":
+        return JsonOutput(data.get("value"))
+    if kind == "FUNCTION_CALL":
+        return FunctionCallOutput(_CALL.validate_python(data["value"]))
+    return TextOutput(str(data.get("value", "")))
+
+
+class ExecutionHistory:
+    """Reads recorded executions."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    async def get(
+        self, workspace: str, *, execution_id: str = "", external_id: str = ""
+    ) -> ExecutionRecord:
+        """One execution by id or external_id; NOT_FOUND if absent."""
+        if not execution_id and not external_id:
+            raise InvalidArgument.field(
+                "execution_id", "an execution_id or external_id is required"
+            )
+        row = await self.find(workspace, execution_id=execution_id, external_id=external_id)
+        if row is None:
+            key = execution_id or external_id
+            raise NotFound(
+                f"execution {key!r} not found",
+                reason="EXECUTION_NOT_FOUND",
+                metadata={"execution": key},
+            )
+        return row
+
+    async def find(
+        self, workspace: str, *, execution_id: str = "", external_id: str = ""
+    ) -> ExecutionRecord | None:
+        """One execution by id or external_id, or None."""
+        query = select(ExecutionRow).where(ExecutionRow.workspace_id == workspace)
+        if execution_id:
+            query = query.where(ExecutionRow.id == execution_id)
+        else:
+            query = query.where(ExecutionRow.external_id == external_id)
+        async with self._sessions() as session:
+            row = (await session.exec(query)).first()
+        return from_row(row) if row else None
+
+    async def list(
+        self,
+        workspace: str,
+        *,
+        size: int,
+        token: str,
+        prompt_id: str = "",
+        version: int = 0,
+        release_tag: str = "",
+        state: ExecutionState | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> tuple[list[ExecutionRecord], str]:
+        """A page of executions, newest first, and the next page's token."""
+        limit = page_size(size)
+        after = decode_token("executions", token)
+        query = select(ExecutionRow).where(ExecutionRow.workspace_id == workspace)
+        if prompt_id:
+            query = query.where(ExecutionRow.prompt_id == prompt_id)
+        if version:
+            query = query.where(ExecutionRow.version == version)
+        if release_tag:
+            query = query.where(ExecutionRow.release_tag == release_tag)
+        if state is not None:
+            query = query.where(ExecutionRow.state == state.value)
+        if start is not None:
+            query = query.where(col(ExecutionRow.created_at) >= start)
+        if end is not None:
+            query = query.where(col(ExecutionRow.created_at) < end)
+        if after:
+            query = query.where(col(ExecutionRow.id) < str(after.get("id", "")))
+        query = query.order_by(col(ExecutionRow.id).desc()).limit(limit + 1)
+        async with self._sessions() as session:
+            rows = list((await session.exec(query)).all())
+        page = rows[:limit]
+        next_token = encode_token("executions", {"id": page[-1].id}) if len(rows) > limit else ""
+        return [from_row(r) for r in page], next_token

@@ -1,0 +1,1 @@
+"""Prompts: templates, immutable versions, release tags and typed inputs."""

@@ -1,0 +1,139 @@
+"""Prompt domain objects."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from promptgate.chat import ModelParameters, ResponseFormat, Role, Tool, ToolChoice
+
+
+class InputType(enum.StrEnum):
+    """The declared type of an input variable."""
+
+    STRING = "STRING"
+    JSON = "JSON"
+    CHAT_HISTORY = "CHAT_HISTORY"
+    NUMBER = "NUMBER"
+    BOOLEAN = "BOOLEAN"
+
+
+@dataclass(frozen=True, slots=True)
+class InputVariable:
+    """A declared input variable; it is required unless it has a default."""
+
+    name: str
+    type: InputType
+    description: str = ""
+    has_default: bool = False
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInput:
+    """A caller-supplied input value; ``type`` is the kind of value given."""
+
+    name: str
+    type: InputType
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateMessage:
+    """One message template, or a chat-history block when ``chat_history_input`` is set."""
+
+    role: Role | None
+    template: str = ""
+    chat_history_input: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSpec:
+    """What a prompt version (or an inline prompt) says to do."""
+
+    messages: tuple[TemplateMessage, ...]
+    model: str
+    provider: str = ""
+    parameters: ModelParameters = field(default_factory=ModelParameters)
+    input_variables: tuple[InputVariable, ...] = ()
+    response_format: ResponseFormat | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+
+
+SPEC_ADAPTER: TypeAdapter[PromptSpec] = TypeAdapter(PromptSpec)
+
+
+def spec_to_json(spec: PromptSpec) -> dict[str, Any]:
+    """The spec as a JSON-ready dict (for storage)."""
+    data: dict[str, Any] = SPEC_ADAPTER.dump_python(spec, mode="json")
+    return data
+
+
+def spec_from_json(data: dict[str, Any]) -> PromptSpec:
+    """A spec from storage."""
+    return SPEC_ADAPTER.validate_python(data)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseTag:
+    """Where a release tag points."""
+
+    tag: str
+    version: int
+    version_id: str
+    updated_at: datetime
+    automatic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseTagEvent:
+    """One move of a release tag."""
+
+    seq: int
+    tag: str
+    version: int
+    version_id: str
+    previous_version: int
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A named prompt and its release tags."""
+
+    id: str
+    workspace_id: str
+    name: str
+    description: str
+    labels: dict[str, str]
+    archived: bool
+    latest_version: int
+    release_tags: tuple[ReleaseTag, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PromptVersion:
+    """An immutable prompt version."""
+
+    id: str
+    prompt_id: str
+    version: int
+    spec: PromptSpec
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPrompt:
+    """A stored prompt version picked by a tag or number, ready to render."""
+
+    prompt: Prompt
+    version: PromptVersion
+    release_tag: str

@@ -1,0 +1,195 @@
+"""Checks a prompt spec before it is stored or run.
+
+A spec is rejected, with a field violation per problem, when a template does
+not parse, uses a variable that is not declared, or when declarations,
+parameters, the response format or tools are malformed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import jsonschema
+
+from promptgate.chat import (
+    ResponseFormat,
+    ResponseFormatType,
+    Tool,
+    ToolChoice,
+    ToolChoiceMode,
+    parameter_problems,
+)
+from promptgate.errors import FieldViolation, InvalidArgument
+from promptgate.prompts.inputs import coerce
+from promptgate.prompts.model import InputType, PromptInput, PromptSpec
+from promptgate.prompts.templates import TemplateEngine
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+ModelCheck = Callable[[str, str, str], None]
+"""Raises InvalidArgument if (provider, model) cannot be served; the third argument is the field."""
+
+
+def validate_spec(
+    spec: PromptSpec,
+    templates: TemplateEngine,
+    *,
+    field: str,
+    check_model: ModelCheck,
+    declared_required: bool = True,
+) -> None:
+    """Raise InvalidArgument listing every problem of ``spec``.
+
+    With ``declared_required`` False (inline prompts that declare nothing),
+    template variables need not be declared.
+    """
+    problems: list[FieldViolation] = []
+    if not spec.model:
+        problems.append(FieldViolation(f"{field}.model", "a model is required"))
+    else:
+        try:
+            check_model(spec.provider, spec.model, f"{field}.model")
+        except InvalidArgument as exc:
+            problems.extend(exc.violations)
+    declared = {}
+    for i, variable in enumerate(spec.input_variables):
+        path = f"{field}.input_variables[{i}]"
+        if not IDENTIFIER.match(variable.name):
+            problems.append(
+                FieldViolation(f"{path}.name", f"{variable.name!r} is not a valid variable name")
+            )
+        elif variable.name in declared:
+            problems.append(
+                FieldViolation(f"{path}.name", f"variable {variable.name!r} is declared twice")
+            )
+        declared[variable.name] = variable
+        if variable.has_default:
+            try:
+                coerce(
+                    variable,
+                    PromptInput(
+                        variable.name, _kind(variable.default, variable.type), variable.default
+                    ),
+                )
+            except ValueError as exc:
+                problems.append(FieldViolation(f"{path}.default_value", str(exc)))
+    if not spec.messages:
+        problems.append(FieldViolation(f"{field}.messages", "a prompt needs at least one message"))
+    for i, message in enumerate(spec.messages):
+        path = f"{field}.messages[{i}]"
+        if message.chat_history_input:
+            variable = declared.get(message.chat_history_input)
+            if variable is None and declared_required:
+                problems.append(
+                    FieldViolation(
+                        f"{path}.chat_history_input",
+                        f"variable {message.chat_history_input!r} is not declared",
+                    )
+                )
+            elif variable is not None and variable.type is not InputType.CHAT_HISTORY:
+                problems.append(
+                    FieldViolation(
+                        f"{path}.chat_history_input",
+                        f"variable {message.chat_history_input!r} is not CHAT_HISTORY",
+                    )
+                )
+            continue
+        if message.role is None:
+            problems.append(FieldViolation(f"{path}.role", "a role is required"))
+        try:
+            used = templates.check(message.template, f"{path}.template")
+        except InvalidArgument as exc:
+            problems.extend(exc.violations)
+            continue
+        if declared_required:
+            for name in sorted(used - declared.keys()):
+                problems.append(
+                    FieldViolation(f"{path}.template", f"uses undeclared variable {name!r}")
+                )
+    problems.extend(
+        FieldViolation(f, d) for f, d in parameter_problems(spec.parameters, f"{field}.parameters")
+    )
+    problems.extend(response_format_problems(spec.response_format, f"{field}.response_format"))
+    problems.extend(tool_problems(spec.tools, spec.tool_choice, field))
+    if problems:
+        raise InvalidArgument(
+            "; ".join(f"{p.field}: {p.description}" for p in problems),
+            reason="INVALID_PROMPT",
+            violations=problems,
+        )
+
+
+def _kind(value: object, declared: InputType) -> InputType:
+    if declared is InputType.JSON:
+        return InputType.JSON
+    if isinstance(value, bool):
+        return InputType.BOOLEAN
+    if isinstance(value, int | float):
+        return InputType.NUMBER
+    if isinstance(value, str):
+        return InputType.STRING
+    return InputType.JSON
+
+
+def response_format_problems(fmt: ResponseFormat | None, field: str) -> list[FieldViolation]:
+    """Problems of a response format: a json_schema format needs a valid JSON Schema."""
+    if fmt is None or fmt.type is not ResponseFormatType.JSON_SCHEMA:
+        return []
+    if not fmt.json_schema:
+        return [FieldViolation(f"{field}.json_schema", "required for TYPE_JSON_SCHEMA")]
+    try:
+        jsonschema.validators.validator_for(fmt.json_schema).check_schema(fmt.json_schema)
+    except jsonschema.SchemaError as exc:
+        return [FieldViolation(f"{field}.json_schema", f"not a valid JSON Schema: {exc.message}")]
+    return []
+
+
+def tool_problems(
+    tools: tuple[Tool, ...], choice: ToolChoice | None, field: str
+) -> list[FieldViolation]:
+    """Problems of tool declarations and the tool choice."""
+    problems: list[FieldViolation] = []
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        if not TOOL_NAME.match(tool.name):
+            problems.append(
+                FieldViolation(
+                    f"{field}.tools[{i}].name", f"{tool.name!r} is not a valid function name"
+                )
+            )
+        elif tool.name in names:
+            problems.append(
+                FieldViolation(
+                    f"{field}.tools[{i}].name", f"function {tool.name!r} is declared twice"
+                )
+            )
+        names.add(tool.name)
+        if tool.parameters:
+            try:
+                jsonschema.validators.validator_for(tool.parameters).check_schema(tool.parameters)
+            except jsonschema.SchemaError as exc:
+                problems.append(
+                    FieldViolation(
+                        f"{field}.tools[{i}].parameters", f"not a valid JSON Schema: {exc.message}"
+                    )
+                )
+    if (
+        choice is not None
+        and choice.mode is ToolChoiceMode.FUNCTION
+        and choice.function_name not in names
+    ):
+        problems.append(
+            FieldViolation(
+                f"{field}.tool_choice.function_name",
+                f"{choice.function_name!r} is not a declared tool",
+            )
+        )
+    if (
+        choice is not None
+        and choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.FUNCTION)
+        and not tools
+    ):
+        problems.append(FieldViolation(f"{field}.tool_choice", "needs at least one tool"))
+    return problems

@@ -1,0 +1,886 @@
+"""The OpenAI Chat Completions adapter (and every OpenAI-compatible server).
+
+``OpenAIProvider`` sends ``POST {base_url}/chat/completions`` and reads the
+answer, either as one JSON document (``complete``) or as server-sent events
+(``stream``). Pointing ``base_url`` elsewhere serves the servers that speak the
+same wire format: vLLM, Ollama, the llama.cpp server, LM Studio.
+
+It follows the rules of ``promptgate.providers.base``:
+
+- ``build_payload`` is pure and is exactly the body that is sent;
+  ``request.raw_body`` is deep-merged last.
+- Every failure is a ``promptgate.errors.ProviderError``: HTTP statuses map to
+  ``PROVIDER_RATE_LIMITED`` (429, with ``Retry-After``), ``PROVIDER_AUTH_FAILED``
+  (401/403), ``PROVIDER_INVALID_REQUEST`` (400/404/422) or ``PROVIDER_ERROR``;
+  timeouts to ``ProviderTimeout``; refused connections to
+  ``PROVIDER_UNREACHABLE``; unreadable answers to ``ProviderBadResponse``; a
+  stream that breaks off before ``data: [DONE]`` to ``StreamInterrupted``.
+- ``asyncio.CancelledError`` is never caught: a cancelled call closes its HTTP
+  response, so the upstream server sees the disconnect.
+
+The ``httpx.AsyncClient`` is shared and owned by the caller, who creates and
+closes it; ``OpenAIProvider.aclose`` leaves it alone.
+
+Consumers that may stop reading ``stream()`` before its ``StreamDone`` should
+close the generator (``contextlib.aclosing``) so the connection is released at
+once rather than when the generator is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, cast
+
+import httpx
+
+from promptgate.chat import (
+    ChatMessage,
+    FinishReason,
+    FunctionCall,
+    ModelParameters,
+    ResponseFormat,
+    ResponseFormatType,
+    Role,
+    Tool,
+    ToolChoice,
+    ToolChoiceMode,
+    Usage,
+    deep_merge,
+)
+from promptgate.errors import (
+    ProviderBadResponse,
+    ProviderError,
+    ProviderTimeout,
+    StreamInterrupted,
+)
+from promptgate.providers.base import (
+    ProviderRequest,
+    ProviderResponse,
+    StreamDone,
+    StreamEvent,
+    TextDelta,
+)
+
+__all__ = ["OpenAIProvider", "parse_retry_after"]
+
+_FINISH_REASONS: Final[dict[str, FinishReason]] = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+# Headers a request's raw_headers may not set: credentials and HTTP framing.
+_PROTECTED_HEADERS: Final = frozenset(
+    {"authorization", "content-type", "content-length", "transfer-encoding", "host", "connection"}
+)
+
+# Keys of ``parameters.extra`` that are not sent: "mock" belongs to the mock
+# provider; the stream switches are this adapter's to set.
+_EXTRA_DROPPED: Final = frozenset({"mock"})
+_STREAM_KEYS: Final = frozenset({"stream", "stream_options"})
+
+_DONE: Final = "[DONE]"
+# How long to keep reading after ``data: [DONE]`` so the connection can be reused.
+_DRAIN_SECONDS: Final = 0.5
+_ERROR_SNIPPET_CHARS: Final = 500
+
+
+class OpenAIProvider:
+    """A ``Provider`` for the OpenAI Chat Completions API and compatible servers.
+
+    ``client`` is shared and belongs to the caller, who closes it; ``aclose``
+    does not. ``base_url`` is the API root (``https://api.openai.com/v1``,
+    ``http://localhost:11434/v1``, ...). ``api_key`` is sent as
+    ``Authorization: Bearer <key>`` when set; servers without keys take None.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        name: str = "openai",
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key or None
+
+    # ------------------------------------------------------------------ payload
+
+    def build_payload(self, request: ProviderRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The exact JSON body for ``request`` (``stream=True``: the streaming body).
+
+        Typed fields win over ``parameters.extra`` (which never sends its
+        ``mock`` key, nor ``stream``/``stream_options`` in a unary body);
+        ``request.raw_body`` is deep-merged over everything, last.
+        """
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [_message_payload(message) for message in request.messages],
+        }
+        body.update(_parameters_payload(request.parameters))
+        response_format = _response_format_payload(request.response_format)
+        if response_format is not None:
+            body["response_format"] = response_format
+        if request.tools:
+            body["tools"] = [_tool_payload(tool) for tool in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice_payload(request.tool_choice)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+
+        dropped = _EXTRA_DROPPED if stream else _EXTRA_DROPPED | _STREAM_KEYS
+        for key, value in request.parameters.extra.items():
+            if key in dropped:
+                continue
+            if key not in body:
+                body[key] = value
+            elif isinstance(value, dict) and isinstance(body[key], dict):
+                body[key] = deep_merge(value, body[key])
+        return deep_merge(body, request.raw_body)
+
+    # ------------------------------------------------------------------ unary
+
+    async def complete(self, request: ProviderRequest) -> ProviderResponse:
+        """Send the request and return the whole answer."""
+        http_request = self._http_request(request, self.build_payload(request), stream=False)
+        try:
+            async with asyncio.timeout(request.timeout):
+                response = await self._client.send(http_request)
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        if not response.is_success:
+            raise self._status_error(response.status_code, response.headers, response.content)
+        return self._parse_completion(self._decode_json(response.content, response), request)
+
+    # ------------------------------------------------------------------ stream
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+        """Send the request and yield ``TextDelta``s, then exactly one ``StreamDone``.
+
+        Raises ``StreamInterrupted`` if the body ends (or the connection
+        breaks) before ``data: [DONE]``.
+        """
+        http_request = self._http_request(
+            request, self.build_payload(request, stream=True), stream=True
+        )
+        deadline = _deadline(request.timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(http_request, stream=True)
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+        result: ProviderResponse | None = None
+        whole_text = ""  # set when a server answered a stream request with plain JSON
+        try:
+            if not response.is_success:
+                body = await self._read_error_body(response, deadline)
+                raise self._status_error(response.status_code, response.headers, body)
+            if _is_json(response):
+                body = await self._read_body(response, request, deadline)
+                result = self._parse_completion(self._decode_json(body, response), request)
+                whole_text = result.text
+            else:
+                state = _StreamState(model=request.model)
+                parser = _SSEParser()
+                chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                try:
+                    while result is None:
+                        received = await self._next_bytes(chunks, request, deadline)
+                        events = parser.feed(received) if received is not None else parser.flush()
+                        for event, data in events:
+                            if data == _DONE:
+                                result = state.result()
+                                break
+                            chunk = self._decode_chunk(data, response)
+                            if event == "error" and "error" not in chunk:
+                                raise _stream_error(self.name, chunk)
+                            text = state.apply(chunk)
+                            if text:
+                                yield TextDelta(text)
+                        if received is None and result is None:
+                            raise StreamInterrupted(
+                                f"{self.name}: the stream ended before data: [DONE]"
+                            )
+                    await _drain(chunks, deadline)
+                finally:
+                    await chunks.aclose()
+        finally:
+            await response.aclose()
+
+        if result is None:  # unreachable: both paths above end with a result or raise
+            raise StreamInterrupted(f"{self.name}: the stream ended without an answer")
+        if whole_text:
+            yield TextDelta(whole_text)
+        yield StreamDone(result)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared HTTP client belongs to the caller."""
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _http_request(
+        self, request: ProviderRequest, payload: dict[str, Any], *, stream: bool
+    ) -> httpx.Request:
+        try:
+            content = json.dumps(
+                payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise ProviderError(
+                f"{self.name}: the request body is not JSON: {exc}",
+                code="PROVIDER_INVALID_REQUEST",
+            ) from exc
+        headers = httpx.Headers()
+        headers["accept"] = "text/event-stream" if stream else "application/json"
+        try:
+            for key, value in request.raw_headers.items():
+                if key.lower() not in _PROTECTED_HEADERS:
+                    headers[key] = value
+            headers["content-type"] = "application/json"
+            if self._api_key:
+                headers["authorization"] = f"Bearer {self._api_key}"
+            return self._client.build_request(
+                "POST",
+                self._url,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(request.timeout),
+            )
+        except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
+            raise ProviderError(
+                f"{self.name}: cannot build the request: {exc}", code="PROVIDER_INVALID_REQUEST"
+            ) from exc
+
+    def _timeout(self, seconds: float | None) -> httpx.Timeout:
+        default = self._client.timeout
+        if seconds is None:
+            return default
+        connect = seconds if default.connect is None else min(default.connect, seconds)
+        return httpx.Timeout(seconds, connect=connect)
+
+    async def _next_bytes(
+        self,
+        chunks: AsyncIterator[bytes],
+        request: ProviderRequest,
+        deadline: float | None,
+    ) -> bytes | None:
+        """The next piece of a streamed body; None at its end."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(chunks, None)
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.TimeoutException as exc:
+            raise self._transport_error(exc) from exc
+        except httpx.DecodingError as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: cannot decode the stream: {exc}", status=200
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise StreamInterrupted(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
+
+    async def _read_body(
+        self, response: httpx.Response, request: ProviderRequest, deadline: float | None
+    ) -> bytes:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await response.aread()
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    @staticmethod
+    async def _read_error_body(response: httpx.Response, deadline: float | None) -> bytes:
+        """An error response's body, or b"" if it cannot be read in time."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await response.aread()
+        except (TimeoutError, httpx.HTTPError):
+            return b""
+
+    # ------------------------------------------------------------------ parsing
+
+    def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
+        try:
+            return json.loads(content)
+        except (ValueError, RecursionError) as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: the response is not JSON: {exc}; body: {_snippet(content)!r}",
+                status=response.status_code,
+            ) from exc
+
+    def _decode_chunk(self, data: str, response: httpx.Response) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: a stream event is not JSON: {_snippet(data)!r}",
+                status=response.status_code,
+            ) from exc
+        if not isinstance(chunk, dict):
+            raise ProviderBadResponse(
+                f"{self.name}: a stream event is not a JSON object: {_snippet(data)!r}",
+                status=response.status_code,
+            )
+        error = chunk.get("error")
+        if error is not None:
+            raise _stream_error(self.name, error)
+        return chunk
+
+    def _parse_completion(self, data: Any, request: ProviderRequest) -> ProviderResponse:
+        if not isinstance(data, dict):
+            raise ProviderBadResponse(f"{self.name}: the response is not a JSON object", status=200)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            if data.get("error") is not None:
+                raise _stream_error(self.name, data["error"])
+            raise ProviderBadResponse(f"{self.name}: the response has no choices", status=200)
+        choice: dict[str, Any] = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise ProviderBadResponse(f"{self.name}: choices[0] has no message", status=200)
+        try:
+            text = _content_text(message.get("content"))
+            calls = _function_calls(message)
+        except ValueError as exc:
+            raise ProviderBadResponse(f"{self.name}: {exc}", status=200) from exc
+        model = data.get("model")
+        return ProviderResponse(
+            model=model if isinstance(model, str) and model else request.model,
+            text=text,
+            function_calls=calls,
+            finish_reason=_finish_reason(choice.get("finish_reason")),
+            usage=_usage(data.get("usage")),
+            raw=data,
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    def _timeout_error(self, request: ProviderRequest) -> ProviderTimeout:
+        limit = "the time allowed" if request.timeout is None else f"{request.timeout:g}s"
+        return ProviderTimeout(f"{self.name}: no answer within {limit}")
+
+    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+        what = _describe(exc)
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderTimeout(f"{self.name}: timed out: {what}")
+        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
+            return ProviderError(
+                f"{self.name}: cannot connect to {self._url}: {what}",
+                code="PROVIDER_UNREACHABLE",
+                retryable=True,
+            )
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            return ProviderError(
+                f"{self.name}: invalid request to {self._url}: {what}",
+                code="PROVIDER_INVALID_REQUEST",
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return ProviderBadResponse(f"{self.name}: cannot decode the response: {what}")
+        if isinstance(exc, httpx.TransportError):
+            return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)
+        return ProviderError(f"{self.name}: HTTP failure: {what}")
+
+    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
+        detail = _error_detail(body)
+        message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
+        code, retryable = _classify_status(status)
+        return ProviderError(
+            message,
+            code=code,
+            status=status,
+            retry_after=parse_retry_after(headers),
+            retryable=retryable,
+        )
+
+
+# ---------------------------------------------------------------------- payload helpers
+
+
+def _message_payload(message: ChatMessage) -> dict[str, Any]:
+    payload: dict[str, Any] = {"role": message.role.value}
+    if message.function_calls and message.role is Role.ASSISTANT:
+        payload["content"] = message.content or None
+        payload["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": _arguments_json(call)},
+            }
+            for call in message.function_calls
+        ]
+    else:
+        payload["content"] = message.content
+    if message.tool_call_id:
+        payload["tool_call_id"] = message.tool_call_id
+    if message.name:
+        payload["name"] = message.name
+    return payload
+
+
+def _arguments_json(call: FunctionCall) -> str:
+    if call.arguments_json:
+        return call.arguments_json
+    return json.dumps(call.arguments if call.arguments is not None else {}, ensure_ascii=False)
+
+
+def _parameters_payload(parameters: ModelParameters) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    if parameters.temperature is not None:
+        payload["temperature"] = parameters.temperature
+    if parameters.max_tokens is not None:
+        payload["max_tokens"] = parameters.max_tokens
+    if parameters.top_p is not None:
+        payload["top_p"] = parameters.top_p
+    if parameters.stop:
+        payload["stop"] = list(parameters.stop)
+    if parameters.seed is not None:
+        payload["seed"] = parameters.seed
+    if parameters.presence_penalty is not None:
+        payload["presence_penalty"] = parameters.presence_penalty
+    if parameters.frequency_penalty is not None:
+        payload["frequency_penalty"] = parameters.frequency_penalty
+    return payload
+
+
+def _response_format_payload(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    if response_format is None or response_format.type is ResponseFormatType.TEXT:
+        return None
+    if response_format.type is ResponseFormatType.JSON_OBJECT:
+        return {"type": "json_object"}
+    json_schema: dict[str, Any] = {"name": response_format.schema_name or "response"}
+    if response_format.json_schema is not None:
+        json_schema["schema"] = response_format.json_schema
+    json_schema["strict"] = response_format.strict
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _tool_payload(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    return {"type": "function", "function": function}
+
+
+def _tool_choice_payload(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode is ToolChoiceMode.FUNCTION:
+        return {"type": "function", "function": {"name": choice.function_name}}
+    return choice.mode.value
+
+
+# ---------------------------------------------------------------------- response helpers
+
+
+def _content_text(content: Any) -> str:
+    """A message's text: a string, null, or (some servers) a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    raise ValueError(f"message content is a {type(content).__name__}")
+
+
+def _function_calls(message: Mapping[str, Any]) -> tuple[FunctionCall, ...]:
+    calls: list[FunctionCall] = []
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None:
+        if not isinstance(tool_calls, list):
+            raise ValueError("message.tool_calls is not a list")
+        for item in tool_calls:
+            function = item.get("function") if isinstance(item, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("a tool call has no function name")
+            call_id = item.get("id")
+            calls.append(
+                _function_call(
+                    call_id if isinstance(call_id, str) else "",
+                    function["name"],
+                    function.get("arguments"),
+                )
+            )
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict) and isinstance(legacy.get("name"), str):
+        calls.append(_function_call("", legacy["name"], legacy.get("arguments")))
+    return tuple(calls)
+
+
+def _function_call(call_id: str, name: str, arguments: Any) -> FunctionCall:
+    if isinstance(arguments, str):
+        arguments_json = arguments
+    elif arguments is None:
+        arguments_json = ""
+    else:  # a server that sends the arguments as an object rather than a string
+        arguments_json = json.dumps(arguments, ensure_ascii=False)
+    return FunctionCall(
+        id=call_id,
+        name=name,
+        arguments_json=arguments_json,
+        arguments=_parse_arguments(arguments_json),
+    )
+
+
+def _parse_arguments(arguments_json: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(arguments_json)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _finish_reason(value: Any) -> FinishReason:
+    if not isinstance(value, str):
+        return FinishReason.UNSPECIFIED
+    return _FINISH_REASONS.get(value, FinishReason.UNSPECIFIED)
+
+
+def _usage(value: Any) -> Usage:
+    if not isinstance(value, dict):
+        return Usage()
+    details = value.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        input_tokens=_count(value.get("prompt_tokens")),
+        output_tokens=_count(value.get("completion_tokens")),
+        cached_input_tokens=_count(cached),
+    )
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and math.isfinite(value):
+        return max(int(value), 0)
+    return 0
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type = str(response.headers.get("content-type", ""))
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+# ---------------------------------------------------------------------- streaming helpers
+
+
+@dataclass(slots=True)
+class _CallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _StreamState:
+    """What the chunks of a stream have said so far."""
+
+    model: str
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _CallParts] = field(default_factory=dict)
+    finish_reason: FinishReason = FinishReason.UNSPECIFIED
+    usage: Usage = field(default_factory=Usage)
+    last_chunk: dict[str, Any] = field(default_factory=dict)
+    usage_chunk: dict[str, Any] | None = None
+
+    def apply(self, chunk: dict[str, Any]) -> str:
+        """Take in one chunk; return its text delta ("" if none)."""
+        self.last_chunk = chunk
+        model = chunk.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = _usage(usage)
+            self.usage_chunk = chunk
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return ""
+        text = ""
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                self.finish_reason = _finish_reason(reason)
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                text += content
+            tool_calls = delta.get("tool_calls")
+            if isinstance(tool_calls, list):
+                for position, item in enumerate(tool_calls):
+                    if isinstance(item, dict):
+                        self._apply_call(item, position)
+            legacy = delta.get("function_call")
+            if isinstance(legacy, dict):
+                self._apply_call({"index": 0, "function": legacy}, 0)
+        if text:
+            self.text.append(text)
+        return text
+
+    def _apply_call(self, item: dict[str, Any], position: int) -> None:
+        index = item.get("index")
+        call_id = item.get("id")
+        if not isinstance(index, int) or isinstance(index, bool):
+            # Servers that omit the index: a new id starts a new call.
+            known = {parts.id for parts in self.calls.values()}
+            if isinstance(call_id, str) and call_id and call_id not in known:
+                index = len(self.calls)
+            else:
+                index = max(self.calls, default=position)
+        parts = self.calls.setdefault(index, _CallParts())
+        if isinstance(call_id, str) and call_id and not parts.id:
+            parts.id = call_id
+        function = item.get("function")
+        if not isinstance(function, dict):
+            return
+        name = function.get("name")
+        if isinstance(name, str) and name and not parts.name:
+            parts.name = name
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            parts.arguments.append(arguments)
+        elif isinstance(arguments, dict):
+            parts.arguments.append(json.dumps(arguments, ensure_ascii=False))
+
+    def result(self) -> ProviderResponse:
+        """The whole answer, as ``complete`` would have returned it."""
+        calls = tuple(
+            _function_call(parts.id, parts.name, "".join(parts.arguments))
+            for _, parts in sorted(self.calls.items())
+        )
+        return ProviderResponse(
+            model=self.model,
+            text="".join(self.text),
+            function_calls=calls,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            raw=self.usage_chunk if self.usage_chunk is not None else self.last_chunk,
+        )
+
+
+class _SSEParser:
+    """Incremental server-sent-events parser yielding ``(event, data)`` pairs.
+
+    Splits lines on CRLF, LF or CR only (JSON may hold U+2028 and friends),
+    joins multi-line data with LF and skips comments and events without data.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        """Take in bytes; return every event they complete."""
+        self._buffer += chunk
+        events: list[tuple[str, str]] = []
+        while (cut := _line_end(self._buffer)) is not None:
+            end, after = cut
+            line = self._buffer[:end]
+            self._buffer = self._buffer[after:]
+            self._line(line.decode("utf-8", errors="replace"), events)
+        return events
+
+    def flush(self) -> list[tuple[str, str]]:
+        """The body ended: a last event without its blank line still counts."""
+        events: list[tuple[str, str]] = []
+        if self._buffer:
+            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+            self._line(line.decode("utf-8", errors="replace"), events)
+        self._line("", events)
+        return events
+
+    def _line(self, line: str, events: list[tuple[str, str]]) -> None:
+        if not line:
+            if self._data:
+                events.append((self._event, "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+
+
+def _line_end(buffer: bytes) -> tuple[int, int] | None:
+    """Where the first line of ``buffer`` ends and the next begins, if complete."""
+    lf = buffer.find(b"\n")
+    cr = buffer.find(b"\r")
+    if cr == -1 or (lf != -1 and lf < cr):
+        return None if lf == -1 else (lf, lf + 1)
+    if cr + 1 == len(buffer):
+        return None  # a CR at the end may be the first half of CRLF
+    return (cr, cr + 2) if buffer[cr + 1 : cr + 2] == b"\n" else (cr, cr + 1)
+
+
+async def _drain(chunks: AsyncIterator[bytes], deadline: float | None) -> None:
+    """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _DRAIN_SECONDS
+    if deadline is not None:
+        until = min(until, deadline)
+    try:
+        async with asyncio.timeout_at(until):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the answer is complete; the connection is just not reused
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+# ---------------------------------------------------------------------- error helpers
+
+
+def _classify_status(status: int) -> tuple[str, bool]:
+    """The error code for an HTTP status, and whether a retry could help."""
+    if status == 429:
+        return "PROVIDER_RATE_LIMITED", True
+    if status >= 500 or status in (408, 409):
+        return "PROVIDER_ERROR", True
+    if status in (401, 403):
+        return "PROVIDER_AUTH_FAILED", False
+    if status in (400, 404, 422):
+        return "PROVIDER_INVALID_REQUEST", False
+    return "PROVIDER_ERROR", False
+
+
+def _stream_error(name: str, error: Any) -> ProviderError:
+    """The error for an ``{"error": ...}`` object inside a 200 answer."""
+    detail = _describe_error_object(error)
+    status = 0
+    code_value = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code_value, int) and not isinstance(code_value, bool):
+        status = code_value if 400 <= code_value <= 599 else 0  # vLLM puts the status here
+    if status:
+        code, retryable = _classify_status(status)
+    else:
+        kind = " ".join(
+            str(error.get(key, "")) for key in ("type", "code") if isinstance(error, dict)
+        )
+        if "rate_limit" in kind:
+            code, retryable = "PROVIDER_RATE_LIMITED", True
+        else:
+            code, retryable = "PROVIDER_ERROR", "server_error" in kind or "overloaded" in kind
+    return ProviderError(
+        f"{name}: the provider reported an error: {detail}",
+        code=code,
+        status=status,
+        retryable=retryable,
+    )
+
+
+def _error_detail(body: bytes) -> str:
+    """The provider's own words from an error body (OpenAI's shape or a fallback)."""
+    if not body.strip():
+        return ""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _snippet(body)
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            if data.get(key) is not None:
+                return _describe_error_object(data[key])
+    return _snippet(body)
+
+
+def _describe_error_object(error: Any) -> str:
+    if isinstance(error, str):
+        return error[:_ERROR_SNIPPET_CHARS]
+    if not isinstance(error, dict):
+        return _snippet(json.dumps(error, ensure_ascii=False, default=str))
+    message = error.get("message")
+    text = str(message) if message is not None else ""
+    extras = [
+        f"{key}={error[key]}"
+        for key in ("type", "code", "param")
+        if error.get(key) not in (None, "")
+    ]
+    if extras:
+        text = f"{text} ({', '.join(extras)})" if text else ", ".join(extras)
+    return text[: _ERROR_SNIPPET_CHARS * 2]
+
+
+def _snippet(body: bytes | str) -> str:
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    if len(text) > _ERROR_SNIPPET_CHARS:
+        return text[:_ERROR_SNIPPET_CHARS] + "..."
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds to wait before retrying, from ``retry-after-ms`` or ``Retry-After``.
+
+    ``Retry-After`` may be delta-seconds (``7``) or an HTTP-date
+    (``Wed, 21 Oct 2015 07:28:00 GMT``, counted from ``now``); a date in the
+    past gives 0. Returns None when neither header holds a usable value.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    millis = _non_negative(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _non_negative(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None

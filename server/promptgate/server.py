@@ -1,0 +1,183 @@
+"""Wiring: builds the components, the grpc.aio server, and shuts both down.
+
+Start-up: open the store (create or migrate the schema), start the recorder,
+create the shared HTTP client and the providers, then serve ExecutionService,
+PromptService, grpc.health.v1 and server reflection.
+
+Shutdown (SIGTERM/SIGINT or ``stop()``): health turns NOT_SERVING, the server
+stops accepting calls and lets in-flight ones finish for up to the grace
+period, the recorder writes everything queued, and connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from promptgate import demo
+from promptgate.api.context import CallContext
+from promptgate.api.errors import ErrorInterceptor
+from promptgate.api.execution_servicer import ExecutionServicer
+from promptgate.api.prompt_servicer import PromptServicer
+from promptgate.api.v1 import execution_service_pb2, execution_service_pb2_grpc
+from promptgate.api.v1 import prompt_service_pb2, prompt_service_pb2_grpc
+from promptgate.config import Settings
+from promptgate.execution.executor import Executor, ExecutorLimits
+from promptgate.execution.pricing import PriceTable
+from promptgate.execution.records import ExecutionHistory
+from promptgate.execution.recorder import ExecutionRecorder
+from promptgate.prompts.catalog import PromptCatalog
+from promptgate.prompts.templates import TemplateEngine
+from promptgate.providers.base import Provider
+from promptgate.providers.mock import MockProvider
+from promptgate.providers.openai import OpenAIProvider
+from promptgate.providers.registry import ProviderRegistry
+from promptgate.store.engine import create_engine, prepare_schema, session_factory
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
+    prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name,
+)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments: message sizes and keepalive, all explicit."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.keepalive_min_ping_interval_s * 1000),
+        ),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class PromptgateServer:
+    """One promptgate server: its components and its grpc.aio server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Build everything, bind and start serving; return the bound port."""
+        s = self.settings
+        self.engine = create_engine(s.database_url, echo=s.database_echo)
+        await prepare_schema(self.engine)
+        self.sessions = session_factory(self.engine)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=s.http_max_connections,
+                max_keepalive_connections=s.http_max_connections,
+            ),
+        )
+        providers: dict[str, Provider] = {"mock": MockProvider()}
+        if s.openai_enabled:
+            providers["openai"] = OpenAIProvider(
+                client=self.http, base_url=s.openai_base_url, api_key=s.openai_api_key
+            )
+        self.registry = ProviderRegistry(providers, {"openai": s.openai_models})
+        self.templates = TemplateEngine()
+        self.catalog = PromptCatalog(self.sessions, self.templates, self.registry.check)
+        self.recorder = ExecutionRecorder(self.sessions, batch_max=s.record_batch_max)
+        self.recorder.start()
+        self.history = ExecutionHistory(self.sessions)
+        self.executor = Executor(
+            catalog=self.catalog,
+            registry=self.registry,
+            templates=self.templates,
+            prices=PriceTable.load(s.prices_file),
+            recorder=self.recorder,
+            history=self.history,
+            sessions=self.sessions,
+            limits=ExecutorLimits(
+                max_prompt_chars=s.max_prompt_chars,
+                max_inputs=s.max_inputs,
+                default_timeout_s=s.default_timeout_s,
+                default_release_tag=s.default_release_tag,
+            ),
+        )
+        if s.dev:
+            if await demo.seed_demo(self.catalog, s.workspace):
+                log.info("seeded the demo prompt %r", demo.DEMO_PROMPT)
+
+        calls = CallContext(s.workspace)
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(s))
+        execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
+            ExecutionServicer(self.executor, self.history, self.catalog, calls), server
+        )
+        prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
+            PromptServicer(self.catalog, self.executor, calls), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("promptgate listening on %s:%d", s.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain in-flight calls for up to ``grace`` seconds, flush records, close."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        log.info("shutting down: draining in-flight calls for up to %.1fs", grace)
+        await server.stop(grace)
+        await self.recorder.close()
+        log.info("recorded executions flushed (%d written)", self.recorder.written)
+        await self.registry.aclose()
+        await self.http.aclose()
+        await self.engine.dispose()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once ``stop()`` has finished."""
+        await self._stopped.wait()
+
+
+async def serve(settings: Settings) -> int:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully; return 0."""
+    server = PromptgateServer(settings)
+    port = await server.start()
+    address = f"{'localhost' if settings.host in ('127.0.0.1', '::1') else settings.host}:{port}"
+    print(f"promptgate listening on {settings.host}:{port}", flush=True)
+    if settings.dev:
+        print(demo.demo_commands(address), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    print("promptgate stopped", flush=True)
+    return 0

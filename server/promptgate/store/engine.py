@@ -1,0 +1,98 @@
+"""The async database engine and schema set-up.
+
+SQLite (the default) runs in WAL mode with full fsync, so that a committed
+row survives a crash; PostgreSQL is used as-is. The schema is created from
+the SQLModel metadata at start-up and its version kept in ``schema_version``;
+a database written by a newer promptgate is refused rather than damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlmodel import SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from promptgate.errors import PromptgateError
+from promptgate.store import tables
+from promptgate.store.tables import SchemaVersionRow, utcnow
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Migrations from version N-1 to N, run in order inside one transaction.
+MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {}
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+class SchemaError(PromptgateError):
+    """The database's schema cannot be used by this promptgate."""
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for ``url``; SQLite files get their directory and pragmas."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=20, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions that keep loaded rows usable after commit."""
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+async def prepare_schema(engine: AsyncEngine) -> int:
+    """Create missing tables and bring the schema to SCHEMA_VERSION; return it."""
+    assert tables.PromptRow  # the table classes must be imported to be created
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all)
+        session = AsyncSession(bind=conn)
+        row = (await session.exec(select(SchemaVersionRow))).first()
+        if row is None:
+            session.add(SchemaVersionRow(id=1, version=SCHEMA_VERSION, updated_at=utcnow()))
+        elif row.version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database is at schema version {row.version}, newer than this "
+                f"promptgate's {SCHEMA_VERSION}; upgrade promptgate"
+            )
+        elif row.version < SCHEMA_VERSION:
+            for version in range(row.version + 1, SCHEMA_VERSION + 1):
+                log.info("migrating schema to version %d", version)
+                await MIGRATIONS[version](conn)
+            row.version = SCHEMA_VERSION
+            row.updated_at = utcnow()
+            session.add(row)
+        await session.flush()
+    return SCHEMA_VERSION

@@ -1,0 +1,152 @@
+"""SQLModel tables. Rows only: domain objects are built from them elsewhere.
+
+Every row carries ``workspace_id`` so that each query can be scoped to the
+caller's workspace. Structured values (templates, inputs, outputs) are JSON
+columns; the domain owns their shape.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored datetime as aware UTC (SQLite returns naive values)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json(factory: type[dict[str, Any]] | type[list[Any]] | None) -> Any:
+    if factory is None:
+        return Field(default=None, sa_column=Column(JSON, nullable=True))
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+def _time(index: bool = False) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=index))
+
+
+class SchemaVersionRow(SQLModel, table=True):
+    """The schema version the database is at (one row)."""
+
+    __tablename__ = "schema_version"
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+    updated_at: datetime = _time()
+
+
+class PromptRow(SQLModel, table=True):
+    """A named prompt."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_prompts_workspace_name"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    description: str = ""
+    labels: dict[str, str] = _json(dict)
+    archived: bool = False
+    latest_version: int = 0
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+
+
+class PromptVersionRow(SQLModel, table=True):
+    """An immutable prompt version; ``spec`` is the domain's PromptSpec as JSON."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (UniqueConstraint("prompt_id", "version", name="uq_versions_prompt_version"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    prompt_id: str = Field(foreign_key="prompts.id", max_length=40)
+    workspace_id: str = Field(max_length=64)
+    version: int
+    spec: dict[str, Any] = _json(dict)
+    description: str = ""
+    created_at: datetime = _time()
+
+
+class ReleaseTagRow(SQLModel, table=True):
+    """Where a release tag of a prompt points now."""
+
+    __tablename__ = "release_tags"
+
+    prompt_id: str = Field(primary_key=True, foreign_key="prompts.id", max_length=40)
+    tag: str = Field(primary_key=True, max_length=64)
+    version_id: str = Field(max_length=40)
+    version: int
+    updated_at: datetime = _time()
+
+
+class ReleaseTagEventRow(SQLModel, table=True):
+    """One move of a release tag (the tag history)."""
+
+    __tablename__ = "release_tag_events"
+    __table_args__ = (Index("ix_tag_events_prompt_seq", "prompt_id", "seq"),)
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    prompt_id: str = Field(max_length=40)
+    tag: str = Field(max_length=64)
+    version_id: str = Field(max_length=40)
+    version: int
+    previous_version: int = 0
+    created_at: datetime = _time()
+
+
+class ExecutionRow(SQLModel, table=True):
+    """A recorded execution."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "external_id", name="uq_executions_external_id"),
+        Index("ix_executions_workspace_id", "workspace_id", "id"),
+        Index("ix_executions_prompt", "workspace_id", "prompt_id", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    external_id: str | None = Field(default=None, max_length=256)
+    state: str = Field(max_length=16)
+    streamed: bool = False
+    prompt_id: str | None = Field(default=None, max_length=40)
+    prompt_name: str = ""
+    version_id: str | None = Field(default=None, max_length=40)
+    version: int = 0
+    release_tag: str = ""
+    provider: str = ""
+    model: str = ""
+    inputs: list[Any] = _json(list)
+    outputs: list[Any] = _json(list)
+    error: dict[str, Any] | None = _json(None)
+    finish_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    input_chars: int = 0
+    output_chars: int = 0
+    cost: float = 0.0
+    priced: bool = False
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 0
+    cache_hit: bool = False
+    parameters: dict[str, Any] = _json(dict)
+    request_metadata: dict[str, Any] = _json(dict)
+    raw: dict[str, Any] = _json(dict)
+    created_at: datetime = _time()
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
