@@ -67,7 +67,8 @@ What it saw: ``requests`` (a ``RecordedRequest`` per request, in arrival
 order, with headers, parsed body, what was sent back and whether the client
 disconnected before the answer was complete), ``disconnects`` (how many
 answers the client abandoned), ``disconnected`` (an ``asyncio.Event`` set on
-the first) and ``wait_for_disconnect()``. ``errors`` lists unexpected
+the first) and ``wait_for_disconnect(count)``; ``wait_for_requests(count)``
+waits for requests to arrive. ``errors`` lists unexpected
 exceptions inside the server (it should stay empty).
 """
 
@@ -272,6 +273,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.disconnected = asyncio.Event()
+        self._disconnect_seen = asyncio.Event()
+        self._request_seen = asyncio.Event()
         self.errors: list[BaseException] = []
         self._port = port
         self._server: asyncio.Server | None = None
@@ -322,11 +325,15 @@ class FakeOpenAI:
             raise LookupError("no request received")
         return self.requests[-1]
 
-    async def wait_for_disconnect(self, count: int = 1, timeout: float = 5.0) -> None:
-        """Wait until ``count`` answers have been abandoned by their clients."""
-        async with asyncio.timeout(timeout):
-            while self.disconnects < count:
-                await asyncio.sleep(0.005)
+    async def wait_for_requests(self, count: int = 1) -> None:
+        """Wait until ``count`` requests have arrived (wrap it in a timeout)."""
+        while len(self.requests) < count:
+            await self._request_seen.wait()
+
+    async def wait_for_disconnect(self, count: int = 1) -> None:
+        """Wait until ``count`` answers have been abandoned (wrap it in a timeout)."""
+        while self.disconnects < count:
+            await self._disconnect_seen.wait()
 
     # ------------------------------------------------------------------ connections
 
@@ -399,6 +406,8 @@ class FakeOpenAI:
             client_port=_peer_port(writer),
         )
         self.requests.append(record)
+        seen, self._request_seen = self._request_seen, asyncio.Event()
+        seen.set()
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(conn, reader, gone))
         exchange = _Exchange(conn, writer, record, gone)
@@ -408,6 +417,8 @@ class FakeOpenAI:
             record.disconnected = True
             self.disconnects += 1
             self.disconnected.set()
+            seen, self._disconnect_seen = self._disconnect_seen, asyncio.Event()
+            seen.set()
             return False
         finally:
             watcher.cancel()

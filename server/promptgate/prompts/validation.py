@@ -49,10 +49,8 @@ def validate_spec(
     if not spec.model:
         problems.append(FieldViolation(f"{field}.model", "a model is required"))
     else:
-        try:
-            check_model(spec.provider, spec.model, f"{field}.model")
-        except InvalidArgument as exc:
-            problems.extend(exc.violations)
+        # An unservable model is its own error (INVALID_MODEL), reported first.
+        check_model(spec.provider, spec.model, f"{field}.model")
     declared = {}
     for i, variable in enumerate(spec.input_variables):
         path = f"{field}.input_variables[{i}]"

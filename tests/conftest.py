@@ -1,0 +1,132 @@
+"""Shared fixtures: a real promptgate server on port 0 with real stubs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from promptgate.api.v1 import execution_service_pb2_grpc, prompt_service_pb2_grpc
+from promptgate.config import Settings
+from promptgate.server import PromptgateServer
+
+PG_ADMIN_DSN = os.environ.get("PROMPTGATE_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
+
+
+@dataclass
+class Running:
+    """A started server, a channel to it and its stubs."""
+
+    server: PromptgateServer
+    address: str
+    channel: grpc.aio.Channel
+    executions: execution_service_pb2_grpc.ExecutionServiceStub
+    prompts: prompt_service_pb2_grpc.PromptServiceStub
+
+
+ServerFactory = Callable[..., "AsyncIterator[Running]"]
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test server: port 0, SQLite in tmp_path, demo prompt seeded."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'promptgate.db'}",
+            "dev": True,
+            "grace_period_s": 1.0,
+            "openai_api_key": None,
+            "openai_base_url": "https://api.openai.com/v1",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def start_server(
+    settings_factory: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start servers with setting overrides; all are stopped after the test."""
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        server = PromptgateServer(settings_factory(**overrides))
+        port = await server.start()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address)
+        running = Running(
+            server=server,
+            address=address,
+            channel=channel,
+            executions=execution_service_pb2_grpc.ExecutionServiceStub(channel),
+            prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
+        )
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.channel.close()
+        await running.server.stop(grace=0)
+
+
+@pytest.fixture
+async def pg(start_server: Callable[..., Any]) -> Running:
+    """A server on SQLite with the demo prompt (the common case)."""
+    running: Running = await start_server()
+    return running
+
+
+def error_details(
+    err: grpc.aio.AioRpcError,
+) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest | None]:
+    """The ErrorInfo and BadRequest details of a status error."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, f"no rich status on {err.code()}: {err.details()}"
+    info = error_details_pb2.ErrorInfo()
+    bad: error_details_pb2.BadRequest | None = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+    assert info.reason, "every status error carries an ErrorInfo reason"
+    return info, bad
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"pg_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
