@@ -24,7 +24,9 @@ def main() -> int:
     if TARGET.exists():
         shutil.rmtree(TARGET)
     TARGET.mkdir(parents=True)
-    (TARGET / "__init__.py").write_text('"""Generated from proto/promptgate/v1 by `make generate`."""\n')
+    (TARGET / "__init__.py").write_text(
+        '"""Generated from proto/promptgate/v1 by `make generate`."""\n'
+    )
     for path in sorted(SOURCE.iterdir()):
         text = IMPORT.sub(lambda m: f"{m.group(1)} promptgate.api.v1", path.read_text())
         (TARGET / path.name).write_text(text)

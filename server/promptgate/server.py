@@ -25,13 +25,17 @@ from promptgate.api.context import CallContext
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.api.execution_servicer import ExecutionServicer
 from promptgate.api.prompt_servicer import PromptServicer
-from promptgate.api.v1 import execution_service_pb2, execution_service_pb2_grpc
-from promptgate.api.v1 import prompt_service_pb2, prompt_service_pb2_grpc
+from promptgate.api.v1 import (
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    prompt_service_pb2,
+    prompt_service_pb2_grpc,
+)
 from promptgate.config import Settings
 from promptgate.execution.executor import Executor, ExecutorLimits
 from promptgate.execution.pricing import PriceTable
-from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.recorder import ExecutionRecorder
+from promptgate.execution.records import ExecutionHistory
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.base import Provider
@@ -73,7 +77,7 @@ class PromptgateServer:
         self.settings = settings
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:

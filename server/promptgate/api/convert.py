@@ -55,14 +55,14 @@ from promptgate.prompts.model import (
     TemplateMessage,
 )
 
-_ROLES = {
+_ROLES: dict[pb.MessageRole.ValueType, Role] = {
     pb.MESSAGE_ROLE_SYSTEM: Role.SYSTEM,
     pb.MESSAGE_ROLE_USER: Role.USER,
     pb.MESSAGE_ROLE_ASSISTANT: Role.ASSISTANT,
     pb.MESSAGE_ROLE_TOOL: Role.TOOL,
 }
 _ROLES_PB = {v: k for k, v in _ROLES.items()}
-_INPUT_TYPES = {
+_INPUT_TYPES: dict[pb.InputType.ValueType, InputType] = {
     pb.INPUT_TYPE_STRING: InputType.STRING,
     pb.INPUT_TYPE_JSON: InputType.JSON,
     pb.INPUT_TYPE_CHAT_HISTORY: InputType.CHAT_HISTORY,
@@ -108,7 +108,7 @@ _STATES_PB = {
     ExecutionState.FULFILLED: pb.EXECUTION_STATE_FULFILLED,
     ExecutionState.REJECTED: pb.EXECUTION_STATE_REJECTED,
 }
-_STATES = {v: k for k, v in _STATES_PB.items()}
+_STATES: dict[pb.ExecutionState.ValueType, ExecutionState] = {v: k for k, v in _STATES_PB.items()}
 
 
 # JSON values
@@ -172,7 +172,9 @@ def duration(seconds: float | None) -> duration_pb2.Duration | None:
 # Chat vocabulary
 
 
-def role_from_proto(role: int, field: str, *, required: bool = True) -> Role | None:
+def role_from_proto(
+    role: pb.MessageRole.ValueType, field: str, *, required: bool = True
+) -> Role | None:
     """A MessageRole as a Role; UNSPECIFIED is INVALID_ARGUMENT when required."""
     if role in _ROLES:
         return _ROLES[role]
@@ -568,20 +570,25 @@ def execution_request_from_proto(
             reason="INVALID_PROMPT",
             violations=[FieldViolation("prompt", "set prompt or inline_prompt")],
         )
-    execute = isinstance(request, epb.ExecutePromptRequest)
-    timeout = None
-    if execute and request.HasField("timeout"):
-        timeout = request.timeout.ToTimedelta().total_seconds()
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise InvalidArgument.field("timeout", "must be positive")
+    timeout: float | None = None
+    external_id = ""
+    metadata: dict[str, Any] = {}
+    expand_raw: tuple[str, ...] = ()
+    if isinstance(request, epb.ExecutePromptRequest):
+        if request.HasField("timeout"):
+            timeout = request.timeout.ToTimedelta().total_seconds()
+            if not math.isfinite(timeout) or timeout <= 0:
+                raise InvalidArgument.field("timeout", "must be positive")
+        external_id = request.external_id
+        if request.HasField("metadata"):
+            metadata = struct_to_dict(request.metadata)
+        expand_raw = tuple(request.expand_raw)
     return ExecutionRequest(
         workspace_id=workspace,
         target=target,
         inputs=inputs_from_proto(request.inputs),
-        external_id=request.external_id if execute else "",
-        metadata=struct_to_dict(request.metadata)
-        if execute and request.HasField("metadata")
-        else {},
+        external_id=external_id,
+        metadata=metadata,
         parameters=parameters_from_proto(request.parameters)
         if request.HasField("parameters")
         else None,
@@ -594,7 +601,7 @@ def execution_request_from_proto(
         tool_choice=tool_choice_from_proto(request.tool_choice)
         if request.HasField("tool_choice")
         else None,
-        expand_raw=tuple(request.expand_raw) if execute else (),
+        expand_raw=expand_raw,
         raw_body=struct_to_dict(request.raw_overrides.body)
         if request.raw_overrides.HasField("body")
         else {},
@@ -760,7 +767,7 @@ def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
     )
 
 
-def state_from_proto(state: int) -> ExecutionState | None:
+def state_from_proto(state: pb.ExecutionState.ValueType) -> ExecutionState | None:
     """An ExecutionState filter (None for UNSPECIFIED)."""
     return _STATES.get(state)
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -57,8 +57,8 @@ from promptgate.execution.model import (
     TextOutput,
 )
 from promptgate.execution.pricing import PriceTable
-from promptgate.execution.records import ExecutionHistory, to_row
 from promptgate.execution.recorder import ExecutionRecorder
+from promptgate.execution.records import ExecutionHistory, to_row
 from promptgate.ids import new_id
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.inputs import resolve_inputs
@@ -163,7 +163,7 @@ class Executor:
         await self._recorder.record(record, upsert=claimed)
         return record
 
-    async def stream(self, request: ExecutionRequest) -> AsyncIterator[ExecutionEvent]:
+    async def stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
         """Run ``request``, yielding Initiated, Deltas, then one Finished (after recording).
 
         Close the iterator (``contextlib.aclosing``) when abandoning it: the

@@ -152,7 +152,7 @@ class PromptCatalog:
                     raise _archived(prompt.name)
                 number = prompt.latest_version + 1
                 now = utcnow()
-                claimed = await session.exec(  # type: ignore[call-overload]
+                claimed = await session.exec(
                     update(PromptRow)
                     .where(
                         and_(

@@ -13,7 +13,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, meta
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from promptgate.errors import InvalidArgument
 

@@ -22,7 +22,7 @@ from promptgate.chat import (
 )
 from promptgate.errors import FieldViolation, InvalidArgument
 from promptgate.prompts.inputs import coerce
-from promptgate.prompts.model import InputType, PromptInput, PromptSpec
+from promptgate.prompts.model import InputType, InputVariable, PromptInput, PromptSpec
 from promptgate.prompts.templates import TemplateEngine
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -51,7 +51,7 @@ def validate_spec(
     else:
         # An unservable model is its own error (INVALID_MODEL), reported first.
         check_model(spec.provider, spec.model, f"{field}.model")
-    declared = {}
+    declared: dict[str, InputVariable] = {}
     for i, variable in enumerate(spec.input_variables):
         path = f"{field}.input_variables[{i}]"
         if not IDENTIFIER.match(variable.name):
@@ -78,15 +78,15 @@ def validate_spec(
     for i, message in enumerate(spec.messages):
         path = f"{field}.messages[{i}]"
         if message.chat_history_input:
-            variable = declared.get(message.chat_history_input)
-            if variable is None and declared_required:
+            history = declared.get(message.chat_history_input)
+            if history is None and declared_required:
                 problems.append(
                     FieldViolation(
                         f"{path}.chat_history_input",
                         f"variable {message.chat_history_input!r} is not declared",
                     )
                 )
-            elif variable is not None and variable.type is not InputType.CHAT_HISTORY:
+            elif history is not None and history.type is not InputType.CHAT_HISTORY:
                 problems.append(
                     FieldViolation(
                         f"{path}.chat_history_input",

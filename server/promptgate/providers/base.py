@@ -17,7 +17,7 @@ A provider implements three things::
             text = request.messages[-1].content
             return ProviderResponse(model=request.model, text=text, finish_reason=FinishReason.STOP)
 
-        async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+        async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
             response = await self.complete(request)
             yield TextDelta(response.text)
             yield StreamDone(response)
@@ -40,7 +40,7 @@ Rules every adapter follows:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +115,7 @@ class Provider(Protocol):
         """Send the request and return the whole answer."""
         ...
 
-    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         """Send the request and yield the answer as it arrives."""
         ...
 

@@ -31,7 +31,7 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +129,7 @@ class MockProvider:
         _raise_if_error(controls)
         return _answer(request, payload, controls)
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield the answer in ``chunks`` deltas, paced as asked."""
         payload = self.build_payload(request, stream=True)
         controls = MockControls.from_payload(payload)

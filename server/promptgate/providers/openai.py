@@ -387,7 +387,7 @@ class OpenAIProvider:
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
             return ProviderError(
                 f"{self.name}: cannot connect to {self._url}: {what}",
-                code="PROVIDER_UNREACHABLE",
+                code="PROVIDER_ERROR",
                 retryable=True,
             )
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):

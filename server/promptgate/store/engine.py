@@ -25,7 +25,7 @@ from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from promptgate.errors import PromptgateError
-from promptgate.store import tables
+from promptgate.store import tables  # noqa: F401  (registers the tables)
 from promptgate.store.tables import SchemaVersionRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 
 async def prepare_schema(engine: AsyncEngine) -> int:
     """Create missing tables and bring the schema to SCHEMA_VERSION; return it."""
-    assert tables.PromptRow  # the table classes must be imported to be created
     async with engine.begin() as conn:
         await conn.run_sync(SQLModel.metadata.create_all)
         session = AsyncSession(bind=conn)
