@@ -16,10 +16,12 @@ help:
 	@echo "make lint      ruff, mypy (strict), buf lint, buf breaking, generated code current"
 	@echo "make generate  regenerate code from proto/"
 
+UV := $(PYTHON) -m uv
+
 $(VENV)/.installed: pyproject.toml
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	@test -x $(PY) || uv venv --quiet --python $(PYTHON) $(VENV)
-	uv pip install --quiet --python $(PY) -e '.[dev]'
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(PY) -e '.[dev]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -42,8 +44,8 @@ check-generated: generate
 	  || (echo "generated code is stale: run make generate and commit" >&2; exit 1)
 
 lint: tools check-generated
-	$(VENV)/bin/ruff check server tests tools bench
-	$(VENV)/bin/ruff format --check server tests tools bench
+	$(VENV)/bin/ruff check server tests tools
+	$(VENV)/bin/ruff format --check server tests tools
 	$(VENV)/bin/mypy
 	$(BUF) lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \

@@ -704,6 +704,14 @@ def execute_response(
     )
 
 
+def _known_at_start(expand: pb.ExpandMeta | None) -> pb.ExpandMeta:
+    """Meta groups that are known when an execution starts, as far as asked for."""
+    asked = expand or pb.ExpandMeta(model=True, prompt_version=True, parameters=True)
+    return pb.ExpandMeta(
+        model=asked.model, prompt_version=asked.prompt_version, parameters=asked.parameters
+    )
+
+
 def initiated_event(
     record: ExecutionRecord, request: epb.ExecutePromptRequest
 ) -> epb.ExecutePromptStreamResponse:
@@ -712,7 +720,7 @@ def initiated_event(
         execution_id=record.id,
         time=timestamp(datetime.now(record.created_at.tzinfo)),
         initiated=epb.InitiatedEvent(
-            meta=meta_to_proto(record, _expand(request)),
+            meta=meta_to_proto(record, _known_at_start(_expand(request))),
             external_id=record.external_id,
             replayed=record.replayed,
         ),

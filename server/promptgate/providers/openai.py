@@ -285,7 +285,7 @@ class OpenAIProvider:
     ) -> bytes | None:
         """The next piece of a streamed body; None at its end."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(None):
                 return await anext(chunks, None)
         except TimeoutError as exc:
             raise self._timeout_error(request) from exc
@@ -387,7 +387,7 @@ class OpenAIProvider:
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
             return ProviderError(
                 f"{self.name}: cannot connect to {self._url}: {what}",
-                code="PROVIDER_ERROR",
+                code="PROVIDER_UNREACHABLE",
                 retryable=True,
             )
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
