@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -768,6 +769,18 @@ async def test_cancelling_a_stream_consumer_disconnects_upstream(
     sent = fake.last_request
     assert sent.disconnected and not sent.completed
     assert len(received) >= 2
+
+
+async def test_closing_a_stream_early_disconnects_upstream(
+    provider: OpenAIProvider, fake: FakeOpenAI
+) -> None:
+    async with contextlib.aclosing(provider.stream(make_request("fake-endless"))) as events:
+        async for event in events:
+            assert event == TextDelta("tick ")
+            break
+    async with asyncio.timeout(2):
+        await fake.wait_for_disconnect()
+    assert fake.last_request.disconnected
 
 
 async def test_cancelling_a_unary_call_disconnects_upstream(

@@ -168,7 +168,7 @@ class OpenAIProvider:
 
     # ------------------------------------------------------------------ stream
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         """Send the request and yield ``TextDelta``s, then exactly one ``StreamDone``.
 
         Raises ``StreamInterrupted`` if the body ends (or the connection
@@ -285,7 +285,7 @@ class OpenAIProvider:
     ) -> bytes | None:
         """The next piece of a streamed body; None at its end."""
         try:
-            async with asyncio.timeout_at(None):
+            async with asyncio.timeout_at(deadline):
                 return await anext(chunks, None)
         except TimeoutError as exc:
             raise self._timeout_error(request) from exc
