@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
-
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
+
 from tests.conftest import Running, error_details
 
 
@@ -24,7 +24,9 @@ def demo(question: str = "What is promptgate?", **fields: Any) -> epb.ExecutePro
     )
 
 
-def inline(prompt: str, model: str = "mock-1", mock: dict[str, Any] | None = None, **fields: Any) -> epb.ExecutePromptRequest:
+def inline(
+    prompt: str, model: str = "mock-1", mock: dict[str, Any] | None = None, **fields: Any
+) -> epb.ExecutePromptRequest:
     params = pb.ModelParameters()
     if mock is not None:
         params.extra.update({"mock": mock})
@@ -41,15 +43,25 @@ async def test_execute_demo_prompt_returns_outputs_meta_and_is_recorded(pg: Runn
     response = await pg.executions.ExecutePrompt(demo("Why is the sky blue?"))
     assert response.state == pb.EXECUTION_STATE_FULFILLED
     assert response.execution_id.startswith("exe_")
-    assert response.outputs[0].string_value == "Mock reply to: Answer in one sentence: Why is the sky blue?"
+    assert (
+        response.outputs[0].string_value
+        == "Mock reply to: Answer in one sentence: Why is the sky blue?"
+    )
     meta = response.meta
-    assert (meta.provider, meta.model, meta.prompt_version, meta.release_tag) == ("mock", "mock-1", 1, "production")
+    assert (meta.provider, meta.model, meta.prompt_version, meta.release_tag) == (
+        "mock",
+        "mock-1",
+        1,
+        "production",
+    )
     assert meta.finish_reason == pb.FINISH_REASON_STOP
     assert meta.usage.output_tokens == len(response.outputs[0].string_value.split())
     assert meta.usage.input_tokens > 0 and meta.usage.input_chars > 0
     assert meta.cost.priced and meta.cost.value == 0 and meta.cost.unit == "USD"
     assert meta.parameters.temperature == pytest.approx(0.2)
-    stored = await pg.executions.GetExecution(epb.GetExecutionRequest(execution_id=response.execution_id))
+    stored = await pg.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=response.execution_id)
+    )
     execution = stored.execution
     assert execution.state == pb.EXECUTION_STATE_FULFILLED
     assert execution.prompt_name == "demo"
@@ -71,7 +83,9 @@ async def test_stream_events_initiated_deltas_then_one_fulfilled(pg: Running) ->
     assert text == events[-1].fulfilled.outputs[0].string_value
     assert events[-1].fulfilled.meta.usage.output_tokens == len(text.split())
     assert events[-1].fulfilled.meta.HasField("time_to_first_token")
-    stored = await pg.executions.GetExecution(epb.GetExecutionRequest(execution_id=events[0].execution_id))
+    stored = await pg.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=events[0].execution_id)
+    )
     assert stored.execution.streamed and stored.execution.outputs[0].string_value == text
 
 
@@ -83,7 +97,9 @@ async def test_inline_prompt_with_typed_inputs(pg: Running) -> None:
             prompt="{{ user.name }} has {{ count }} items; vip={{ vip }}",
         ),
         inputs=[
-            pb.PromptInput(name="user", json_value=json_format.ParseDict({"name": "Ada"}, struct_pb2.Value())),
+            pb.PromptInput(
+                name="user", json_value=json_format.ParseDict({"name": "Ada"}, struct_pb2.Value())
+            ),
             pb.PromptInput(name="count", number_value=3),
             pb.PromptInput(name="vip", bool_value=True),
         ],
@@ -121,7 +137,9 @@ async def test_chat_history_input_is_spliced_into_messages(pg: Running) -> None:
         ]
     )
     rendered = await pg.prompts.RenderPrompt(
-        ppb.RenderPromptRequest(prompt="chat", inputs=[pb.PromptInput(name="history", chat_history=history)])
+        ppb.RenderPromptRequest(
+            prompt="chat", inputs=[pb.PromptInput(name="history", chat_history=history)]
+        )
     )
     assert [(m.role, m.content) for m in rendered.messages] == [
         (pb.MESSAGE_ROLE_SYSTEM, "You help."),
@@ -132,7 +150,9 @@ async def test_chat_history_input_is_spliced_into_messages(pg: Running) -> None:
     payload = json_format.MessageToDict(rendered.provider_payload)
     assert payload["messages"][-1] == {"role": "user", "content": "what next?"}
     response = await pg.executions.ExecutePrompt(
-        epb.ExecutePromptRequest(prompt="chat", inputs=[pb.PromptInput(name="history", chat_history=history)])
+        epb.ExecutePromptRequest(
+            prompt="chat", inputs=[pb.PromptInput(name="history", chat_history=history)]
+        )
     )
     assert response.outputs[0].string_value == "Mock reply to: what next?"
 
@@ -141,16 +161,27 @@ async def test_chat_history_input_is_spliced_into_messages(pg: Running) -> None:
     ("inputs", "reason", "field", "words"),
     [
         ([], "INVALID_INPUT", "inputs", "missing required input 'question'"),
-        ([pb.PromptInput(name="question", number_value=1)], "INVALID_INPUT", "inputs[0]", "got a NUMBER"),
+        (
+            [pb.PromptInput(name="question", number_value=1)],
+            "INVALID_INPUT",
+            "inputs[0]",
+            "got a NUMBER",
+        ),
         ([pb.PromptInput(name="question")], "INVALID_INPUT", "inputs[0]", "has no value"),
         (
-            [pb.PromptInput(name="question", string_value="q"), pb.PromptInput(name="topic", string_value="x")],
+            [
+                pb.PromptInput(name="question", string_value="q"),
+                pb.PromptInput(name="topic", string_value="x"),
+            ],
             "INVALID_INPUT",
             "inputs[1].name",
             "'topic' is not a declared variable",
         ),
         (
-            [pb.PromptInput(name="question", string_value="q"), pb.PromptInput(name="question", string_value="r")],
+            [
+                pb.PromptInput(name="question", string_value="q"),
+                pb.PromptInput(name="question", string_value="r"),
+            ],
             "INVALID_INPUT",
             "inputs[1].name",
             "given twice",
@@ -206,10 +237,26 @@ async def test_malformed_json_input_names_the_variable(pg: Running) -> None:
         (epb.ExecutePromptRequest(prompt="nope"), grpc.StatusCode.NOT_FOUND, "PROMPT_NOT_FOUND"),
         (demo(release_tag="staging"), grpc.StatusCode.NOT_FOUND, "RELEASE_TAG_NOT_FOUND"),
         (demo(version=7), grpc.StatusCode.NOT_FOUND, "VERSION_NOT_FOUND"),
-        (demo(version=1, release_tag="production"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETERS"),
-        (demo(parameters=pb.ModelParameters(temperature=3)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETERS"),
-        (demo(parameters=pb.ModelParameters(max_tokens=0)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETERS"),
-        (demo(timeout=duration_pb2.Duration(seconds=-1)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETERS"),
+        (
+            demo(version=1, release_tag="production"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PARAMETERS",
+        ),
+        (
+            demo(parameters=pb.ModelParameters(temperature=3)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PARAMETERS",
+        ),
+        (
+            demo(parameters=pb.ModelParameters(max_tokens=0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PARAMETERS",
+        ),
+        (
+            demo(timeout=duration_pb2.Duration(seconds=-1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PARAMETERS",
+        ),
         (demo(external_id="x" * 300), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETERS"),
         (inline("{{ broken"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PROMPT"),
     ],
@@ -256,7 +303,9 @@ async def test_provider_error_is_rejected_and_recorded(pg: Running) -> None:
     assert response.error.provider_status == 429
     assert response.error.retry_after.seconds == 3
     assert "slow down" in response.error.message
-    stored = await pg.executions.GetExecution(epb.GetExecutionRequest(execution_id=response.execution_id))
+    stored = await pg.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=response.execution_id)
+    )
     assert stored.execution.state == pb.EXECUTION_STATE_REJECTED
     assert stored.execution.error.code == "PROVIDER_RATE_LIMITED"
     events = await collect(pg.executions.ExecutePromptStream(inline("hi", model="mock-error-503")))
@@ -270,7 +319,9 @@ async def test_stream_cut_midway_ends_in_rejected_with_partial_output_recorded(p
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds == ["initiated", "streaming", "streaming", "rejected"]
     assert events[-1].rejected.error.code == "STREAM_INTERRUPTED"
-    stored = await pg.executions.GetExecution(epb.GetExecutionRequest(execution_id=events[0].execution_id))
+    stored = await pg.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=events[0].execution_id)
+    )
     partial = "".join(e.streaming.delta for e in events[1:3])
     assert stored.execution.outputs[0].string_value == partial
     assert stored.execution.meta.finish_reason == pb.FINISH_REASON_ERROR
@@ -304,7 +355,11 @@ async def test_request_timeout_rejects_with_execution_timeout(pg: Running) -> No
     assert response.error.code == "EXECUTION_TIMEOUT"
     events = await collect(
         pg.executions.ExecutePromptStream(
-            inline("a b c d", mock={"chunks": 4, "chunk_interval_ms": 400}, timeout=duration_pb2.Duration(nanos=300_000_000))
+            inline(
+                "a b c d",
+                mock={"chunks": 4, "chunk_interval_ms": 400},
+                timeout=duration_pb2.Duration(nanos=300_000_000),
+            )
         )
     )
     assert [e.WhichOneof("event") for e in events] == ["initiated", "streaming", "rejected"]
@@ -376,7 +431,9 @@ async def test_expand_meta_and_expand_raw_and_raw_overrides(pg: Running) -> None
     assert response.outputs[0].string_value == "overridden"
     rendered = await pg.prompts.RenderPrompt(
         ppb.RenderPromptRequest(
-            prompt="demo", inputs=demo().inputs, raw_overrides=overrides,
+            prompt="demo",
+            inputs=demo().inputs,
+            raw_overrides=overrides,
             parameters=pb.ModelParameters(max_tokens=5),
         )
     )
@@ -394,20 +451,34 @@ async def test_json_schema_output_is_validated(pg: Running) -> None:
     schema = struct_pb2.Struct()
     schema.update({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}})
     fmt = pb.ResponseFormat(type=pb.ResponseFormat.TYPE_JSON_SCHEMA, json_schema=schema)
-    good = await pg.executions.ExecutePrompt(inline("x", mock={"text": '{"n": 3}'}, response_format=fmt))
+    good = await pg.executions.ExecutePrompt(
+        inline("x", mock={"text": '{"n": 3}'}, response_format=fmt)
+    )
     assert good.state == pb.EXECUTION_STATE_FULFILLED
     assert json_format.MessageToDict(good.outputs[0].json_value) == {"n": 3}
-    bad = await pg.executions.ExecutePrompt(inline("x", mock={"text": '{"n": "three"}'}, response_format=fmt))
+    bad = await pg.executions.ExecutePrompt(
+        inline("x", mock={"text": '{"n": "three"}'}, response_format=fmt)
+    )
     assert bad.state == pb.EXECUTION_STATE_REJECTED
     assert bad.error.code == "SCHEMA_VALIDATION_FAILED" and "/n" not in bad.error.message
-    stored = await pg.executions.GetExecution(epb.GetExecutionRequest(execution_id=bad.execution_id))
+    stored = await pg.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=bad.execution_id)
+    )
     assert stored.execution.outputs[0].string_value == '{"n": "three"}'
-    not_json = await pg.executions.ExecutePrompt(inline("x", mock={"text": "nope"}, response_format=fmt))
+    not_json = await pg.executions.ExecutePrompt(
+        inline("x", mock={"text": "nope"}, response_format=fmt)
+    )
     assert not_json.error.code == "SCHEMA_VALIDATION_FAILED"
 
 
 async def test_function_call_output(pg: Running) -> None:
-    tools = [pb.Tool(name="lookup", description="Look up", parameters=json_format.ParseDict({"type": "object"}, struct_pb2.Struct()))]
+    tools = [
+        pb.Tool(
+            name="lookup",
+            description="Look up",
+            parameters=json_format.ParseDict({"type": "object"}, struct_pb2.Struct()),
+        )
+    ]
     response = await pg.executions.ExecutePrompt(
         inline("x", mock={"function_call": {"name": "lookup", "arguments": {"id": 7}}}, tools=tools)
     )
@@ -432,7 +503,9 @@ async def test_list_executions_filters_and_pages(pg: Running) -> None:
         if not token:
             break
     assert seen == list(reversed(ids))
-    rejected = await pg.executions.ListExecutions(epb.ListExecutionsRequest(state=pb.EXECUTION_STATE_REJECTED))
+    rejected = await pg.executions.ListExecutions(
+        epb.ListExecutionsRequest(state=pb.EXECUTION_STATE_REJECTED)
+    )
     assert len(rejected.executions) == 1
     tagged = await pg.executions.ListExecutions(epb.ListExecutionsRequest(release_tag="production"))
     assert len(tagged.executions) == 5
