@@ -17,14 +17,15 @@ import signal
 
 import grpc
 import httpx
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptgate import demo
 from promptgate.api.context import CallContext
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.api.execution_servicer import ExecutionServicer
+from promptgate.api.health import HealthServicer
 from promptgate.api.prompt_servicer import PromptServicer
+from promptgate.api.reflection import enable_reflection
 from promptgate.api.v1 import (
     execution_service_pb2,
     execution_service_pb2_grpc,
@@ -77,7 +78,7 @@ class PromptgateServer:
         self.settings = settings
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = HealthServicer()
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -132,13 +133,8 @@ class PromptgateServer:
             PromptServicer(self.catalog, self.executor, calls), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         await server.start()

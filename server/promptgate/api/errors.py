@@ -9,6 +9,7 @@ a stack trace or an exception's text.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -131,6 +132,10 @@ def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:
 
 
 def _guard_stream(behavior: StreamBehavior) -> StreamBehavior:
+    if not inspect.isasyncgenfunction(behavior):
+        # A handler that sends with context.write() (e.g. health Watch).
+        return _guard_unary(behavior)  # type: ignore[arg-type,return-value]
+
     async def guarded(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
