@@ -26,8 +26,12 @@ def encode_token(kind: str, position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(kind: str, token: str) -> dict[str, Any] | None:
-    """The position in ``token``, None for an empty token; INVALID_ARGUMENT if malformed."""
+def decode_token(kind: str, token: str, fields: dict[str, type]) -> dict[str, Any] | None:
+    """The position in ``token``, None for an empty token; INVALID_ARGUMENT if malformed.
+
+    ``fields`` names the position's keys and their types; a token missing one,
+    or with a value of another type, is rejected.
+    """
     if not token:
         return None
     try:
@@ -36,4 +40,8 @@ def decode_token(kind: str, token: str) -> dict[str, Any] | None:
         data = None
     if not isinstance(data, dict) or data.pop("k", None) != kind:
         raise InvalidArgument.field("page_token", "is not a token from this listing")
+    for name, kind_of in fields.items():
+        value = data.get(name)
+        if not isinstance(value, kind_of) or isinstance(value, bool):
+            raise InvalidArgument.field("page_token", "is not a token from this listing")
     return data

@@ -92,6 +92,10 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         which = request.WhichOneof("selector")
         if which is None:
             raise InvalidArgument.field("version", "give a version, version_id or release_tag")
+        if which == "version" and request.version <= 0:
+            raise InvalidArgument.field("version", "must be positive")
+        if which == "version_id" and not request.version_id:
+            raise InvalidArgument.field("version_id", "must not be empty")
         version = await self._catalog.get_version(
             self._calls.workspace(context),
             request.prompt,

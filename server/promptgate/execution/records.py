@@ -208,7 +208,7 @@ class ExecutionHistory:
     ) -> tuple[list[ExecutionRecord], str]:
         """A page of executions, newest first, and the next page's token."""
         limit = page_size(size)
-        after = decode_token("executions", token)
+        after = decode_token("executions", token, {"id": str})
         query = select(ExecutionRow).where(ExecutionRow.workspace_id == workspace)
         if prompt_id:
             query = query.where(ExecutionRow.prompt_id == prompt_id)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -63,7 +63,7 @@ class PromptCatalog:
         self, workspace: str, name: str, description: str, labels: dict[str, str]
     ) -> Prompt:
         """Create an empty prompt; its name must be new in the workspace."""
-        if not PROMPT_NAME.match(name):
+        if not PROMPT_NAME.fullmatch(name):
             raise InvalidArgument.field(
                 "name",
                 "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -102,12 +102,15 @@ class PromptCatalog:
     ) -> tuple[list[Prompt], str]:
         """A page of prompts by name, and the next page's token."""
         limit = page_size(size)
-        after = decode_token("prompts", token)
+        after = decode_token("prompts", token, {"name": str})
         query = select(PromptRow).where(PromptRow.workspace_id == workspace)
         if not show_archived:
             query = query.where(col(PromptRow.archived).is_(False))
         if name_prefix:
-            query = query.where(col(PromptRow.name).startswith(name_prefix, autoescape=True))
+            # substr, not LIKE: LIKE ignores case on SQLite but not on PostgreSQL.
+            query = query.where(
+                func.substr(col(PromptRow.name), 1, len(name_prefix)) == name_prefix
+            )
         if after:
             query = query.where(col(PromptRow.name) > str(after.get("name", "")))
         query = query.order_by(col(PromptRow.name)).limit(limit + 1)
@@ -201,7 +204,7 @@ class PromptCatalog:
     ) -> tuple[list[PromptVersion], str]:
         """A page of versions, newest first."""
         limit = page_size(size)
-        after = decode_token("versions", token)
+        after = decode_token("versions", token, {"v": int})
         async with self._sessions() as session:
             prompt = await self._prompt_row(session, workspace, ref)
             query = select(PromptVersionRow).where(PromptVersionRow.prompt_id == prompt.id)
@@ -240,9 +243,13 @@ class PromptCatalog:
                 session, prompt, version=version, version_id=version_id
             )
             now = utcnow()
+            # Writing the prompt row first serialises tag moves per prompt (a row
+            # lock on PostgreSQL, the write lock on SQLite), so the tag row read
+            # next is current and the history chain stays unbroken.
+            await session.exec(
+                update(PromptRow).where(col(PromptRow.id) == prompt.id).values(updated_at=now)
+            )
             tag_row = await self._move_tag(session, prompt.id, tag, row, now)
-            prompt.updated_at = now
-            session.add(prompt)
             await session.commit()
             return _tag(tag_row)
 
@@ -257,7 +264,7 @@ class PromptCatalog:
     ) -> tuple[list[ReleaseTagEvent], str]:
         """A page of tag moves, newest first."""
         limit = page_size(size)
-        after = decode_token("tag-history", token)
+        after = decode_token("tag-history", token, {"seq": int})
         async with self._sessions() as session:
             prompt = await self._prompt_row(session, workspace, ref)
             query = select(ReleaseTagEventRow).where(ReleaseTagEventRow.prompt_id == prompt.id)
@@ -319,6 +326,10 @@ class PromptCatalog:
                 raise InvalidArgument.field("version", "must be positive")
             query = query.where(PromptVersionRow.version == version)
         else:
+            if not tag:
+                raise InvalidArgument.field(
+                    "release_tag", "give a release tag, a version number or a version_id"
+                )
             used_tag = tag
             if tag == LATEST:
                 query = query.where(PromptVersionRow.version == prompt.latest_version)
@@ -416,7 +427,7 @@ def _check_tag(tag: str, field: str) -> None:
             '"latest" follows the newest version and cannot be set',
             reason="INVALID_RELEASE_TAG",
         )
-    if not TAG_NAME.match(tag):
+    if not TAG_NAME.fullmatch(tag):
         raise InvalidArgument.field(
             field,
             "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",

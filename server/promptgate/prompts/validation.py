@@ -54,7 +54,7 @@ def validate_spec(
     declared: dict[str, InputVariable] = {}
     for i, variable in enumerate(spec.input_variables):
         path = f"{field}.input_variables[{i}]"
-        if not IDENTIFIER.match(variable.name):
+        if not IDENTIFIER.fullmatch(variable.name):
             problems.append(
                 FieldViolation(f"{path}.name", f"{variable.name!r} is not a valid variable name")
             )
@@ -151,7 +151,7 @@ def tool_problems(
     problems: list[FieldViolation] = []
     names: set[str] = set()
     for i, tool in enumerate(tools):
-        if not TOOL_NAME.match(tool.name):
+        if not TOOL_NAME.fullmatch(tool.name):
             problems.append(
                 FieldViolation(
                     f"{field}.tools[{i}].name", f"{tool.name!r} is not a valid function name"
