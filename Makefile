@@ -26,8 +26,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(BUF): package.json
-	npm ci --silent --no-audit --no-fund
+# `npm install --no-save` rather than `npm ci`: the registry mirror lacks buf's
+# binaries for other platforms, so the lock file cannot list them and npm ci
+# refuses it; install still pins buf to the version in package-lock.json.
+$(BUF): package.json package-lock.json
+	npm install --no-save --no-audit --no-fund --loglevel=error
 	@touch $@
 
 tools: venv $(BUF)

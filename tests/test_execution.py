@@ -526,3 +526,24 @@ async def test_unimplemented_rpcs_say_so(pg: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await collect(pg.executions.WatchBatch(epb.WatchBatchRequest(batch_id="b")))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_concurrent_executions_share_commits_and_none_is_lost(pg: Running) -> None:
+    before = pg.server.recorder.commits
+    responses = await asyncio.gather(
+        *(pg.executions.ExecutePrompt(demo(f"q{i}")) for i in range(200))
+    )
+    assert all(r.state == pb.EXECUTION_STATE_FULFILLED for r in responses)
+    ids: set[str] = set()
+    token = ""
+    while True:
+        page = await pg.executions.ListExecutions(
+            epb.ListExecutionsRequest(page_size=1000, page_token=token)
+        )
+        ids.update(e.id for e in page.executions)
+        token = page.next_page_token
+        if not token:
+            break
+    assert ids == {r.execution_id for r in responses}
+    commits = pg.server.recorder.commits - before
+    assert commits < 200, f"group commit should batch concurrent records ({commits} commits)"
