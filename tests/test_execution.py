@@ -547,3 +547,28 @@ async def test_concurrent_executions_share_commits_and_none_is_lost(pg: Running)
     assert ids == {r.execution_id for r in responses}
     commits = pg.server.recorder.commits - before
     assert commits < 200, f"group commit should batch concurrent records ({commits} commits)"
+
+
+async def test_tag_moves_on_another_replica_are_seen_within_the_cache_ttl(
+    start_server: Any,
+) -> None:
+    first: Running = await start_server(resolve_cache_ttl_s=0.3)
+    second: Running = await start_server(
+        database_url=first.server.settings.database_url, resolve_cache_ttl_s=0.3
+    )
+    assert (await first.executions.ExecutePrompt(demo())).meta.prompt_version == 1
+    version = ppb.PromptVersion(
+        model="mock-2",
+        messages=[
+            pb.PromptTemplateMessage(role=pb.MESSAGE_ROLE_USER, template="v2 {{ question }}")
+        ],
+        input_variables=[pb.InputVariable(name="question", type=pb.INPUT_TYPE_STRING)],
+    )
+    await second.prompts.CreatePromptVersion(
+        ppb.CreatePromptVersionRequest(prompt="demo", version=version, release_tags=["production"])
+    )
+    # The replica that moved the tag sees it at once.
+    assert (await second.executions.ExecutePrompt(demo())).meta.prompt_version == 2
+    await asyncio.sleep(0.4)
+    moved = await first.executions.ExecutePrompt(demo())
+    assert moved.meta.prompt_version == 2 and moved.meta.model == "mock-2"

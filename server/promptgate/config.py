@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_inputs: int = Field(256, ge=1)
     default_timeout_s: float = Field(600.0, gt=0)
     default_release_tag: str = "production"
+    resolve_cache_ttl_s: float = Field(1.0, ge=0)
 
     # Providers
     openai_api_key: str | None = Field(

@@ -101,7 +101,12 @@ class PromptgateServer:
             )
         self.registry = ProviderRegistry(providers, {"openai": s.openai_models})
         self.templates = TemplateEngine()
-        self.catalog = PromptCatalog(self.sessions, self.templates, self.registry.check)
+        self.catalog = PromptCatalog(
+            self.sessions,
+            self.templates,
+            self.registry.check,
+            resolve_ttl_s=s.resolve_cache_ttl_s,
+        )
         self.recorder = ExecutionRecorder(self.sessions, batch_max=s.record_batch_max)
         self.recorder.start()
         self.history = ExecutionHistory(self.sessions)

@@ -4,11 +4,17 @@ Versions are numbered per prompt without gaps: the next number is claimed by
 a conditional update of the prompt's ``latest_version``, so two concurrent
 CreatePromptVersion calls get different numbers on SQLite and PostgreSQL.
 Every move of a release tag is appended to its history.
+
+Executions resolve (prompt, tag or version) to a version on every call, so
+resolutions are cached for ``resolve_ttl_s``. Writes through this catalog clear
+the cache at once; the TTL bounds how long another replica's tag move or
+archive can go unseen.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -45,17 +51,25 @@ from promptgate.store.tables import (
 PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LATEST = "latest"
+RESOLVE_CACHE_MAX = 10_000
 
 
 class PromptCatalog:
     """Creates, reads and tags prompts and their versions within a workspace."""
 
     def __init__(
-        self, sessions: SessionFactory, templates: TemplateEngine, check_model: ModelCheck
+        self,
+        sessions: SessionFactory,
+        templates: TemplateEngine,
+        check_model: ModelCheck,
+        *,
+        resolve_ttl_s: float = 1.0,
     ) -> None:
         self._sessions = sessions
         self._templates = templates
         self._check_model = check_model
+        self._resolve_ttl = resolve_ttl_s
+        self._resolved: dict[tuple[str, str, str, int], tuple[float, ResolvedPrompt]] = {}
 
     # Prompts
 
@@ -129,6 +143,7 @@ class PromptCatalog:
             row.updated_at = utcnow()
             session.add(row)
             await session.commit()
+            self._resolved.clear()
             return _prompt(row, await self._tags(session, row))
 
     # Versions
@@ -185,6 +200,7 @@ class PromptCatalog:
                 except IntegrityError:
                     await session.rollback()
                     continue
+                self._resolved.clear()
                 return _version(row)
         raise FailedPrecondition("too many concurrent versions; retry", reason="VERSION_CONFLICT")
 
@@ -218,6 +234,11 @@ class PromptCatalog:
 
     async def resolve(self, workspace: str, ref: str, *, tag: str, version: int) -> ResolvedPrompt:
         """The version an execution of ``ref`` runs: by number if given, else by tag."""
+        key = (workspace, ref, "" if version else tag, version)
+        cached = self._resolved.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
         async with self._sessions() as session:
             prompt_row = await self._prompt_row(session, workspace, ref, field="prompt")
             if prompt_row.archived:
@@ -226,7 +247,12 @@ class PromptCatalog:
                 session, prompt_row, version=version, tag=tag
             )
             prompt = _prompt(prompt_row, [])
-        return ResolvedPrompt(prompt=prompt, version=_version(row), release_tag=used_tag)
+        resolved = ResolvedPrompt(prompt=prompt, version=_version(row), release_tag=used_tag)
+        if self._resolve_ttl > 0:
+            if len(self._resolved) >= RESOLVE_CACHE_MAX:
+                self._resolved.clear()
+            self._resolved[key] = (now + self._resolve_ttl, resolved)
+        return resolved
 
     # Release tags
 
@@ -251,6 +277,7 @@ class PromptCatalog:
             )
             tag_row = await self._move_tag(session, prompt.id, tag, row, now)
             await session.commit()
+            self._resolved.clear()
             return _tag(tag_row)
 
     async def list_release_tags(self, workspace: str, ref: str) -> list[ReleaseTag]:
