@@ -69,6 +69,12 @@ class InvalidArgument(RequestError):
     default_reason = "INVALID_PARAMETERS"
 
     @classmethod
+    def of(cls, violations: list[FieldViolation], *, reason: str) -> InvalidArgument:
+        """An InvalidArgument listing every violation (its message names them all)."""
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return cls(message, reason=reason, violations=violations)
+
+    @classmethod
     def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
         """An InvalidArgument for a single bad field."""
         return cls(

@@ -349,11 +349,7 @@ def inputs_from_proto(
         except InvalidArgument as exc:
             problems.extend(exc.violations)
     if problems:
-        raise InvalidArgument(
-            "; ".join(f"{p.field}: {p.description}" for p in problems),
-            reason="INVALID_INPUT",
-            violations=problems,
-        )
+        raise InvalidArgument.of(problems, reason="INVALID_INPUT")
     return tuple(results)
 
 
@@ -421,11 +417,7 @@ def _collect(field: str, items: Iterable[Any], convert: Any) -> list[Any]:
         except InvalidArgument as exc:
             problems.extend(exc.violations)
     if problems:
-        raise InvalidArgument(
-            "; ".join(f"{p.field}: {p.description}" for p in problems),
-            reason="INVALID_PROMPT",
-            violations=problems,
-        )
+        raise InvalidArgument.of(problems, reason="INVALID_PROMPT")
     return results
 
 

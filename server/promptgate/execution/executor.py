@@ -463,11 +463,7 @@ def _check_request(request: ExecutionRequest, limits: ExecutorLimits) -> None:
         problems.extend(tool_problems(request.tools or (), request.tool_choice, ""))
     if problems:
         problems = [FieldViolation(p.field.lstrip("."), p.description) for p in problems]
-        raise InvalidArgument(
-            "; ".join(f"{p.field}: {p.description}" for p in problems),
-            reason="INVALID_PARAMETERS",
-            violations=problems,
-        )
+        raise InvalidArgument.of(problems, reason="INVALID_PARAMETERS")
 
 
 def _failure(exc: ProviderError) -> ExecutionFailure:

@@ -70,11 +70,7 @@ def resolve_inputs(
                 )
             )
     if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations),
-            reason="INVALID_INPUT",
-            violations=violations,
-        )
+        raise InvalidArgument.of(violations, reason="INVALID_INPUT")
     return values
 
 

@@ -112,11 +112,7 @@ def validate_spec(
     problems.extend(response_format_problems(spec.response_format, f"{field}.response_format"))
     problems.extend(tool_problems(spec.tools, spec.tool_choice, field))
     if problems:
-        raise InvalidArgument(
-            "; ".join(f"{p.field}: {p.description}" for p in problems),
-            reason="INVALID_PROMPT",
-            violations=problems,
-        )
+        raise InvalidArgument.of(problems, reason="INVALID_PROMPT")
 
 
 def _kind(value: object, declared: InputType) -> InputType:
