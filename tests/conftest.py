@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from promptgate.api.v1 import execution_service_pb2_grpc, prompt_service_pb2_grpc
 from promptgate.config import Settings
 from promptgate.server import PromptgateServer

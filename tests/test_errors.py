@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.errors import FieldViolation, InvalidArgument, NotFound
-
 from tests.conftest import error_details
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
+
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
-
 from tests.conftest import Running, error_details
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from promptgate.chat import (
     ChatMessage,
     FinishReason,
@@ -40,7 +41,6 @@ from promptgate.providers.base import (
     TextDelta,
 )
 from promptgate.providers.openai import OpenAIProvider, _SSEParser, parse_retry_after
-
 from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-test-123"

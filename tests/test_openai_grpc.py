@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from google.protobuf import duration_pb2, json_format
+
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
-
 from tests.conftest import Running
 from tests.fake_openai import FakeOpenAI
 

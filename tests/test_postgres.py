@@ -14,11 +14,11 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
 from promptgate.store.engine import SCHEMA_VERSION
-
 from tests.conftest import Running, error_details
 
 pytestmark = pytest.mark.postgres

@@ -13,10 +13,10 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
+
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
-
 from tests.conftest import Running, error_details
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

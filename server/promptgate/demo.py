@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from promptgate.chat import ModelParameters, Role
-from promptgate.errors import NotFound
+from promptgate.errors import AlreadyExists, NotFound
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.model import InputType, InputVariable, PromptSpec, TemplateMessage
 
@@ -31,7 +31,12 @@ async def seed_demo(catalog: PromptCatalog, workspace: str) -> bool:
         return False
     except NotFound:
         pass
-    await catalog.create_prompt(workspace, DEMO_PROMPT, "A demo prompt on the mock provider.", {})
+    try:
+        await catalog.create_prompt(
+            workspace, DEMO_PROMPT, "A demo prompt on the mock provider.", {}
+        )
+    except AlreadyExists:  # another replica seeded it first
+        return False
     await catalog.create_version(
         workspace, DEMO_PROMPT, DEMO_SPEC, "First version.", ["production"]
     )

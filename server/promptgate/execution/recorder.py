@@ -15,8 +15,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from promptgate.errors import Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import to_row
@@ -98,7 +96,7 @@ class ExecutionRecorder:
     async def _write(self, group: list[_Pending]) -> None:
         try:
             await self._commit(group)
-        except SQLAlchemyError:
+        except Exception:  # the writer must outlive any bad record
             if len(group) == 1:
                 log.exception("recording execution %s failed", group[0].record.id)
                 _resolve(group[0], error=True)
@@ -107,7 +105,7 @@ class ExecutionRecorder:
             for pending in group:
                 try:
                     await self._commit([pending])
-                except SQLAlchemyError:
+                except Exception:  # the writer must outlive any bad record
                     log.exception("recording execution %s failed", pending.record.id)
                     _resolve(pending, error=True)
                     continue
