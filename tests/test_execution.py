@@ -520,9 +520,9 @@ async def test_list_executions_filters_and_pages(pg: Running) -> None:
 
 async def test_unimplemented_rpcs_say_so(pg: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await pg.executions.SubmitActuals(epb.SubmitActualsRequest())
+        await pg.executions.GetBatch(epb.GetBatchRequest(batch_id="b"))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "SubmitActuals" in (caught.value.details() or "")
+    assert "GetBatch" in (caught.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await collect(pg.executions.WatchBatch(epb.WatchBatchRequest(batch_id="b")))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

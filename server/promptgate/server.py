@@ -33,6 +33,7 @@ from promptgate.api.v1 import (
     prompt_service_pb2_grpc,
 )
 from promptgate.config import Settings
+from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.executor import Executor, ExecutorLimits
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
@@ -109,7 +110,8 @@ class PromptgateServer:
         )
         self.recorder = ExecutionRecorder(self.sessions, batch_max=s.record_batch_max)
         self.recorder.start()
-        self.history = ExecutionHistory(self.sessions)
+        self.actuals = ActualsLog(self.sessions)
+        self.history = ExecutionHistory(self.sessions, self.actuals)
         self.executor = Executor(
             catalog=self.catalog,
             registry=self.registry,
@@ -132,7 +134,8 @@ class PromptgateServer:
         calls = CallContext(s.workspace)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(s))
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionServicer(self.executor, self.history, self.catalog, calls), server
+            ExecutionServicer(self.executor, self.history, self.catalog, self.actuals, calls),
+            server,
         )
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
             PromptServicer(self.catalog, self.executor, calls), server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
@@ -30,6 +30,7 @@ from promptgate.chat import (
     Usage,
 )
 from promptgate.errors import FieldViolation, InvalidArgument
+from promptgate.execution.actuals import Actual
 from promptgate.execution.model import (
     ExecutionFailure,
     ExecutionRecord,
@@ -749,6 +750,32 @@ def finished_event(
     return event
 
 
+def actual_from_proto(actual: epb.Actual) -> Actual:
+    """An Actual message as submitted."""
+    return Actual(
+        execution_id=actual.execution_id,
+        external_id=actual.external_id,
+        quality=actual.quality if actual.HasField("quality") else None,
+        desired_output=actual.desired_output,
+        metadata=struct_to_dict(actual.metadata) if actual.HasField("metadata") else {},
+        observed_at=actual.time.ToDatetime(tzinfo=UTC) if actual.HasField("time") else None,
+    )
+
+
+def actual_to_proto(actual: Actual) -> epb.Actual:
+    """A stored actual as a message."""
+    message = epb.Actual(
+        id=actual.id,
+        execution_id=actual.execution_id,
+        desired_output=actual.desired_output,
+        metadata=dict_to_struct(actual.metadata) if actual.metadata else None,
+        time=timestamp(actual.observed_at),
+    )
+    if actual.quality is not None:
+        message.quality = actual.quality
+    return message
+
+
 def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
     """A recorded execution as a message."""
     return epb.Execution(
@@ -764,6 +791,7 @@ def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
         create_time=timestamp(record.created_at),
         complete_time=timestamp(record.completed_at),
         streamed=record.streamed,
+        actuals=[actual_to_proto(a) for a in record.actuals],
     )
 
 

@@ -14,6 +14,7 @@ from promptgate.api.context import CallContext
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
 from promptgate.errors import Unimplemented
+from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import Delta, Finished, Initiated
 from promptgate.execution.records import ExecutionHistory
@@ -30,11 +31,13 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
         executor: Executor,
         history: ExecutionHistory,
         catalog: PromptCatalog,
+        actuals: ActualsLog,
         calls: CallContext,
     ) -> None:
         self._executor = executor
         self._history = history
         self._catalog = catalog
+        self._actuals = actuals
         self._calls = calls
 
     async def ExecutePrompt(
@@ -104,7 +107,9 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
     async def SubmitActuals(
         self, request: epb.SubmitActualsRequest, context: Context
     ) -> epb.SubmitActualsResponse:
-        raise _not_yet("SubmitActuals")
+        entries = [convert.actual_from_proto(a) for a in request.actuals]
+        stored = await self._actuals.submit(self._calls.workspace(context), entries)
+        return epb.SubmitActualsResponse(actuals=[convert.actual_to_proto(a) for a in stored])
 
     async def ExecuteBatch(
         self, request: epb.ExecuteBatchRequest, context: Context

@@ -17,6 +17,7 @@ from promptgate.chat import (
     ToolChoice,
     Usage,
 )
+from promptgate.execution.actuals import Actual
 from promptgate.prompts.model import PromptInput, PromptSpec
 
 
@@ -146,6 +147,7 @@ class ExecutionRecord:
     raw: dict[str, Any] = field(default_factory=dict)
     completed_at: datetime | None = None
     replayed: bool = False
+    actuals: tuple[Actual, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

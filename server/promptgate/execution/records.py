@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from promptgate.chat import ChatMessage, FinishReason, FunctionCall, ModelParameters, Usage
 from promptgate.errors import InvalidArgument, NotFound
+from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.model import (
     Cost,
     ExecutionFailure,
@@ -157,10 +158,11 @@ def _output_from(data: dict[str, Any]) -> Output:
 
 
 class ExecutionHistory:
-    """Reads recorded executions."""
+    """Reads recorded executions, with their actuals."""
 
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(self, sessions: SessionFactory, actuals: ActualsLog) -> None:
         self._sessions = sessions
+        self._actuals = actuals
 
     async def get(
         self, workspace: str, *, execution_id: str = "", external_id: str = ""
@@ -170,15 +172,17 @@ class ExecutionHistory:
             raise InvalidArgument.field(
                 "execution_id", "an execution_id or external_id is required"
             )
-        row = await self.find(workspace, execution_id=execution_id, external_id=external_id)
-        if row is None:
+        record = await self.find(workspace, execution_id=execution_id, external_id=external_id)
+        if record is None:
             key = execution_id or external_id
             raise NotFound(
                 f"execution {key!r} not found",
                 reason="EXECUTION_NOT_FOUND",
                 metadata={"execution": key},
             )
-        return row
+        actuals = await self._actuals.for_executions(workspace, [record.id])
+        record.actuals = tuple(actuals.get(record.id, ()))
+        return record
 
     async def find(
         self, workspace: str, *, execution_id: str = "", external_id: str = ""
@@ -229,4 +233,8 @@ class ExecutionHistory:
             rows = list((await session.exec(query)).all())
         page = rows[:limit]
         next_token = encode_token("executions", {"id": page[-1].id}) if len(rows) > limit else ""
-        return [from_row(r) for r in page], next_token
+        records = [from_row(r) for r in page]
+        actuals = await self._actuals.for_executions(workspace, [r.id for r in records])
+        for record in records:
+            record.actuals = tuple(actuals.get(record.id, ()))
+        return records, next_token

@@ -150,3 +150,19 @@ class ExecutionRow(SQLModel, table=True):
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class ActualRow(SQLModel, table=True):
+    """Feedback on an execution; the newest per execution is current."""
+
+    __tablename__ = "actuals"
+    __table_args__ = (Index("ix_actuals_execution", "execution_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    execution_id: str = Field(max_length=40)
+    quality: float | None = None
+    desired_output: str = ""
+    actual_metadata: dict[str, Any] = _json(dict)
+    observed_at: datetime = _time()
+    created_at: datetime = _time()
