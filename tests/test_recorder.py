@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from promptgate.errors import Unavailable
+from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.model import ExecutionRecord, ExecutionState
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
@@ -42,7 +43,7 @@ async def test_a_bad_record_does_not_lose_the_others(tmp_path: Path) -> None:
     )
     failures = [r for r in results if isinstance(r, BaseException)]
     assert len(failures) == 1 and isinstance(failures[0], Unavailable)
-    history = ExecutionHistory(sessions)
+    history = ExecutionHistory(sessions, ActualsLog(sessions))
     for r in good:
         assert await history.find("w", execution_id=r.id) is not None
     # The writer survives and keeps writing.
@@ -65,7 +66,7 @@ async def test_close_flushes_submitted_records(tmp_path: Path) -> None:
     for r in submitted:
         recorder.submit(r)
     await recorder.close()
-    history = ExecutionHistory(sessions)
+    history = ExecutionHistory(sessions, ActualsLog(sessions))
     page, _ = await history.list("w", size=100, token="")
     assert {r.id for r in page} == {r.id for r in submitted}
     assert recorder.commits >= 50 // 7

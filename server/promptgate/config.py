@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 50051
     grace_period_s: float = Field(30.0, ge=0)
-    max_receive_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_receive_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     keepalive_time_s: float = Field(30.0, gt=0)
     keepalive_timeout_s: float = Field(10.0, gt=0)
@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(600.0, gt=0)
     default_release_tag: str = "production"
     resolve_cache_ttl_s: float = Field(1.0, ge=0)
+
+    # Batches
+    batch_max_items: int = Field(10_000, ge=1)
+    batch_max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    batch_default_concurrency: int = Field(16, ge=1)
+    batch_max_concurrency: int = Field(256, ge=1)
+    batch_worker_concurrency: int = Field(64, ge=1)
+    batch_poll_interval_s: float = Field(0.5, gt=0)
+    batch_heartbeat_s: float = Field(2.0, gt=0)
+    batch_stale_after_s: float = Field(10.0, gt=0)
+    webhook_secret: str | None = None
+    webhook_allow_private_networks: bool = False
+    webhook_max_attempts: int = Field(6, ge=1)
+    webhook_backoff_base_s: float = Field(1.0, ge=0)
+    webhook_backoff_max_s: float = Field(300.0, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
 
     # Providers
     openai_api_key: str | None = Field(

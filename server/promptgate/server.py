@@ -32,6 +32,10 @@ from promptgate.api.v1 import (
     prompt_service_pb2,
     prompt_service_pb2_grpc,
 )
+from promptgate.batches.runner import BatchNotifier, BatchRunner, RunnerSettings
+from promptgate.batches.service import BatchLimits, BatchService
+from promptgate.batches.store import BatchStore
+from promptgate.batches.webhooks import CallbackGuard, WebhookSender
 from promptgate.config import Settings
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.executor import Executor, ExecutorLimits
@@ -81,6 +85,7 @@ class PromptgateServer:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._stopped = asyncio.Event()
+        self.draining = False
 
     async def start(self) -> int:
         """Build everything, bind and start serving; return the bound port."""
@@ -132,9 +137,22 @@ class PromptgateServer:
                 log.info("seeded the demo prompt %r", demo.DEMO_PROMPT)
 
         calls = CallContext(s.workspace)
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(s))
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(draining=lambda: self.draining)],
+            options=server_options(s),
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        self._build_batches(self.port)
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionServicer(self.executor, self.history, self.catalog, self.actuals, calls),
+            ExecutionServicer(
+                self.executor,
+                self.history,
+                self.catalog,
+                self.actuals,
+                self.batches,
+                calls,
+                batch_max_bytes=s.batch_max_request_bytes,
+            ),
             server,
         )
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
@@ -144,13 +162,60 @@ class PromptgateServer:
         enable_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         await server.start()
+        await self.runner.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         log.info("promptgate listening on %s:%d", s.host, self.port)
         return self.port
+
+    def _build_batches(self, port: int) -> None:
+        s = self.settings
+        self.notifier = BatchNotifier()
+        guard = CallbackGuard(
+            allow_private_networks=s.webhook_allow_private_networks,
+            listen_addresses=[(s.host, port)],
+        )
+        sender = WebhookSender(
+            self.http,
+            guard,
+            max_attempts=s.webhook_max_attempts,
+            backoff_base_s=s.webhook_backoff_base_s,
+            backoff_max_s=s.webhook_backoff_max_s,
+            timeout_s=s.webhook_timeout_s,
+        )
+        store = BatchStore(self.sessions)
+        self.runner = BatchRunner(
+            store,
+            self.executor,
+            self.notifier,
+            sender,
+            RunnerSettings(
+                concurrency=s.batch_worker_concurrency,
+                poll_interval_s=s.batch_poll_interval_s,
+                heartbeat_s=s.batch_heartbeat_s,
+                stale_after_s=s.batch_stale_after_s,
+                webhook_secret=s.webhook_secret or "",
+            ),
+        )
+        self.batches = BatchService(
+            store,
+            self.runner,
+            self.notifier,
+            self.executor,
+            self.catalog,
+            self.history,
+            guard,
+            BatchLimits(
+                max_items=s.batch_max_items,
+                default_concurrency=s.batch_default_concurrency,
+                max_concurrency=s.batch_max_concurrency,
+                default_release_tag=s.default_release_tag,
+                watch_poll_s=s.batch_poll_interval_s,
+                webhooks_enabled=bool(s.webhook_secret),
+            ),
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain in-flight calls for up to ``grace`` seconds, flush records, close."""
@@ -158,9 +223,11 @@ class PromptgateServer:
             return
         server, self._server = self._server, None
         grace = self.settings.grace_period_s if grace is None else grace
+        self.draining = True
         await self._health.enter_graceful_shutdown()
         log.info("shutting down: draining in-flight calls for up to %.1fs", grace)
-        await server.stop(grace)
+        self.notifier.close()
+        await asyncio.gather(server.stop(grace), self.runner.stop(grace))
         await self.recorder.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)
         await self.registry.aclose()

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from promptgate.errors import ProviderError, RequestError
+from promptgate.errors import ProviderError, RequestError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,15 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterat
 
 
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps exceptions raised by servicers to gRPC status (see module docstring)."""
+    """Maps exceptions raised by servicers to gRPC status (see module docstring).
+
+    While the server drains (``draining()`` is true), new calls to promptgate's
+    services fail at once with UNAVAILABLE (SHUTTING_DOWN); health and
+    reflection keep answering.
+    """
+
+    def __init__(self, draining: Callable[[], bool] = lambda: False) -> None:
+        self._draining = draining
 
     async def intercept_service(
         self,
@@ -104,6 +112,8 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        if self._draining() and handler_call_details.method.startswith("/promptgate."):
+            return _refuse(handler)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _guard_unary(handler.unary_unary),  # type: ignore[arg-type]
@@ -117,6 +127,24 @@ class ErrorInterceptor(_ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort_with(
+            context, Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
+        )
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return factory(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:

@@ -13,7 +13,8 @@ from promptgate.api import convert
 from promptgate.api.context import CallContext
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
-from promptgate.errors import Unimplemented
+from promptgate.batches.service import BatchService
+from promptgate.errors import InvalidArgument
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import Delta, Finished, Initiated
@@ -32,13 +33,18 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
         history: ExecutionHistory,
         catalog: PromptCatalog,
         actuals: ActualsLog,
+        batches: BatchService,
         calls: CallContext,
+        *,
+        batch_max_bytes: int,
     ) -> None:
         self._executor = executor
         self._history = history
         self._catalog = catalog
         self._actuals = actuals
+        self._batches = batches
         self._calls = calls
+        self._batch_max_bytes = batch_max_bytes
 
     async def ExecutePrompt(
         self, request: epb.ExecutePromptRequest, context: Context
@@ -114,32 +120,50 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
     async def ExecuteBatch(
         self, request: epb.ExecuteBatchRequest, context: Context
     ) -> epb.ExecuteBatchResponse:
-        raise _not_yet("ExecuteBatch")
+        size = request.ByteSize()
+        if size > self._batch_max_bytes:
+            raise InvalidArgument.field(
+                "items",
+                f"the request is {size} bytes, more than the batch limit of "
+                f"{self._batch_max_bytes}; split it into several batches",
+                reason="INVALID_BATCH",
+            )
+        spec = convert.batch_spec_from_proto(request, workspace=self._calls.workspace(context))
+        batch = await self._batches.create(spec)
+        return epb.ExecuteBatchResponse(batch=convert.batch_to_proto(batch))
 
     async def GetBatch(
         self, request: epb.GetBatchRequest, context: Context
     ) -> epb.GetBatchResponse:
-        raise _not_yet("GetBatch")
+        batch = await self._batches.get(self._calls.workspace(context), request.batch_id)
+        return epb.GetBatchResponse(batch=convert.batch_to_proto(batch))
 
     async def WatchBatch(
         self, request: epb.WatchBatchRequest, context: Context
     ) -> AsyncIterator[epb.WatchBatchResponse]:
-        raise _not_yet("WatchBatch")
-        yield  # pragma: no cover - makes this an async generator
+        events = self._batches.watch(
+            self._calls.workspace(context), request.batch_id, request.after_sequence
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield convert.batch_event_to_proto(event)
 
     async def ListBatchResults(
         self, request: epb.ListBatchResultsRequest, context: Context
     ) -> epb.ListBatchResultsResponse:
-        raise _not_yet("ListBatchResults")
+        results, token = await self._batches.results(
+            self._calls.workspace(context),
+            request.batch_id,
+            size=request.page_size,
+            token=request.page_token,
+            state=convert.item_state_from_proto(request.state),
+        )
+        return epb.ListBatchResultsResponse(
+            results=[convert.item_result_to_proto(r) for r in results], next_page_token=token
+        )
 
     async def CancelBatch(
         self, request: epb.CancelBatchRequest, context: Context
     ) -> epb.CancelBatchResponse:
-        raise _not_yet("CancelBatch")
-
-
-def _not_yet(rpc: str) -> Unimplemented:
-    return Unimplemented(
-        f"{rpc} is part of the promptgate.v1 contract but is not served by this server yet",
-        metadata={"rpc": rpc},
-    )
+        batch = await self._batches.cancel(self._calls.workspace(context), request.batch_id)
+        return epb.CancelBatchResponse(batch=convert.batch_to_proto(batch))

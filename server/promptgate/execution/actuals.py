@@ -65,7 +65,7 @@ class ActualsLog:
             )
             for i, entry in enumerate(entries)
         ]
-        async with self._sessions() as session:
+        async with self._sessions.write() as session:
             session.add_all(
                 ActualRow(
                     id=a.id,

@@ -135,15 +135,19 @@ class Executor:
             release_tag=plan.record.release_tag,
         )
 
+    async def check(self, request: ExecutionRequest) -> None:
+        """Raise the RequestError ``request`` would fail with, without executing it."""
+        await self._plan(request, streamed=False)
+
     async def execute(self, request: ExecutionRequest) -> ExecutionRecord:
         """Run ``request`` to a recorded FULFILLED or REJECTED execution."""
         started = time.monotonic()
-        replay = await self._replay(request)
+        replay, existing = await self._replay(request)
         if replay is not None:
             return replay
         plan = await self._plan(request, streamed=False)
         record = plan.record
-        claimed = await self._claim(request, record)
+        claimed = await self._claim(request, record, existing)
         if isinstance(claimed, ExecutionRecord):
             return claimed
         deadline = self._deadline(request)
@@ -170,7 +174,7 @@ class Executor:
         provider call is then cancelled and the partial execution recorded.
         """
         started = time.monotonic()
-        replay = await self._replay(request)
+        replay, existing = await self._replay(request)
         if replay is not None:
             yield Initiated(replay)
             for index, output in enumerate(replay.outputs):
@@ -180,7 +184,7 @@ class Executor:
             return
         plan = await self._plan(request, streamed=True)
         record = plan.record
-        claimed = await self._claim(request, record)
+        claimed = await self._claim(request, record, existing)
         if isinstance(claimed, ExecutionRecord):
             yield Initiated(claimed)
             yield Finished(claimed)
@@ -322,15 +326,27 @@ class Executor:
 
     # Idempotency
 
-    async def _replay(self, request: ExecutionRequest) -> ExecutionRecord | None:
+    async def _replay(
+        self, request: ExecutionRequest
+    ) -> tuple[ExecutionRecord | None, ExecutionRecord | None]:
+        """(the stored result to return, the stored execution to run again), either may be None."""
         if not request.external_id:
-            return None
+            return None, None
         existing = await self._history.find(request.workspace_id, external_id=request.external_id)
         if existing is None:
-            return None
-        return self._replay_or_conflict(existing)
+            return None, None
+        replay = self._replay_or_conflict(existing, request.resume)
+        return replay, (existing if replay is None else None)
 
-    def _replay_or_conflict(self, existing: ExecutionRecord) -> ExecutionRecord | None:
+    def _replay_or_conflict(
+        self, existing: ExecutionRecord, resume: bool
+    ) -> ExecutionRecord | None:
+        """The stored result to replay, or None when the execution should run (again)."""
+        if resume and (
+            existing.state is ExecutionState.RUNNING
+            or (existing.error is not None and existing.error.code == "CANCELLED")
+        ):
+            return None
         if existing.state is ExecutionState.RUNNING:
             age = (utcnow() - existing.created_at).total_seconds()
             if age > self._limits.default_timeout_s + 60:
@@ -344,17 +360,28 @@ class Executor:
         return existing
 
     async def _claim(
-        self, request: ExecutionRequest, record: ExecutionRecord
+        self,
+        request: ExecutionRequest,
+        record: ExecutionRecord,
+        existing: ExecutionRecord | None,
     ) -> bool | ExecutionRecord:
         """Insert a RUNNING row for an external_id so concurrent retries see it.
 
-        Returns True when claimed, False when there is nothing to claim, or the
-        execution that won the race.
+        Returns True when a row with the record's id now exists (the final
+        write must replace it), False when there is none, or the execution
+        that won the race.
         """
         if not request.external_id:
             return False
+        if existing is not None:  # an abandoned or cancelled run, taken over
+            record.id = existing.id
+            return True
+        if request.resume:
+            # The caller (a batch worker) owns this external_id exclusively:
+            # no placeholder is needed.
+            return False
         try:
-            async with self._sessions() as session:
+            async with self._sessions.write() as session:
                 session.add(to_row(record))
                 await session.commit()
             return True
@@ -364,7 +391,7 @@ class Executor:
             )
             if existing is None:
                 raise
-            replay = self._replay_or_conflict(existing)
+            replay = self._replay_or_conflict(existing, request.resume)
             if replay is None:
                 record.id = existing.id
                 return True

@@ -68,6 +68,9 @@ class ExecutionRequest:
     """Seconds, from the request's timeout field."""
     deadline: float | None = None
     """Seconds left until the caller's deadline, if it set one."""
+    resume: bool = False
+    """Re-run (under the same id) an execution with this external_id that is still
+    RUNNING or was CANCELLED: its process died or was shut down (batch items)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,7 @@ class ExecutionRecorder:
             _resolve(pending)
 
     async def _commit(self, group: list[_Pending]) -> None:
-        async with self._sessions() as session:
+        async with self._sessions.write() as session:
             for pending in group:
                 row = to_row(pending.record)
                 if pending.upsert:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -46,7 +47,7 @@ def to_row(record: ExecutionRecord) -> ExecutionRow:
         release_tag=record.release_tag,
         provider=record.provider,
         model=record.model,
-        inputs=[_input_json(i) for i in record.inputs],
+        inputs=[input_to_json(i) for i in record.inputs],
         outputs=[_output_json(o) for o in record.outputs],
         error=(
             {
@@ -97,7 +98,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         release_tag=row.release_tag,
         provider=row.provider,
         model=row.model,
-        inputs=tuple(_input_from(i) for i in row.inputs or []),
+        inputs=tuple(input_from_json(i) for i in row.inputs or []),
         outputs=tuple(_output_from(o) for o in row.outputs or []),
         error=(
             ExecutionFailure(
@@ -125,14 +126,14 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
     )
 
 
-def _input_json(item: PromptInput) -> dict[str, Any]:
+def input_to_json(item: PromptInput) -> dict[str, Any]:
     value = item.value
     if item.type is InputType.CHAT_HISTORY:
         value = _MESSAGES.dump_python(list(value), mode="json")
     return {"name": item.name, "type": item.type.value, "value": value}
 
 
-def _input_from(data: dict[str, Any]) -> PromptInput:
+def input_from_json(data: dict[str, Any]) -> PromptInput:
     kind = InputType(data["type"])
     value = data.get("value")
     if kind is InputType.CHAT_HISTORY:
@@ -196,6 +197,17 @@ class ExecutionHistory:
         async with self._sessions() as session:
             row = (await session.exec(query)).first()
         return from_row(row) if row else None
+
+    async def get_many(self, workspace: str, ids: Sequence[str]) -> dict[str, ExecutionRecord]:
+        """The executions with these ids (absent ones are left out), without actuals."""
+        if not ids:
+            return {}
+        query = select(ExecutionRow).where(
+            ExecutionRow.workspace_id == workspace, col(ExecutionRow.id).in_(list(ids))
+        )
+        async with self._sessions() as session:
+            rows = (await session.exec(query)).all()
+        return {row.id: from_row(row) for row in rows}
 
     async def list(
         self,

@@ -13,6 +13,7 @@ archive can go unseen.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ class PromptCatalog:
         self._check_model = check_model
         self._resolve_ttl = resolve_ttl_s
         self._resolved: dict[tuple[str, str, str, int], tuple[float, ResolvedPrompt]] = {}
+        self._resolving: dict[tuple[str, str, str, int], asyncio.Future[ResolvedPrompt]] = {}
 
     # Prompts
 
@@ -93,7 +95,7 @@ class PromptCatalog:
             created_at=now,
             updated_at=now,
         )
-        async with self._sessions() as session:
+        async with self._sessions.write() as session:
             session.add(row)
             try:
                 await session.commit()
@@ -137,7 +139,7 @@ class PromptCatalog:
 
     async def set_archived(self, workspace: str, ref: str, archived: bool) -> Prompt:
         """Archive or restore a prompt."""
-        async with self._sessions() as session:
+        async with self._sessions.write() as session:
             row = await self._prompt_row(session, workspace, ref)
             row.archived = archived
             row.updated_at = utcnow()
@@ -164,7 +166,7 @@ class PromptCatalog:
             raise InvalidArgument.field("release_tags", "a tag is listed twice")
         data = spec_to_json(spec)
         for _attempt in range(20):
-            async with self._sessions() as session:
+            async with self._sessions.write() as session:
                 prompt = await self._prompt_row(session, workspace, ref)
                 if prompt.archived:
                     raise _archived(prompt.name)
@@ -236,9 +238,20 @@ class PromptCatalog:
         """The version an execution of ``ref`` runs: by number if given, else by tag."""
         key = (workspace, ref, "" if version else tag, version)
         cached = self._resolved.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # One lookup per key at a time: concurrent callers share it.
+        pending = self._resolving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(key, workspace, ref, tag, version))
+            self._resolving[key] = pending
+            pending.add_done_callback(lambda _f: self._resolving.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _resolve(
+        self, key: tuple[str, str, str, int], workspace: str, ref: str, tag: str, version: int
+    ) -> ResolvedPrompt:
+        now = time.monotonic()
         async with self._sessions() as session:
             prompt_row = await self._prompt_row(session, workspace, ref, field="prompt")
             if prompt_row.archived:
@@ -263,7 +276,7 @@ class PromptCatalog:
         _check_tag(tag, "tag")
         if not version and not version_id:
             raise InvalidArgument.field("version", "give a version number or a version_id")
-        async with self._sessions() as session:
+        async with self._sessions.write() as session:
             prompt = await self._prompt_row(session, workspace, ref)
             row, _ = await self._select_version(
                 session, prompt, version=version, version_id=version_id

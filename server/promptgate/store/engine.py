@@ -8,8 +8,10 @@ a database written by a newer promptgate is refused rather than damaged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,34 @@ SCHEMA_VERSION = 1
 # Migrations from version N-1 to N, run in order inside one transaction.
 MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {}
 
-SessionFactory = async_sessionmaker[AsyncSession]
+
+class SessionFactory:
+    """Opens sessions; ``write()`` opens one for a write transaction.
+
+    SQLite allows one writer at a time and makes the others sleep in its busy
+    handler (for up to tens of milliseconds) when they collide. On SQLite,
+    ``write()`` therefore queues writers of this process on an asyncio lock,
+    so they never collide; reads (WAL mode) run alongside. On PostgreSQL it
+    is an ordinary session.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._maker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._gate = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    def __call__(self) -> AsyncSession:
+        """A session for reads (or a write that needs no queueing)."""
+        return self._maker()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session for a write transaction, queued behind this process's other writers."""
+        if self._gate is None:
+            async with self._maker() as session:
+                yield session
+            return
+        async with self._gate, self._maker() as session:
+            yield session
 
 
 class SchemaError(PromptgateError):
@@ -70,7 +99,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions that keep loaded rows usable after commit."""
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    return SessionFactory(engine)
 
 
 async def prepare_schema(engine: AsyncEngine) -> int:

@@ -166,3 +166,114 @@ class ActualRow(SQLModel, table=True):
     actual_metadata: dict[str, Any] = _json(dict)
     observed_at: datetime = _time()
     created_at: datetime = _time()
+
+
+class BatchRow(SQLModel, table=True):
+    """A durable batch; the counters and ``last_seq`` change with every finished item."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_state", "state", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    display_name: str = ""
+    state: str = Field(max_length=16)
+    prompt_id: str | None = Field(default=None, max_length=40)
+    prompt_name: str = ""
+    version_id: str | None = Field(default=None, max_length=40)
+    version: int = 0
+    release_tag: str = ""
+    inline_spec: dict[str, Any] | None = _json(None)
+    parameters: dict[str, Any] = _json(dict)
+    max_concurrency: int = 1
+    callback_url: str = ""
+    batch_metadata: dict[str, Any] = _json(dict)
+    total: int = 0
+    succeeded: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    last_seq: int = 0
+    cancel_requested: bool = False
+    error: dict[str, Any] | None = _json(None)
+    callback_state: str = ""
+    callback_claimed_by: str | None = Field(default=None, max_length=40)
+    callback_attempts: int = 0
+    created_at: datetime = _time()
+    started_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    ended_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    updated_at: datetime = _time()
+
+
+class BatchItemRow(SQLModel, table=True):
+    """One item of a batch: its inputs, and its state and execution once it ran."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id", name="uq_batch_items_custom_id"),
+        Index("ix_batch_items_state", "batch_id", "state", "idx"),
+        Index("ix_batch_items_claimed_by", "claimed_by", "state"),
+    )
+
+    batch_id: str = Field(primary_key=True, foreign_key="batches.id", max_length=40)
+    idx: int = Field(primary_key=True)
+    custom_id: str = Field(max_length=256)
+    inputs: list[Any] = _json(list)
+    parameters: dict[str, Any] | None = _json(None)
+    item_metadata: dict[str, Any] = _json(dict)
+    state: str = Field(max_length=16)
+    execution_id: str | None = Field(default=None, max_length=40)
+    error: dict[str, Any] | None = _json(None)
+    attempts: int = 0
+    claimed_by: str | None = Field(default=None, max_length=40)
+    claimed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    seq: int | None = None
+
+
+class BatchEventRow(SQLModel, table=True):
+    """The batch's event log, numbered from 1: items finishing and state changes."""
+
+    __tablename__ = "batch_events"
+
+    batch_id: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(primary_key=True)
+    kind: str = Field(max_length=8)
+    item_idx: int | None = None
+    state: str = ""
+    created_at: datetime = _time()
+
+
+class BatchWorkerRow(SQLModel, table=True):
+    """A process that runs batch items; a stale heartbeat means it died."""
+
+    __tablename__ = "batch_workers"
+
+    id: str = Field(primary_key=True, max_length=40)
+    heartbeat_at: datetime = _time()
+    started_at: datetime = _time()
+
+
+class BatchCallbackAttemptRow(SQLModel, table=True):
+    """One delivery attempt of a batch's completion webhook."""
+
+    __tablename__ = "batch_callback_attempts"
+    __table_args__ = (Index("ix_callback_attempts_batch", "batch_id", "attempt"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    batch_id: str = Field(max_length=40)
+    attempt: int
+    status_code: int = 0
+    error: str = ""
+    duration_ms: float = 0.0
+    created_at: datetime = _time()

@@ -837,6 +837,9 @@ class Batch(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CALLBACK_STATE_FIELD_NUMBER: _builtins.int
+    CALLBACK_ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The batch id, "bat_..."."""
     display_name: _builtins.str
@@ -853,6 +856,12 @@ class Batch(_message.Message):
     """Output only. Items run at once, at most."""
     callback_url: _builtins.str
     """Output only. Where the completion webhook is sent."""
+    callback_state: _builtins.str
+    """Output only. The completion webhook: "" (none), PENDING, SENDING,
+    DELIVERED or FAILED (gave up after retries).
+    """
+    callback_attempts: _builtins.int
+    """Output only. Delivery attempts made for the completion webhook."""
     @_builtins.property
     def counts(self) -> Global___BatchCounts:
         """Output only. Item counts."""
@@ -873,6 +882,10 @@ class Batch(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """Output only. Free JSON sent at creation."""
 
+    @_builtins.property
+    def error(self) -> _common_pb2.ExecutionError:
+        """Output only. Why the batch FAILED, when it did."""
+
     def __init__(
         self,
         *,
@@ -889,10 +902,13 @@ class Batch(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        error: _common_pb2.ExecutionError | None = ...,
+        callback_state: _builtins.str = ...,
+        callback_attempts: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "metadata", b"metadata", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "id", b"id", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "prompt_id", b"prompt_id", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_attempts", b"callback_attempts", "callback_state", b"callback_state", "callback_url", b"callback_url", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "id", b"id", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "prompt_id", b"prompt_id", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,114 @@
+"""Batch domain objects."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from promptgate.chat import ModelParameters
+from promptgate.execution.model import ExecutionFailure, ExecutionRecord, InlineTarget, StoredTarget
+from promptgate.prompts.model import PromptInput
+
+
+class BatchState(enum.StrEnum):
+    """The state of a batch."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the batch has finished."""
+        return self in (BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED)
+
+
+class ItemState(enum.StrEnum):
+    """The state of one batch item."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    FULFILLED = "FULFILLED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemSpec:
+    """One item as submitted."""
+
+    custom_id: str
+    inputs: tuple[PromptInput, ...] = ()
+    parameters: ModelParameters | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """A batch as submitted."""
+
+    workspace_id: str
+    target: StoredTarget | InlineTarget
+    items: tuple[BatchItemSpec, ...]
+    display_name: str = ""
+    max_concurrency: int = 0
+    callback_url: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    parameters: ModelParameters | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch and its counts."""
+
+    id: str
+    workspace_id: str
+    display_name: str
+    state: BatchState
+    total: int
+    succeeded: int
+    rejected: int
+    cancelled: int
+    prompt_id: str
+    release_tag: str
+    version: int
+    max_concurrency: int
+    callback_url: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    last_seq: int
+    error: ExecutionFailure | None = None
+    callback_state: str = ""
+    callback_attempts: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Items waiting or running."""
+        return self.total - self.succeeded - self.rejected - self.cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """A batch item's state and, once it ran, its execution."""
+
+    custom_id: str
+    index: int
+    state: ItemState
+    execution_id: str = ""
+    execution: ExecutionRecord | None = None
+    error: ExecutionFailure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One WatchBatch event: an item result or a progress snapshot."""
+
+    seq: int
+    item: ItemResult | None = None
+    progress: Batch | None = None

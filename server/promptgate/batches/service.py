@@ -1,0 +1,210 @@
+"""BatchService: what the batch RPCs do, free of gRPC.
+
+ExecuteBatch checks the whole batch before storing anything: limits, unique
+custom ids, the callback URL, the target (a stored prompt's version is pinned
+at creation) and every item's inputs, rendered as they will run. A stored
+batch is PENDING and the runner picks it up at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+
+from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
+from promptgate.batches.runner import BatchNotifier, BatchRunner
+from promptgate.batches.store import BatchStore, error_from_json
+from promptgate.batches.webhooks import CallbackGuard
+from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from promptgate.execution.executor import Executor
+from promptgate.execution.model import ExecutionRequest, StoredTarget
+from promptgate.execution.records import ExecutionHistory
+from promptgate.ids import new_id
+from promptgate.prompts.catalog import PromptCatalog
+from promptgate.prompts.model import ResolvedPrompt
+from promptgate.store.tables import BatchItemRow
+
+MAX_CUSTOM_ID = 256
+MAX_REPORTED_VIOLATIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Limits on what a batch may ask for."""
+
+    max_items: int = 10_000
+    default_concurrency: int = 16
+    max_concurrency: int = 256
+    default_release_tag: str = "production"
+    watch_poll_s: float = 0.5
+    webhooks_enabled: bool = False
+
+
+class BatchService:
+    """Creates, reads, watches and cancels batches."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        runner: BatchRunner,
+        notifier: BatchNotifier,
+        executor: Executor,
+        catalog: PromptCatalog,
+        history: ExecutionHistory,
+        guard: CallbackGuard,
+        limits: BatchLimits,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._notifier = notifier
+        self._executor = executor
+        self._catalog = catalog
+        self._history = history
+        self._guard = guard
+        self._limits = limits
+
+    async def create(self, spec: BatchSpec) -> Batch:
+        """Check and store a batch; it starts running in the background."""
+        limits = self._limits
+        problems: list[FieldViolation] = []
+        if not spec.items:
+            problems.append(FieldViolation("items", "a batch needs at least one item"))
+        if len(spec.items) > limits.max_items:
+            problems.append(FieldViolation("items", f"at most {limits.max_items} items per batch"))
+        seen: dict[str, int] = {}
+        for i, item in enumerate(spec.items):
+            if not item.custom_id:
+                problems.append(FieldViolation(f"items[{i}].custom_id", "a custom_id is required"))
+            elif len(item.custom_id) > MAX_CUSTOM_ID:
+                problems.append(
+                    FieldViolation(f"items[{i}].custom_id", f"at most {MAX_CUSTOM_ID} characters")
+                )
+            elif item.custom_id in seen:
+                problems.append(
+                    FieldViolation(
+                        f"items[{i}].custom_id",
+                        f"custom_id {item.custom_id!r} is also items[{seen[item.custom_id]}]",
+                    )
+                )
+            else:
+                seen[item.custom_id] = i
+        concurrency = spec.max_concurrency or limits.default_concurrency
+        if spec.max_concurrency < 0 or spec.max_concurrency > limits.max_concurrency:
+            problems.append(
+                FieldViolation("max_concurrency", f"must be between 0 and {limits.max_concurrency}")
+            )
+        if problems:
+            raise InvalidArgument.of(problems[:MAX_REPORTED_VIOLATIONS], reason="INVALID_BATCH")
+        if spec.callback_url:
+            if not limits.webhooks_enabled:
+                raise FailedPrecondition(
+                    "callback URLs need a webhook signing secret: set PROMPTGATE_WEBHOOK_SECRET",
+                    reason="WEBHOOKS_NOT_CONFIGURED",
+                )
+            self._guard.check_url(spec.callback_url)
+            await self._guard.check_destination(spec.callback_url)
+        resolved: ResolvedPrompt | None = None
+        target = spec.target
+        if isinstance(target, StoredTarget):
+            if target.release_tag and target.version:
+                raise InvalidArgument.field("version", "give a release_tag or a version, not both")
+            resolved = await self._catalog.resolve(
+                spec.workspace_id,
+                target.prompt,
+                tag=target.release_tag or limits.default_release_tag,
+                version=target.version,
+            )
+            target = StoredTarget(prompt=resolved.prompt.id, version=resolved.version.version)
+        await self._check_items(replace(spec, target=target))
+        batch = await self._store.create(new_id("bat"), spec, resolved, concurrency)
+        self._runner.wake()
+        return batch
+
+    async def get(self, workspace: str, batch_id: str) -> Batch:
+        """A batch with its counts."""
+        return await self._store.get(workspace, batch_id)
+
+    async def results(
+        self, workspace: str, batch_id: str, *, size: int, token: str, state: ItemState | None
+    ) -> tuple[list[ItemResult], str]:
+        """A page of item results, in item order."""
+        rows, next_token = await self._store.results(
+            workspace, batch_id, size=size, token=token, state=state
+        )
+        return await self._item_results(workspace, rows), next_token
+
+    async def cancel(self, workspace: str, batch_id: str) -> Batch:
+        """Cancel a batch: pending items now, running ones as they stop."""
+        batch, _ = await self._store.cancel(workspace, batch_id)
+        self._runner.cancel_local(batch_id)
+        self._notifier.notify(batch_id)
+        return batch
+
+    async def watch(
+        self, workspace: str, batch_id: str, after: int
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """Progress and item results after event ``after``, until the batch finishes."""
+        if after < 0:
+            raise InvalidArgument.field("after_sequence", "must not be negative")
+        position = after
+        batch, _ = await self._store.events_after(workspace, batch_id, position, limit=0)
+        yield BatchEvent(seq=position, progress=batch)
+        while True:
+            batch, events = await self._store.events_after(workspace, batch_id, position)
+            rows = [item for _, item in events if item is not None]
+            results = {r.index: r for r in await self._item_results(workspace, rows)}
+            for event, item in events:
+                position = event.seq
+                if item is not None:
+                    yield BatchEvent(seq=event.seq, item=results[item.idx])
+                else:
+                    yield BatchEvent(seq=event.seq, progress=batch)
+            if events:
+                continue
+            if batch.state.terminal and position >= batch.last_seq:
+                return
+            if self._notifier.closed:  # shutting down: the client resumes elsewhere
+                return
+            await self._notifier.wait(batch_id, self._limits.watch_poll_s)
+
+    async def _check_items(self, spec: BatchSpec) -> None:
+        problems: list[FieldViolation] = []
+        target = spec.target
+        for i, item in enumerate(spec.items):
+            parameters = item.parameters
+            if spec.parameters is not None:
+                parameters = (
+                    parameters.merged_over(spec.parameters) if parameters else spec.parameters
+                )
+            request = ExecutionRequest(
+                workspace_id=spec.workspace_id,
+                target=target,
+                inputs=item.inputs,
+                parameters=parameters,
+            )
+            try:
+                await self._executor.check(request)
+            except InvalidArgument as exc:
+                own = [v for v in exc.violations if v.field.startswith(("inputs", "parameters"))]
+                if not own:  # the target itself is wrong, the same for every item
+                    raise
+                problems.extend(FieldViolation(f"items[{i}].{v.field}", v.description) for v in own)
+            if len(problems) >= MAX_REPORTED_VIOLATIONS:
+                break
+        if problems:
+            raise InvalidArgument.of(problems[:MAX_REPORTED_VIOLATIONS], reason="INVALID_INPUT")
+
+    async def _item_results(self, workspace: str, rows: list[BatchItemRow]) -> list[ItemResult]:
+        ids = [r.execution_id for r in rows if r.execution_id]
+        executions = await self._history.get_many(workspace, ids)
+        return [
+            ItemResult(
+                custom_id=r.custom_id,
+                index=r.idx,
+                state=ItemState(r.state),
+                execution_id=r.execution_id or "",
+                execution=executions.get(r.execution_id or ""),
+                error=error_from_json(r.error),
+            )
+            for r in rows
+        ]
