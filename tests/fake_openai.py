@@ -28,8 +28,9 @@ anything else                     echo: the last user message's text, streamed o
                                   word per chunk; finish_reason "stop"
 ``fake-<status>`` (``fake-429``,  that HTTP status with an OpenAI error body; 429 also
 ``fake-500``, ``fake-401``, ...)  sends ``Retry-After: 7`` and ``x-ratelimit-*`` headers
-``fake-slow``                     waits ``x-fake-delay`` seconds (default 30) before
-                                  answering (gives up when the client goes away)
+``fake-slow``                     waits ``x-fake-delay`` seconds (or the body's
+                                  ``fake_delay``; default 30) before answering
+                                  (gives up when the client goes away)
 ``fake-malformed``                200 with invalid JSON (stream: one good chunk, then a
                                   ``data:`` line that is not JSON)
 ``fake-no-choices``               200 JSON completion object without ``choices``
@@ -716,7 +717,10 @@ class _Behaviour:
         await _send_error(ex, status, message, kind, param=param, code=code, headers=headers)
 
     async def _slow(self) -> None:
-        await self.ex.sleep(self.ex.float_header("x-fake-delay", _DEFAULT_SLOW_SECONDS))
+        delay = self.body.get("fake_delay")  # a body key, for callers that cannot set headers
+        if not isinstance(delay, int | float):
+            delay = self.ex.float_header("x-fake-delay", _DEFAULT_SLOW_SECONDS)
+        await self.ex.sleep(float(delay))
         await self._echo()
 
     async def _malformed(self) -> None:
