@@ -348,3 +348,41 @@ async def test_batch_metadata_and_parameters(pg: Running) -> None:
     assert batch.metadata["owner"] == "team-a"
     results = await all_results(pg, created.id)
     assert all(r.outputs[0].string_value == "Mock" for r in results)
+
+
+@pytest.mark.postgres
+async def test_two_replicas_share_a_batch_on_postgresql(
+    start_server: Any, postgres_url: str
+) -> None:
+    first: Running = await start_server(database_url=postgres_url)
+    second: Running = await start_server(database_url=postgres_url, dev=False)
+    created = (
+        await first.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                prompt="demo", items=items(200, latency_ms=5), max_concurrency=16
+            )
+        )
+    ).batch
+    batch = await wait_done(second, created.id)
+    assert batch.state == epb.BATCH_STATE_SUCCEEDED
+    assert (batch.counts.succeeded, batch.counts.pending) == (200, 0)
+    results = await all_results(second, created.id)
+    assert [r.index for r in results] == list(range(200))
+    assert len({r.execution_id for r in results}) == 200
+    events = [
+        e.sequence
+        async for e in second.executions.WatchBatch(epb.WatchBatchRequest(batch_id=created.id))
+        if e.WhichOneof("event") == "item_result"
+    ]
+    assert len(events) == 200 and len(set(events)) == 200
+    cancelled = (
+        await second.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                prompt="demo", items=items(50, latency_ms=200), max_concurrency=2
+            )
+        )
+    ).batch
+    await first.executions.CancelBatch(epb.CancelBatchRequest(batch_id=cancelled.id))
+    done = await wait_done(first, cancelled.id)
+    assert done.state == epb.BATCH_STATE_CANCELLED
+    assert done.counts.succeeded + done.counts.cancelled + done.counts.rejected == 50
