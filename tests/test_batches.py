@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
+from promptgate.api.v1 import prompt_service_pb2 as ppb
 from tests.conftest import Running, error_details
 
 TERMINAL = {epb.BATCH_STATE_SUCCEEDED, epb.BATCH_STATE_FAILED, epb.BATCH_STATE_CANCELLED}
@@ -386,3 +387,26 @@ async def test_two_replicas_share_a_batch_on_postgresql(
     done = await wait_done(first, cancelled.id)
     assert done.state == epb.BATCH_STATE_CANCELLED
     assert done.counts.succeeded + done.counts.cancelled + done.counts.rejected == 50
+
+
+async def test_archiving_the_prompt_fails_the_batch(pg: Running) -> None:
+    created = (
+        await pg.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                prompt="demo", items=items(30, latency_ms=100), max_concurrency=2
+            )
+        )
+    ).batch
+    for _ in range(100):
+        batch = (await pg.executions.GetBatch(epb.GetBatchRequest(batch_id=created.id))).batch
+        if batch.counts.succeeded >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await pg.prompts.ArchivePrompt(ppb.ArchivePromptRequest(prompt="demo"))
+    batch = await wait_done(pg, created.id)
+    assert batch.state == epb.BATCH_STATE_FAILED
+    assert batch.error.code == "PROMPT_ARCHIVED"
+    assert batch.counts.pending == 0 and batch.counts.cancelled > 0
+    assert batch.counts.succeeded + batch.counts.rejected + batch.counts.cancelled == 30
+    rejected = await all_results(pg, created.id, state=epb.BATCH_ITEM_STATE_REJECTED)
+    assert rejected and rejected[0].error.code == "PROMPT_ARCHIVED"

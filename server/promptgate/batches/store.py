@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from promptgate.batches.model import Batch, BatchSpec, BatchState, ItemState
 from promptgate.chat import ModelParameters
-from promptgate.errors import FailedPrecondition, NotFound
+from promptgate.errors import FailedPrecondition, InvalidArgument, NotFound
 from promptgate.execution.model import ExecutionFailure, InlineTarget
 from promptgate.execution.records import input_from_json, input_to_json
 from promptgate.paging import decode_token, encode_token, page_size
@@ -385,83 +385,81 @@ class BatchStore:
         """Cancel pending items; return the batch and whether it is now finished."""
         now = utcnow()
         async with self._sessions.write() as session:
-            existing = await _batch_row(session, workspace, batch_id)
-            state = BatchState(existing.state)
+            await _batch_row(session, workspace, batch_id)
+            batch = await self._lock(session, batch_id, now)
+            state = BatchState(batch.state)
             if state is BatchState.CANCELLED:
-                return _batch(existing), True
+                return _batch(batch), True
             if state.terminal:
                 raise FailedPrecondition(
                     f"batch {batch_id!r} has already finished ({state.value})",
                     reason="BATCH_FINISHED",
                     metadata={"batch": batch_id, "state": state.value},
                 )
-            batch = await self._lock(session, batch_id, now)
-            batch.cancel_requested = True
-            pending = list(
-                (
-                    await session.exec(
-                        select(BatchItemRow.idx)
-                        .where(
-                            BatchItemRow.batch_id == batch_id,
-                            BatchItemRow.state == ItemState.PENDING.value,
-                        )
-                        .order_by(col(BatchItemRow.idx))
-                    )
-                ).all()
-            )
-            if pending:
-                first = batch.last_seq + 1
-                table: Any = BatchItemRow.__table__  # type: ignore[attr-defined]
-                await (await session.connection()).execute(
-                    update(table)
-                    .where(
-                        and_(
-                            table.c.batch_id == batch_id,
-                            table.c.idx == bindparam("b_idx"),
-                            table.c.state == ItemState.PENDING.value,
-                        )
-                    )
-                    .values(
-                        state=ItemState.CANCELLED.value, finished_at=now, seq=bindparam("b_seq")
-                    ),
-                    [{"b_idx": idx, "b_seq": first + n} for n, idx in enumerate(pending)],
-                )
-                await (await session.connection()).execute(
-                    insert(BatchEventRow),
-                    [
-                        {
-                            "batch_id": batch_id,
-                            "seq": first + n,
-                            "kind": "item",
-                            "item_idx": idx,
-                            "state": "",
-                            "created_at": now,
-                        }
-                        for n, idx in enumerate(pending)
-                    ],
-                )
-                batch.last_seq += len(pending)
-                batch.cancelled += len(pending)
-            finished = await self._finish_if_done(session, batch, now)
+            finished = await self._stop(session, batch, now)
             await session.commit()
             return _batch(batch), finished
 
     async def fail(self, batch_id: str, error: ExecutionFailure) -> Batch | None:
-        """Fail a batch that cannot run: its unfinished items are cancelled."""
+        """Fail a batch that cannot run; return it if it is now finished."""
         now = utcnow()
         async with self._sessions.write() as session:
             batch = await self._lock(session, batch_id, now)
             if BatchState(batch.state).terminal:
                 return None
             batch.error = _error_json(error)
-            batch.cancel_requested = True
+            finished = await self._stop(session, batch, now)
             await session.commit()
-        async with self._sessions.write() as session:
-            row = await session.get(BatchRow, batch_id)
-            assert row is not None
-            workspace = row.workspace_id
-        batch_after, _ = await self.cancel(workspace, batch_id)
-        return batch_after
+            return _batch(batch) if finished else None
+
+    async def _stop(self, session: AsyncSession, batch: BatchRow, now: datetime) -> bool:
+        """Stop a locked batch: no more claims, pending items CANCELLED; True if it finished."""
+        batch.cancel_requested = True
+        pending = list(
+            (
+                await session.exec(
+                    select(BatchItemRow.idx)
+                    .where(
+                        BatchItemRow.batch_id == batch.id,
+                        BatchItemRow.state == ItemState.PENDING.value,
+                    )
+                    .order_by(col(BatchItemRow.idx))
+                )
+            ).all()
+        )
+        if pending:
+            first = batch.last_seq + 1
+            table: Any = BatchItemRow.__table__  # type: ignore[attr-defined]
+            connection = await session.connection()
+            await connection.execute(
+                update(table)
+                .where(
+                    and_(
+                        table.c.batch_id == batch.id,
+                        table.c.idx == bindparam("b_idx"),
+                        table.c.state == ItemState.PENDING.value,
+                    )
+                )
+                .values(state=ItemState.CANCELLED.value, finished_at=now, seq=bindparam("b_seq")),
+                [{"b_idx": idx, "b_seq": first + n} for n, idx in enumerate(pending)],
+            )
+            await connection.execute(
+                insert(BatchEventRow),
+                [
+                    {
+                        "batch_id": batch.id,
+                        "seq": first + n,
+                        "kind": "item",
+                        "item_idx": idx,
+                        "state": "",
+                        "created_at": now,
+                    }
+                    for n, idx in enumerate(pending)
+                ],
+            )
+            batch.last_seq += len(pending)
+            batch.cancelled += len(pending)
+        return await self._finish_if_done(session, batch, now)
 
     async def is_cancel_requested(self, batch_ids: Sequence[str]) -> set[str]:
         """Which of ``batch_ids`` were asked to stop."""
@@ -687,8 +685,6 @@ class BatchStore:
 
 async def _batch_row(session: AsyncSession, workspace: str, batch_id: str) -> BatchRow:
     if not batch_id:
-        from promptgate.errors import InvalidArgument
-
         raise InvalidArgument.field("batch_id", "a batch id is required")
     row = await session.get(BatchRow, batch_id)
     if row is None or row.workspace_id != workspace:
