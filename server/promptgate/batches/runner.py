@@ -212,6 +212,7 @@ class BatchRunner:
         def forget(_task: asyncio.Task[None]) -> None:
             self._items.pop(key, None)
             self._shutdown_cancelled.discard(key)
+            self._wake.set()  # a slot is free only now that the task is gone
 
         return forget
 
@@ -255,6 +256,7 @@ class BatchRunner:
             metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
             parameters=parameters,
             resume=True,
+            fresh=item.starts == 1,  # never started before: no execution can exist yet
         )
         try:
             record = await self._executor.execute(request)

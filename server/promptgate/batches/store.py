@@ -47,7 +47,7 @@ UNFINISHED = (ItemState.PENDING.value, ItemState.RUNNING.value)
 class ClaimedItem:
     """An item a worker has claimed, with what it needs to run."""
 
-    __slots__ = ("attempts", "custom_id", "index", "inputs", "metadata", "parameters")
+    __slots__ = ("attempts", "custom_id", "index", "inputs", "metadata", "parameters", "starts")
 
     def __init__(self, row: BatchItemRow) -> None:
         self.index = row.idx
@@ -56,6 +56,7 @@ class ClaimedItem:
         self.parameters = _PARAMS.validate_python(row.parameters) if row.parameters else None
         self.metadata: dict[str, Any] = dict(row.item_metadata or {})
         self.attempts = row.attempts
+        self.starts = row.starts
 
 
 class RunnableBatch:
@@ -140,6 +141,7 @@ class BatchStore:
                 "item_metadata": item.metadata,
                 "state": ItemState.PENDING.value,
                 "attempts": 0,
+                "starts": 0,
             }
             for index, item in enumerate(spec.items)
         ]
@@ -290,6 +292,7 @@ class BatchStore:
                     claimed_by=worker,
                     claimed_at=now,
                     attempts=col(BatchItemRow.attempts) + 1,
+                    starts=col(BatchItemRow.starts) + 1,
                 )
             )
             if batch.state == BatchState.PENDING.value:

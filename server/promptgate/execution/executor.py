@@ -330,7 +330,7 @@ class Executor:
         self, request: ExecutionRequest
     ) -> tuple[ExecutionRecord | None, ExecutionRecord | None]:
         """(the stored result to return, the stored execution to run again), either may be None."""
-        if not request.external_id:
+        if not request.external_id or request.fresh:
             return None, None
         existing = await self._history.find(request.workspace_id, external_id=request.external_id)
         if existing is None:

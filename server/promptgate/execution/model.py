@@ -69,6 +69,8 @@ class ExecutionRequest:
     deadline: float | None = None
     """Seconds left until the caller's deadline, if it set one."""
     resume: bool = False
+    fresh: bool = False
+    """The caller knows no execution with this external_id exists (skip the lookup)."""
     """Re-run (under the same id) an execution with this external_id that is still
     RUNNING or was CANCELLED: its process died or was shut down (batch items)."""
 

@@ -228,6 +228,7 @@ class BatchItemRow(SQLModel, table=True):
     execution_id: str | None = Field(default=None, max_length=40)
     error: dict[str, Any] | None = _json(None)
     attempts: int = 0
+    starts: int = 0
     claimed_by: str | None = Field(default=None, max_length=40)
     claimed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
