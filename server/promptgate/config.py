@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 50051
     grace_period_s: float = Field(30.0, ge=0)
+    drain_notice_s: float = Field(0.5, ge=0)
     max_receive_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     keepalive_time_s: float = Field(30.0, gt=0)

@@ -227,7 +227,14 @@ class PromptgateServer:
         await self._health.enter_graceful_shutdown()
         log.info("shutting down: draining in-flight calls for up to %.1fs", grace)
         self.notifier.close()
+        # Health says NOT_SERVING and new calls get UNAVAILABLE (SHUTTING_DOWN) for a
+        # moment before the transport stops, so balancers and clients see it cleanly.
+        await asyncio.sleep(min(self.settings.drain_notice_s, grace))
         await asyncio.gather(server.stop(grace), self.runner.stop(grace))
+        # Calls cancelled at the end of the grace period record their partial
+        # executions as they unwind; wait for that before the last flush.
+        if not await self.executor.wait_idle(5.0):
+            log.warning("executions still running after shutdown; their records may be lost")
         await self.recorder.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)
         await self.registry.aclose()

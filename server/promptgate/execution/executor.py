@@ -117,6 +117,8 @@ class Executor:
         self._history = history
         self._sessions = sessions
         self._limits = limits
+        self._active = 0
+        self._idle = asyncio.Event()
 
     # Public API
 
@@ -141,6 +143,43 @@ class Executor:
 
     async def execute(self, request: ExecutionRequest) -> ExecutionRecord:
         """Run ``request`` to a recorded FULFILLED or REJECTED execution."""
+        self._active += 1
+        try:
+            return await self._execute(request)
+        finally:
+            self._leave()
+
+    async def stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
+        """Run ``request``, yielding Initiated, Deltas, then one Finished (after recording).
+
+        Close the iterator (``contextlib.aclosing``) when abandoning it: the
+        provider call is then cancelled and the partial execution recorded.
+        """
+        self._active += 1
+        try:
+            async with contextlib.aclosing(self._stream(request)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._leave()
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Wait until no execution is running (their records are then queued); False on timeout."""
+        try:
+            async with asyncio.timeout(limit_s):
+                while self._active:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active:
+            self._idle.set()
+
+    async def _execute(self, request: ExecutionRequest) -> ExecutionRecord:
         started = time.monotonic()
         replay, existing = await self._replay(request)
         if replay is not None:
@@ -167,12 +206,7 @@ class Executor:
         await self._recorder.record(record, upsert=claimed)
         return record
 
-    async def stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
-        """Run ``request``, yielding Initiated, Deltas, then one Finished (after recording).
-
-        Close the iterator (``contextlib.aclosing``) when abandoning it: the
-        provider call is then cancelled and the partial execution recorded.
-        """
+    async def _stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
         started = time.monotonic()
         replay, existing = await self._replay(request)
         if replay is not None:

@@ -62,6 +62,9 @@ class ExecutionRecorder:
 
     def submit(self, record: ExecutionRecord, *, upsert: bool = False) -> None:
         """Queue ``record`` without waiting (used when the caller is being cancelled)."""
+        if self._closing and self._writer is None:
+            log.error("execution %s finished after the recorder closed; not recorded", record.id)
+            return
         self._queue.put_nowait(_Pending(record, upsert, None))
 
     async def close(self) -> None:
