@@ -12,6 +12,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+GEMINI_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
 class Settings(BaseSettings):
@@ -68,6 +70,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PROMPTGATE_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
     )
     openai_models: list[str] = Field(default_factory=list)
+    anthropic_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("PROMPTGATE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = ANTHROPIC_DEFAULT_BASE_URL
+    anthropic_models: list[str] = Field(default_factory=list)
+    gemini_api_key: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "PROMPTGATE_GEMINI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"
+        ),
+    )
+    gemini_base_url: str = GEMINI_DEFAULT_BASE_URL
+    gemini_models: list[str] = Field(default_factory=list)
     http_connect_timeout_s: float = Field(10.0, gt=0)
     http_max_connections: int = Field(1000, ge=1)
     prices_file: str | None = None
@@ -76,6 +91,16 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "INFO"
     workspace: str = "default"
+
+    @property
+    def anthropic_enabled(self) -> bool:
+        """The anthropic provider is on when it has a key or points at a custom server."""
+        return bool(self.anthropic_api_key) or self.anthropic_base_url != ANTHROPIC_DEFAULT_BASE_URL
+
+    @property
+    def gemini_enabled(self) -> bool:
+        """The gemini provider is on when it has a key or points at a custom server."""
+        return bool(self.gemini_api_key) or self.gemini_base_url != GEMINI_DEFAULT_BASE_URL
 
     @property
     def openai_enabled(self) -> bool:
