@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     default_release_tag: str = "production"
     resolve_cache_ttl_s: float = Field(1.0, ge=0)
 
+    # Routing and cache
+    retry_max_attempts: int = Field(2, ge=1, le=10)
+    retry_initial_backoff_s: float = Field(0.5, ge=0)
+    retry_max_backoff_s: float = Field(8.0, ge=0)
+    attempt_timeout_s: float | None = Field(None, gt=0)
+    cooldown_failures: int = Field(3, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+    cache_backend: str = Field("memory", pattern="^(memory|redis)$")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_max_entries: int = Field(10_000, ge=1)
+    cache_default_ttl_s: float = Field(300.0, gt=0)
+
     # Batches
     batch_max_items: int = Field(10_000, ge=1)
     batch_max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)

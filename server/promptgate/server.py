@@ -38,10 +38,12 @@ from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks import CallbackGuard, WebhookSender
 from promptgate.config import Settings
 from promptgate.execution.actuals import ActualsLog
+from promptgate.execution.cache import MemoryCache, RedisCache, ResponseCache
 from promptgate.execution.executor import Executor, ExecutorLimits
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
+from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.base import Provider
@@ -107,6 +109,11 @@ class PromptgateServer:
             )
         self.registry = ProviderRegistry(providers, {"openai": s.openai_models})
         self.templates = TemplateEngine()
+        self.cache: ResponseCache = (
+            RedisCache(s.redis_url)
+            if s.cache_backend == "redis"
+            else MemoryCache(s.cache_max_entries)
+        )
         self.catalog = PromptCatalog(
             self.sessions,
             self.templates,
@@ -125,6 +132,17 @@ class PromptgateServer:
             recorder=self.recorder,
             history=self.history,
             sessions=self.sessions,
+            router=Router(
+                TargetHealth(CooldownSettings(failures=s.cooldown_failures, seconds=s.cooldown_s))
+            ),
+            cache=self.cache,
+            routing_defaults=RoutePolicy(
+                max_attempts=s.retry_max_attempts,
+                initial_backoff_s=s.retry_initial_backoff_s,
+                max_backoff_s=s.retry_max_backoff_s,
+                attempt_timeout_s=s.attempt_timeout_s,
+            ),
+            cache_ttl_s=s.cache_default_ttl_s,
             limits=ExecutorLimits(
                 max_prompt_chars=s.max_prompt_chars,
                 max_inputs=s.max_inputs,
@@ -238,6 +256,7 @@ class PromptgateServer:
         await self.recorder.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)
         await self.registry.aclose()
+        await self.cache.aclose()
         await self.http.aclose()
         await self.engine.dispose()
         self._stopped.set()

@@ -41,6 +41,7 @@ from promptgate.chat import (
 from promptgate.errors import FieldViolation, InvalidArgument
 from promptgate.execution.actuals import Actual
 from promptgate.execution.model import (
+    Attempt,
     ExecutionFailure,
     ExecutionRecord,
     ExecutionRequest,
@@ -54,6 +55,8 @@ from promptgate.execution.model import (
     TextOutput,
 )
 from promptgate.prompts.model import (
+    CacheMode,
+    CachePolicy,
     InputType,
     InputVariable,
     Prompt,
@@ -62,6 +65,10 @@ from promptgate.prompts.model import (
     PromptVersion,
     ReleaseTag,
     ReleaseTagEvent,
+    RetryPolicy,
+    RouteTarget,
+    Routing,
+    Strategy,
     TemplateMessage,
 )
 
@@ -320,6 +327,129 @@ def tool_choice_to_proto(choice: ToolChoice) -> pb.ToolChoice:
     return pb.ToolChoice(mode=_CHOICES_PB[choice.mode], function_name=choice.function_name)
 
 
+# Routing and cache
+
+_STRATEGIES = {
+    pb.Routing.STRATEGY_SINGLE: Strategy.SINGLE,
+    pb.Routing.STRATEGY_FALLBACK: Strategy.FALLBACK,
+    pb.Routing.STRATEGY_WEIGHTED: Strategy.WEIGHTED,
+}
+_STRATEGIES_PB = {v: k for k, v in _STRATEGIES.items()}
+_CACHE_MODES = {
+    pb.CachePolicy.MODE_ENABLED: CacheMode.ENABLED,
+    pb.CachePolicy.MODE_DISABLED: CacheMode.DISABLED,
+    pb.CachePolicy.MODE_REFRESH: CacheMode.REFRESH,
+}
+_CACHE_MODES_PB = {v: k for k, v in _CACHE_MODES.items()}
+_CACHE_STATUS_PB = {
+    "": pb.CACHE_STATUS_UNSPECIFIED,
+    "hit": pb.CACHE_STATUS_HIT,
+    "miss": pb.CACHE_STATUS_MISS,
+    "refresh": pb.CACHE_STATUS_REFRESH,
+}
+
+
+def _seconds(value: duration_pb2.Duration) -> float:
+    return float(value.ToTimedelta().total_seconds())
+
+
+def routing_from_proto(routing: pb.Routing) -> Routing:
+    """A Routing message as domain routing."""
+    retry = None
+    if routing.HasField("retry"):
+        retry = RetryPolicy(
+            max_attempts=routing.retry.max_attempts,
+            initial_backoff_s=(
+                _seconds(routing.retry.initial_backoff)
+                if routing.retry.HasField("initial_backoff")
+                else None
+            ),
+            max_backoff_s=(
+                _seconds(routing.retry.max_backoff)
+                if routing.retry.HasField("max_backoff")
+                else None
+            ),
+        )
+    return Routing(
+        strategy=_STRATEGIES.get(routing.strategy),
+        targets=tuple(
+            RouteTarget(
+                model=t.model,
+                provider=t.provider,
+                parameters=parameters_from_proto(t.parameters)
+                if t.HasField("parameters")
+                else None,
+                weight=t.weight if t.weight else 1.0,
+            )
+            for t in routing.targets
+        ),
+        retry=retry,
+        attempt_timeout_s=(
+            _seconds(routing.attempt_timeout) if routing.HasField("attempt_timeout") else None
+        ),
+    )
+
+
+def routing_to_proto(routing: Routing) -> pb.Routing:
+    """Domain routing as a message."""
+    message = pb.Routing(
+        strategy=_STRATEGIES_PB.get(routing.strategy, pb.Routing.STRATEGY_UNSPECIFIED)
+        if routing.strategy
+        else pb.Routing.STRATEGY_UNSPECIFIED,
+        targets=[
+            pb.RouteTarget(
+                provider=t.provider,
+                model=t.model,
+                weight=t.weight,
+                parameters=parameters_to_proto(t.parameters) if t.parameters else None,
+            )
+            for t in routing.targets
+        ],
+        attempt_timeout=duration(routing.attempt_timeout_s),
+    )
+    if routing.retry is not None:
+        message.retry.CopyFrom(
+            pb.RetryPolicy(
+                max_attempts=routing.retry.max_attempts,
+                initial_backoff=duration(routing.retry.initial_backoff_s),
+                max_backoff=duration(routing.retry.max_backoff_s),
+            )
+        )
+    return message
+
+
+def cache_from_proto(cache: pb.CachePolicy) -> CachePolicy:
+    """A CachePolicy message as a domain policy."""
+    return CachePolicy(
+        mode=_CACHE_MODES.get(cache.mode),
+        ttl_s=_seconds(cache.ttl) if cache.HasField("ttl") else None,
+    )
+
+
+def cache_to_proto(cache: CachePolicy) -> pb.CachePolicy:
+    """A domain cache policy as a message."""
+    return pb.CachePolicy(
+        mode=_CACHE_MODES_PB.get(cache.mode, pb.CachePolicy.MODE_UNSPECIFIED)
+        if cache.mode
+        else pb.CachePolicy.MODE_UNSPECIFIED,
+        ttl=duration(cache.ttl_s),
+    )
+
+
+def attempt_to_proto(attempt: Attempt) -> pb.ExecutionAttempt:
+    """One provider call as a message."""
+    failure = attempt.failure
+    return pb.ExecutionAttempt(
+        number=attempt.number,
+        provider=attempt.provider,
+        model=attempt.model,
+        error_code=failure.code if failure else "",
+        error_message=failure.message if failure else "",
+        provider_status=failure.provider_status if failure else 0,
+        latency=duration(attempt.latency_s),
+    )
+
+
 # Inputs and templates
 
 
@@ -450,6 +580,8 @@ def spec_from_version(version: ppb.PromptVersion, field: str = "version") -> Pro
         tool_choice=tool_choice_from_proto(version.tool_choice)
         if version.HasField("tool_choice")
         else None,
+        routing=routing_from_proto(version.routing) if version.HasField("routing") else None,
+        cache=cache_from_proto(version.cache) if version.HasField("cache") else None,
     )
 
 
@@ -479,6 +611,8 @@ def spec_from_inline(inline: pb.InlinePrompt) -> InlineTarget:
         tool_choice=tool_choice_from_proto(inline.tool_choice)
         if inline.HasField("tool_choice")
         else None,
+        routing=routing_from_proto(inline.routing) if inline.HasField("routing") else None,
+        cache=cache_from_proto(inline.cache) if inline.HasField("cache") else None,
     )
     return InlineTarget(spec=spec, declared=bool(inline.input_variables))
 
@@ -521,6 +655,10 @@ def version_to_proto(version: PromptVersion) -> ppb.PromptVersion:
         message.response_format.CopyFrom(response_format_to_proto(spec.response_format))
     if spec.tool_choice is not None:
         message.tool_choice.CopyFrom(tool_choice_to_proto(spec.tool_choice))
+    if spec.routing is not None:
+        message.routing.CopyFrom(routing_to_proto(spec.routing))
+    if spec.cache is not None:
+        message.cache.CopyFrom(cache_to_proto(spec.cache))
     return message
 
 
@@ -576,7 +714,13 @@ def execution_request_from_proto(
     external_id = ""
     metadata: dict[str, Any] = {}
     expand_raw: tuple[str, ...] = ()
+    routing: Routing | None = None
+    cache: CachePolicy | None = None
     if isinstance(request, epb.ExecutePromptRequest):
+        if request.HasField("routing"):
+            routing = routing_from_proto(request.routing)
+        if request.HasField("cache"):
+            cache = cache_from_proto(request.cache)
         if request.HasField("timeout"):
             timeout = request.timeout.ToTimedelta().total_seconds()
             if not math.isfinite(timeout) or timeout <= 0:
@@ -612,6 +756,8 @@ def execution_request_from_proto(
         provider=request.provider,
         timeout=timeout,
         deadline=deadline,
+        routing=routing,
+        cache=cache,
     )
 
 
@@ -681,6 +827,8 @@ def meta_to_proto(record: ExecutionRecord, expand: pb.ExpandMeta | None = None) 
     if wanted("routing"):
         meta.cache_hit = record.cache_hit
         meta.attempts = record.attempts
+        meta.cache_status = _CACHE_STATUS_PB.get(record.cache_status, pb.CACHE_STATUS_UNSPECIFIED)
+        meta.target_index = record.target_index
     return meta
 
 
@@ -801,6 +949,7 @@ def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
         complete_time=timestamp(record.completed_at),
         streamed=record.streamed,
         actuals=[actual_to_proto(a) for a in record.actuals],
+        attempt_log=[attempt_to_proto(a) for a in record.attempt_log],
     )
 
 

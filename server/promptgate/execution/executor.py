@@ -40,7 +40,9 @@ from promptgate.errors import (
     InvalidArgument,
     ProviderError,
 )
+from promptgate.execution.cache import CachedAnswer, ResponseCache, cache_key
 from promptgate.execution.model import (
+    Cost,
     Delta,
     ExecutionEvent,
     ExecutionFailure,
@@ -59,13 +61,28 @@ from promptgate.execution.model import (
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory, to_row
+from promptgate.execution.router import Candidate, RoutePolicy, Router, RouteRun
 from promptgate.ids import new_id
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.inputs import resolve_inputs
-from promptgate.prompts.model import PromptSpec
+from promptgate.prompts.model import (
+    CacheMode,
+    CachePolicy,
+    PromptSpec,
+    RetryPolicy,
+    Routing,
+    Strategy,
+)
 from promptgate.prompts.render import render_messages
 from promptgate.prompts.templates import TemplateEngine
-from promptgate.prompts.validation import response_format_problems, tool_problems, validate_spec
+from promptgate.prompts.validation import (
+    ModelCheck,
+    cache_problems,
+    response_format_problems,
+    routing_problems,
+    tool_problems,
+    validate_spec,
+)
 from promptgate.providers.base import Provider, ProviderRequest, ProviderResponse, StreamDone
 from promptgate.providers.registry import ProviderRegistry
 from promptgate.store.engine import SessionFactory
@@ -89,9 +106,22 @@ class ExecutorLimits:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     record: ExecutionRecord
-    provider: Provider
-    request: ProviderRequest
+    candidates: tuple[Candidate, ...]
+    policy: RoutePolicy
     spec: PromptSpec
+    cache_mode: CacheMode
+    cache_ttl_s: float
+    cache_key: str | None
+
+    @property
+    def provider(self) -> Provider:
+        """The first target's adapter."""
+        return self.candidates[0].provider
+
+    @property
+    def request(self) -> ProviderRequest:
+        """The first target's provider request."""
+        return self.candidates[0].request
 
 
 class Executor:
@@ -108,6 +138,10 @@ class Executor:
         history: ExecutionHistory,
         sessions: SessionFactory,
         limits: ExecutorLimits,
+        router: Router,
+        cache: ResponseCache,
+        routing_defaults: RoutePolicy,
+        cache_ttl_s: float = 300.0,
     ) -> None:
         self._catalog = catalog
         self._registry = registry
@@ -117,6 +151,10 @@ class Executor:
         self._history = history
         self._sessions = sessions
         self._limits = limits
+        self._router = router
+        self._cache = cache
+        self._routing_defaults = routing_defaults
+        self._cache_ttl_s = cache_ttl_s
         self._active = 0
         self._idle = asyncio.Event()
 
@@ -190,16 +228,27 @@ class Executor:
         if isinstance(claimed, ExecutionRecord):
             return claimed
         deadline = self._deadline(request)
+        run = RouteRun()
         try:
             async with asyncio.timeout_at(deadline):
-                response = await plan.provider.complete(plan.request)
-            self._fulfil(plan, response, request, started)
+                cached = await self._cached(plan)
+                if cached is not None:
+                    self._fulfil_cached(plan, cached, request, started)
+                else:
+                    try:
+                        response = await self._router.complete(
+                            plan.candidates, plan.policy, deadline, run
+                        )
+                    finally:
+                        _apply_run(record, run)
+                    self._fulfil(plan, response, request, started)
+                    await self._store_cached(plan)
         except TimeoutError:
             self._reject(record, self._timeout_failure(request), started)
         except ProviderError as exc:
             self._reject(record, _failure(exc), started)
-            record.attempts = 1
         except asyncio.CancelledError:
+            _apply_run(record, run)
             self._cancel(record, "", started)
             self._recorder.submit(record, upsert=claimed)
             raise
@@ -226,46 +275,101 @@ class Executor:
         yield Initiated(replace(record))
         deadline = self._deadline(request)
         parts: list[str] = []
-        finished = False
+        run = RouteRun()
         try:
-            events = plan.provider.stream(plan.request)
-            async with contextlib.aclosing(events):
-                iterator = aiter(events)
-                while True:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            event = await anext(iterator)
-                    except StopAsyncIteration:
-                        raise ProviderError(
-                            "the provider's stream ended without a final event",
-                            code="STREAM_INTERRUPTED",
-                        ) from None
-                    if isinstance(event, StreamDone):
-                        self._fulfil(plan, event.response, request, started)
-                        break
-                    if not event.text:
-                        continue
-                    if record.time_to_first_token is None:
-                        record.time_to_first_token = time.monotonic() - started
-                    parts.append(event.text)
-                    yield Delta(event.text, 0)
+            async with asyncio.timeout_at(deadline):
+                cached = await self._cached(plan)
+            if cached is not None:
+                self._fulfil_cached(plan, cached, request, started)
+                if cached.text:
+                    record.time_to_first_token = time.monotonic() - started
+                    yield Delta(cached.text, 0)
+            else:
+                events = self._router.stream(plan.candidates, plan.policy, deadline, run)
+                async with contextlib.aclosing(events):
+                    while True:
+                        try:
+                            async with asyncio.timeout_at(deadline):
+                                event = await anext(events)
+                        except StopAsyncIteration:
+                            raise ProviderError(
+                                "the provider's stream ended without a final event",
+                                code="STREAM_INTERRUPTED",
+                            ) from None
+                        if isinstance(event, StreamDone):
+                            _apply_run(record, run)
+                            self._fulfil(plan, event.response, request, started)
+                            break
+                        if not event.text:
+                            continue
+                        if record.time_to_first_token is None:
+                            record.time_to_first_token = time.monotonic() - started
+                        parts.append(event.text)
+                        yield Delta(event.text, 0)
+                async with asyncio.timeout_at(deadline):
+                    await self._store_cached(plan)
         except TimeoutError:
+            _apply_run(record, run)
             self._reject(record, self._timeout_failure(request), started, partial="".join(parts))
         except ProviderError as exc:
+            _apply_run(record, run)
             self._reject(record, _failure(exc), started, partial="".join(parts))
         except (asyncio.CancelledError, GeneratorExit):
-            if not finished:
-                self._cancel(record, "".join(parts), started)
-                self._recorder.submit(record, upsert=claimed)
+            _apply_run(record, run)
+            self._cancel(record, "".join(parts), started)
+            self._recorder.submit(record, upsert=claimed)
             raise
         await self._recorder.record(record, upsert=claimed)
-        finished = True
         yield Finished(record)
+
+    # Cache
+
+    async def _cached(self, plan: _Plan) -> CachedAnswer | None:
+        if plan.cache_key is None or plan.cache_mode is not CacheMode.ENABLED:
+            return None
+        return await self._cache.get(plan.cache_key)
+
+    async def _store_cached(self, plan: _Plan) -> None:
+        record = plan.record
+        if plan.cache_key is None:
+            return
+        record.cache_status = "refresh" if plan.cache_mode is CacheMode.REFRESH else "miss"
+        if record.state is not ExecutionState.FULFILLED:
+            return
+        text = "".join(o.text for o in record.outputs if isinstance(o, TextOutput))
+        text += "".join(json.dumps(o.value) for o in record.outputs if isinstance(o, JsonOutput))
+        answer = CachedAnswer(
+            provider=record.provider,
+            model=record.model,
+            text=text,
+            function_calls=tuple(
+                o.call for o in record.outputs if isinstance(o, FunctionCallOutput)
+            ),
+            finish_reason=record.finish_reason,
+        )
+        await self._cache.put(plan.cache_key, answer, plan.cache_ttl_s)
+
+    def _fulfil_cached(
+        self, plan: _Plan, cached: CachedAnswer, request: ExecutionRequest, started: float
+    ) -> None:
+        response = ProviderResponse(
+            model=cached.model,
+            text=cached.text,
+            function_calls=cached.function_calls,
+            finish_reason=cached.finish_reason,
+        )
+        self._fulfil(plan, response, request, started)
+        record = plan.record
+        record.cache_hit = True
+        record.cache_status = "hit"
+        record.attempts = 0
+        record.usage = Usage()
+        record.cost = Cost(value=0.0, priced=True)
 
     # Planning
 
     async def _plan(self, request: ExecutionRequest, *, streamed: bool) -> _Plan:
-        _check_request(request, self._limits)
+        _check_request(request, self._limits, self._registry.check)
         target = request.target
         prompt_id = prompt_name = version_id = release_tag = ""
         version = 0
@@ -298,7 +402,6 @@ class Executor:
         model = request.model or spec.model
         provider_hint = request.provider or ("" if request.model else spec.provider)
         field = "model" if request.model else ("provider" if request.provider else model_field)
-        provider_name, provider = self._registry.resolve(provider_hint, model, field)
         overrides = request.parameters or ModelParameters()
         parameters = overrides.merged_over(spec.parameters)
         response_format = request.response_format or spec.response_format
@@ -312,7 +415,7 @@ class Executor:
             field=model_field if isinstance(target, InlineTarget) else "inputs",
             max_chars=self._limits.max_prompt_chars,
         )
-        provider_request = ProviderRequest(
+        base = ProviderRequest(
             model=model,
             messages=messages,
             parameters=parameters,
@@ -322,6 +425,14 @@ class Executor:
             raw_body=request.raw_body,
             raw_headers=request.raw_headers,
         )
+        candidates = self._candidates(request, spec, base, provider_hint, field, model_field)
+        first = candidates[0]
+        policy = self._policy(request.routing, spec.routing, len(candidates))
+        cache_mode, cache_ttl = self._cache_policy(request.cache, spec.cache)
+        key = None
+        if cache_mode in (CacheMode.ENABLED, CacheMode.REFRESH):
+            payload = first.provider.build_payload(first.request)
+            key = cache_key(request.workspace_id, first.provider_name, payload)
         record = ExecutionRecord(
             id=new_id("exe"),
             workspace_id=request.workspace_id,
@@ -334,14 +445,101 @@ class Executor:
             version_id=version_id,
             version=version,
             release_tag=release_tag,
-            provider=provider_name,
-            model=model,
+            provider=first.provider_name,
+            model=first.request.model,
             inputs=request.inputs,
             input_chars=sum(len(m.content) for m in messages),
-            parameters=parameters,
+            parameters=first.request.parameters,
             metadata=request.metadata,
         )
-        return _Plan(record=record, provider=provider, request=provider_request, spec=spec)
+        return _Plan(
+            record=record,
+            candidates=tuple(candidates),
+            policy=policy,
+            spec=spec,
+            cache_mode=cache_mode,
+            cache_ttl_s=cache_ttl,
+            cache_key=key,
+        )
+
+    def _candidates(
+        self,
+        request: ExecutionRequest,
+        spec: PromptSpec,
+        base: ProviderRequest,
+        provider_hint: str,
+        field: str,
+        model_field: str,
+    ) -> list[Candidate]:
+        """The provider targets: the request's routing, else the version's, else its model."""
+        if request.routing is not None and request.routing.targets:
+            targets, prefix = request.routing.targets, "routing.targets"
+        elif not (request.model or request.provider) and spec.routing and spec.routing.targets:
+            targets, prefix = spec.routing.targets, f"{model_field}.routing.targets"
+        else:
+            name, adapter = self._registry.resolve(provider_hint, base.model, field)
+            return [Candidate(0, name, adapter, base)]
+        candidates = []
+        for index, target in enumerate(targets):
+            name, adapter = self._registry.resolve(
+                target.provider, target.model, f"{prefix}[{index}].model"
+            )
+            parameters = (
+                target.parameters.merged_over(base.parameters)
+                if target.parameters is not None
+                else base.parameters
+            )
+            candidates.append(
+                Candidate(
+                    index,
+                    name,
+                    adapter,
+                    replace(base, model=target.model, parameters=parameters),
+                    target.weight,
+                )
+            )
+        return candidates
+
+    def _policy(
+        self, requested: Routing | None, versioned: Routing | None, count: int
+    ) -> RoutePolicy:
+        """The effective routing policy: the request's fields over the version's, over defaults."""
+        defaults = self._routing_defaults
+
+        def pick(name: str) -> Any:
+            for source in (requested, versioned):
+                value = getattr(source, name, None) if source is not None else None
+                if value is not None:
+                    return value
+            return None
+
+        retry: RetryPolicy | None = pick("retry")
+        strategy: Strategy | None = pick("strategy")
+        timeout: float | None = pick("attempt_timeout_s")
+        return RoutePolicy(
+            strategy=strategy or (Strategy.FALLBACK if count > 1 else Strategy.SINGLE),
+            max_attempts=(
+                retry.max_attempts if retry and retry.max_attempts else defaults.max_attempts
+            ),
+            initial_backoff_s=(
+                retry.initial_backoff_s
+                if retry and retry.initial_backoff_s is not None
+                else defaults.initial_backoff_s
+            ),
+            max_backoff_s=(
+                retry.max_backoff_s
+                if retry and retry.max_backoff_s is not None
+                else defaults.max_backoff_s
+            ),
+            attempt_timeout_s=timeout if timeout is not None else defaults.attempt_timeout_s,
+        )
+
+    def _cache_policy(
+        self, requested: CachePolicy | None, versioned: CachePolicy | None
+    ) -> tuple[CacheMode, float]:
+        mode = (requested.mode if requested else None) or (versioned.mode if versioned else None)
+        ttl = (requested.ttl_s if requested else None) or (versioned.ttl_s if versioned else None)
+        return mode or CacheMode.DISABLED, ttl or self._cache_ttl_s
 
     def _deadline(self, request: ExecutionRequest) -> float:
         limits = [self._limits.default_timeout_s]
@@ -469,7 +667,6 @@ class Executor:
         record.cost = self._prices.cost(record.provider, record.model, response.usage)
         record.finish_reason = response.finish_reason
         record.raw = {k: response.raw[k] for k in request.expand_raw if k in response.raw}
-        record.attempts = 1
         record.latency = time.monotonic() - started
         record.completed_at = utcnow()
         if failure is not None:
@@ -484,7 +681,6 @@ class Executor:
         record.state = ExecutionState.REJECTED
         record.error = failure
         record.finish_reason = FinishReason.ERROR
-        record.attempts = max(record.attempts, 1)
         if partial:
             record.outputs = (TextOutput(partial),)
             record.output_chars = len(partial)
@@ -503,11 +699,27 @@ class Executor:
         record.cost = self._prices.cost(record.provider, record.model, record.usage)
 
 
+def _apply_run(record: ExecutionRecord, run: RouteRun) -> None:
+    """Put what routing did on the record: attempts, and the target that served."""
+    record.attempts = len(run.attempts)
+    record.attempt_log = tuple(run.attempts)
+    if run.served is not None:
+        record.provider = run.served.provider_name
+        record.model = run.served.request.model
+        record.parameters = run.served.request.parameters
+        record.target_index = run.served.index
+    elif run.attempts:
+        last = run.attempts[-1]
+        record.provider, record.model = last.provider, last.model
+
+
 def _accept_model(provider: str, model: str, field: str) -> None:
     """The inline prompt's own model is overridden by the request's; nothing to check."""
 
 
-def _check_request(request: ExecutionRequest, limits: ExecutorLimits) -> None:
+def _check_request(
+    request: ExecutionRequest, limits: ExecutorLimits, check_model: ModelCheck
+) -> None:
     problems: list[FieldViolation] = []
     if len(request.inputs) > limits.max_inputs:
         problems.append(FieldViolation("inputs", f"at most {limits.max_inputs} inputs"))
@@ -520,6 +732,8 @@ def _check_request(request: ExecutionRequest, limits: ExecutorLimits) -> None:
             FieldViolation(f, d) for f, d in parameter_problems(request.parameters, "parameters")
         )
     problems.extend(response_format_problems(request.response_format, "response_format"))
+    problems.extend(routing_problems(request.routing, "routing", check_model))
+    problems.extend(cache_problems(request.cache, "cache"))
     if request.tools is not None or request.tool_choice is not None:
         problems.extend(tool_problems(request.tools or (), request.tool_choice, ""))
     if problems:

@@ -18,7 +18,7 @@ from promptgate.chat import (
     Usage,
 )
 from promptgate.execution.actuals import Actual
-from promptgate.prompts.model import PromptInput, PromptSpec
+from promptgate.prompts.model import CachePolicy, PromptInput, PromptSpec, Routing
 
 
 class ExecutionState(enum.StrEnum):
@@ -68,6 +68,8 @@ class ExecutionRequest:
     """Seconds, from the request's timeout field."""
     deadline: float | None = None
     """Seconds left until the caller's deadline, if it set one."""
+    routing: Routing | None = None
+    cache: CachePolicy | None = None
     resume: bool = False
     fresh: bool = False
     """The caller knows no execution with this external_id exists (skip the lookup)."""
@@ -107,6 +109,17 @@ class ExecutionFailure:
     message: str
     provider_status: int = 0
     retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One provider call of an execution."""
+
+    number: int
+    provider: str
+    model: str
+    latency_s: float
+    failure: ExecutionFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,10 @@ class ExecutionRecord:
     completed_at: datetime | None = None
     replayed: bool = False
     actuals: tuple[Actual, ...] = ()
+    attempt_log: tuple[Attempt, ...] = ()
+    target_index: int = 0
+    cache_status: str = ""
+    """"hit", "miss" or "refresh"; "" when caching was off."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from promptgate.chat import ChatMessage, FinishReason, FunctionCall, ModelParame
 from promptgate.errors import InvalidArgument, NotFound
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.model import (
+    Attempt,
     Cost,
     ExecutionFailure,
     ExecutionRecord,
@@ -30,6 +31,7 @@ from promptgate.store.tables import ExecutionRow, as_utc
 _MESSAGES: TypeAdapter[list[ChatMessage]] = TypeAdapter(list[ChatMessage])
 _CALL: TypeAdapter[FunctionCall] = TypeAdapter(FunctionCall)
 _PARAMS: TypeAdapter[ModelParameters] = TypeAdapter(ModelParameters)
+_ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
 
 
 def to_row(record: ExecutionRecord) -> ExecutionRow:
@@ -73,6 +75,9 @@ def to_row(record: ExecutionRecord) -> ExecutionRow:
         else None,
         attempts=record.attempts,
         cache_hit=record.cache_hit,
+        cache_status=record.cache_status,
+        target_index=record.target_index,
+        attempt_log=_ATTEMPTS.dump_python(list(record.attempt_log), mode="json"),
         parameters=_PARAMS.dump_python(record.parameters, mode="json"),
         request_metadata=record.metadata,
         raw=record.raw,
@@ -119,6 +124,9 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         time_to_first_token=row.ttft_ms / 1000 if row.ttft_ms is not None else None,
         attempts=row.attempts,
         cache_hit=row.cache_hit,
+        cache_status=row.cache_status,
+        target_index=row.target_index,
+        attempt_log=tuple(_ATTEMPTS.validate_python(row.attempt_log or [])),
         parameters=_PARAMS.validate_python(row.parameters or {}),
         metadata=dict(row.request_metadata or {}),
         raw=dict(row.raw or {}),

@@ -51,6 +51,59 @@ class TemplateMessage:
     chat_history_input: str = ""
 
 
+class Strategy(enum.StrEnum):
+    """How routing targets are tried."""
+
+    SINGLE = "single"
+    FALLBACK = "fallback"
+    WEIGHTED = "weighted"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """One provider target of a route."""
+
+    model: str
+    provider: str = ""
+    parameters: ModelParameters | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of one target; None fields take the server's defaults."""
+
+    max_attempts: int = 0
+    initial_backoff_s: float | None = None
+    max_backoff_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Targets, retries and fallbacks of an execution."""
+
+    strategy: Strategy | None = None
+    targets: tuple[RouteTarget, ...] = ()
+    retry: RetryPolicy | None = None
+    attempt_timeout_s: float | None = None
+
+
+class CacheMode(enum.StrEnum):
+    """How an execution uses the response cache."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    REFRESH = "refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Response cache policy; None fields inherit."""
+
+    mode: CacheMode | None = None
+    ttl_s: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PromptSpec:
     """What a prompt version (or an inline prompt) says to do."""
@@ -63,6 +116,8 @@ class PromptSpec:
     response_format: ResponseFormat | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
+    routing: Routing | None = None
+    cache: CachePolicy | None = None
 
 
 SPEC_ADAPTER: TypeAdapter[PromptSpec] = TypeAdapter(PromptSpec)

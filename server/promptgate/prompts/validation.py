@@ -7,6 +7,7 @@ parameters, the response format or tools are malformed.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -22,9 +23,18 @@ from promptgate.chat import (
 )
 from promptgate.errors import FieldViolation, InvalidArgument
 from promptgate.prompts.inputs import coerce
-from promptgate.prompts.model import InputType, InputVariable, PromptInput, PromptSpec
+from promptgate.prompts.model import (
+    CachePolicy,
+    InputType,
+    InputVariable,
+    PromptInput,
+    PromptSpec,
+    Routing,
+    Strategy,
+)
 from promptgate.prompts.templates import TemplateEngine
 
+MAX_ATTEMPTS = 10
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -111,6 +121,8 @@ def validate_spec(
     )
     problems.extend(response_format_problems(spec.response_format, f"{field}.response_format"))
     problems.extend(tool_problems(spec.tools, spec.tool_choice, field))
+    problems.extend(routing_problems(spec.routing, f"{field}.routing", check_model))
+    problems.extend(cache_problems(spec.cache, f"{field}.cache"))
     if problems:
         raise InvalidArgument.of(problems, reason="INVALID_PROMPT")
 
@@ -125,6 +137,62 @@ def _kind(value: object, declared: InputType) -> InputType:
     if isinstance(value, str):
         return InputType.STRING
     return InputType.JSON
+
+
+def routing_problems(
+    routing: Routing | None, field: str, check_model: ModelCheck
+) -> list[FieldViolation]:
+    """Problems of a routing policy: unservable targets, bad weights, retries or timeouts."""
+    if routing is None:
+        return []
+    problems: list[FieldViolation] = []
+    for i, target in enumerate(routing.targets):
+        path = f"{field}.targets[{i}]"
+        if not target.model:
+            problems.append(FieldViolation(f"{path}.model", "a model is required"))
+        else:
+            try:
+                check_model(target.provider, target.model, f"{path}.model")
+            except InvalidArgument as exc:
+                problems.extend(exc.violations)
+        if not math.isfinite(target.weight) or target.weight < 0:
+            problems.append(FieldViolation(f"{path}.weight", "must be a non-negative number"))
+        if target.parameters is not None:
+            problems.extend(
+                FieldViolation(f, d)
+                for f, d in parameter_problems(target.parameters, f"{path}.parameters")
+            )
+    if (
+        routing.strategy is Strategy.WEIGHTED
+        and routing.targets
+        and not any(t.weight > 0 for t in routing.targets)
+    ):
+        problems.append(
+            FieldViolation(f"{field}.targets", "weighted routing needs a positive weight")
+        )
+    retry = routing.retry
+    if retry is not None:
+        if not 0 <= retry.max_attempts <= MAX_ATTEMPTS:
+            problems.append(
+                FieldViolation(
+                    f"{field}.retry.max_attempts", f"must be between 0 and {MAX_ATTEMPTS}"
+                )
+            )
+        for name in ("initial_backoff_s", "max_backoff_s"):
+            value = getattr(retry, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                label = name.removesuffix("_s")
+                problems.append(FieldViolation(f"{field}.retry.{label}", "must not be negative"))
+    if routing.attempt_timeout_s is not None and routing.attempt_timeout_s <= 0:
+        problems.append(FieldViolation(f"{field}.attempt_timeout", "must be positive"))
+    return problems
+
+
+def cache_problems(cache: CachePolicy | None, field: str) -> list[FieldViolation]:
+    """Problems of a cache policy: a TTL must be positive."""
+    if cache is not None and cache.ttl_s is not None and cache.ttl_s <= 0:
+        return [FieldViolation(f"{field}.ttl", "must be positive")]
+    return []
 
 
 def response_format_problems(fmt: ResponseFormat | None, field: str) -> list[FieldViolation]:

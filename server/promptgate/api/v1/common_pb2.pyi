@@ -157,6 +157,34 @@ EXECUTION_STATE_REJECTED: ExecutionState.ValueType  # 3
 """Finished with an error; see ExecutionError."""
 Global___ExecutionState: _TypeAlias = ExecutionState  # noqa: Y015
 
+class _CacheStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_STATUS_UNSPECIFIED: _CacheStatus.ValueType  # 0
+    """Caching was off."""
+    CACHE_STATUS_HIT: _CacheStatus.ValueType  # 1
+    """The response came from the cache; the provider was not called."""
+    CACHE_STATUS_MISS: _CacheStatus.ValueType  # 2
+    """Not in the cache; the provider's response was stored."""
+    CACHE_STATUS_REFRESH: _CacheStatus.ValueType  # 3
+    """The cache was skipped on request and the provider's response stored."""
+
+class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
+    """What the response cache did for an execution."""
+
+CACHE_STATUS_UNSPECIFIED: CacheStatus.ValueType  # 0
+"""Caching was off."""
+CACHE_STATUS_HIT: CacheStatus.ValueType  # 1
+"""The response came from the cache; the provider was not called."""
+CACHE_STATUS_MISS: CacheStatus.ValueType  # 2
+"""Not in the cache; the provider's response was stored."""
+CACHE_STATUS_REFRESH: CacheStatus.ValueType  # 3
+"""The cache was skipped on request and the provider's response stored."""
+Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
+
 @_typing.final
 class ChatMessage(_message.Message):
     """A rendered chat message, as sent to a provider or passed in as chat history."""
@@ -777,6 +805,8 @@ class ExecutionMeta(_message.Message):
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CACHE_STATUS_FIELD_NUMBER: _builtins.int
+    TARGET_INDEX_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Output only. The provider that served the execution, e.g. "openai"."""
     model: _builtins.str
@@ -794,7 +824,17 @@ class ExecutionMeta(_message.Message):
     cache_hit: _builtins.bool
     """Output only. Whether the response came from the response cache."""
     attempts: _builtins.int
-    """Output only. Provider calls made, including retries."""
+    """Output only. Provider calls made, including retries and fallbacks (0 when
+    the response came from the cache).
+    """
+    cache_status: Global___CacheStatus.ValueType
+    """Output only. Whether the response cache was used: HIT, MISS or REFRESH;
+    UNSPECIFIED when caching is off for the execution.
+    """
+    target_index: _builtins.int
+    """Output only. The index, in the routing targets, of the target that served
+    (0 without routing).
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Output only. Token and character counts."""
@@ -832,14 +872,267 @@ class ExecutionMeta(_message.Message):
         cache_hit: _builtins.bool = ...,
         parameters: Global___ModelParameters | None = ...,
         attempts: _builtins.int = ...,
+        cache_status: Global___CacheStatus.ValueType = ...,
+        target_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "latency", b"latency", "parameters", b"parameters", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "cost", b"cost", "finish_reason", b"finish_reason", "latency", b"latency", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "release_tag", b"release_tag", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "cache_status", b"cache_status", "cost", b"cost", "finish_reason", b"finish_reason", "latency", b"latency", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "release_tag", b"release_tag", "target_index", b"target_index", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionMeta: _TypeAlias = ExecutionMeta  # noqa: Y015
+
+@_typing.final
+class CachePolicy(_message.Message):
+    """Whether an execution may be answered from, and stored in, the response
+    cache. The cache key is a hash of the workspace and the exact provider
+    request, so only identical requests share an answer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[CachePolicy._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: CachePolicy._Mode.ValueType  # 0
+        """Use the prompt version's policy (off when it has none)."""
+        MODE_ENABLED: CachePolicy._Mode.ValueType  # 1
+        """Answer from the cache when possible; store fulfilled responses."""
+        MODE_DISABLED: CachePolicy._Mode.ValueType  # 2
+        """Neither read nor write the cache."""
+        MODE_REFRESH: CachePolicy._Mode.ValueType  # 3
+        """Call the provider and store its response, ignoring a cached one."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper):
+        """How to use the cache."""
+
+    MODE_UNSPECIFIED: CachePolicy.Mode.ValueType  # 0
+    """Use the prompt version's policy (off when it has none)."""
+    MODE_ENABLED: CachePolicy.Mode.ValueType  # 1
+    """Answer from the cache when possible; store fulfilled responses."""
+    MODE_DISABLED: CachePolicy.Mode.ValueType  # 2
+    """Neither read nor write the cache."""
+    MODE_REFRESH: CachePolicy.Mode.ValueType  # 3
+    """Call the provider and store its response, ignoring a cached one."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    mode: Global___CachePolicy.Mode.ValueType
+    """Optional. How to use the cache."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Optional. How long a stored response stays valid (server default when unset)."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___CachePolicy.Mode.ValueType = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CachePolicy: _TypeAlias = CachePolicy  # noqa: Y015
+
+@_typing.final
+class RouteTarget(_message.Message):
+    """One provider target of a route."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Optional. The provider; inferred from the model when empty."""
+    model: _builtins.str
+    """Required. The model."""
+    weight: _builtins.float
+    """Optional. Relative weight for STRATEGY_WEIGHTED (default 1)."""
+    @_builtins.property
+    def parameters(self) -> Global___ModelParameters:
+        """Optional. Parameters for this target, over the execution's parameters."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        parameters: Global___ModelParameters | None = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "parameters", b"parameters", "provider", b"provider", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteTarget: _TypeAlias = RouteTarget  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """Retries of one target on retryable failures (429, 5xx, timeouts,
+    connection errors, interrupted streams before the first delta).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Optional. Calls per target, the first included (server default when 0)."""
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """Optional. Backoff before the first retry; doubles per retry, with jitter.
+        A provider's Retry-After is honoured when longer.
+        """
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """Optional. The longest backoff."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class Routing(_message.Message):
+    """How an execution picks its provider target and what it does when one fails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Strategy:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Routing._Strategy.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STRATEGY_UNSPECIFIED: Routing._Strategy.ValueType  # 0
+        """STRATEGY_FALLBACK when there are several targets, else STRATEGY_SINGLE."""
+        STRATEGY_SINGLE: Routing._Strategy.ValueType  # 1
+        """Only the first target."""
+        STRATEGY_FALLBACK: Routing._Strategy.ValueType  # 2
+        """The targets in order: the next one when one fails after its retries."""
+        STRATEGY_WEIGHTED: Routing._Strategy.ValueType  # 3
+        """A target picked at random by weight, then the others (by weight) as fallbacks."""
+
+    class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
+        """How targets are tried."""
+
+    STRATEGY_UNSPECIFIED: Routing.Strategy.ValueType  # 0
+    """STRATEGY_FALLBACK when there are several targets, else STRATEGY_SINGLE."""
+    STRATEGY_SINGLE: Routing.Strategy.ValueType  # 1
+    """Only the first target."""
+    STRATEGY_FALLBACK: Routing.Strategy.ValueType  # 2
+    """The targets in order: the next one when one fails after its retries."""
+    STRATEGY_WEIGHTED: Routing.Strategy.ValueType  # 3
+    """A target picked at random by weight, then the others (by weight) as fallbacks."""
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    strategy: Global___Routing.Strategy.ValueType
+    """Optional. How targets are tried."""
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteTarget]:
+        """Optional. The targets; when empty, the version's (or request's) provider
+        and model is the only target.
+        """
+
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """Optional. Retries per target."""
+
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """Optional. Time limit of one provider call (the execution's own limit
+        still bounds the whole).
+        """
+
+    def __init__(
+        self,
+        *,
+        strategy: Global___Routing.Strategy.ValueType = ...,
+        targets: _abc.Iterable[Global___RouteTarget] | None = ...,
+        retry: Global___RetryPolicy | None = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "retry", b"retry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "retry", b"retry", "strategy", b"strategy", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Routing: _TypeAlias = Routing  # noqa: Y015
+
+@_typing.final
+class ExecutionAttempt(_message.Message):
+    """One provider call of an execution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """Output only. 1 for the first call."""
+    provider: _builtins.str
+    """Output only. The provider called."""
+    model: _builtins.str
+    """Output only. The model called."""
+    error_code: _builtins.str
+    """Output only. Why the call failed (an ExecutionError code); empty if it served."""
+    error_message: _builtins.str
+    """Output only. The failure's message."""
+    provider_status: _builtins.int
+    """Output only. The provider's HTTP status, when there was one."""
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """Output only. How long the call took."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        error_code: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        provider_status: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "latency", b"latency", "model", b"model", "number", b"number", "provider", b"provider", "provider_status", b"provider_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionAttempt: _TypeAlias = ExecutionAttempt  # noqa: Y015
 
 @_typing.final
 class ExpandMeta(_message.Message):
@@ -961,6 +1254,8 @@ class InlinePrompt(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Optional. The provider, e.g. "openai" or "mock". Inferred from the model
     when empty.
@@ -997,6 +1292,14 @@ class InlinePrompt(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """Optional. Whether and which function to call."""
 
+    @_builtins.property
+    def routing(self) -> Global___Routing:
+        """Optional. Targets, retries and fallbacks."""
+
+    @_builtins.property
+    def cache(self) -> Global___CachePolicy:
+        """Optional. Response cache policy."""
+
     def __init__(
         self,
         *,
@@ -1010,10 +1313,12 @@ class InlinePrompt(_message.Message):
         response_format: Global___ResponseFormat | None = ...,
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
+        routing: Global___Routing | None = ...,
+        cache: Global___CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "parameters", b"parameters", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "response_format", b"response_format", "system_prompt", b"system_prompt", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "response_format", b"response_format", "routing", b"routing", "system_prompt", b"system_prompt", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,6 +118,8 @@ class ExecutePromptRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """A stored prompt's id or name."""
     release_tag: _builtins.str
@@ -182,6 +184,14 @@ class ExecutePromptRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Optional. A time limit for the execution, within the call's deadline."""
 
+    @_builtins.property
+    def routing(self) -> _common_pb2.Routing:
+        """Optional. Overrides the version's routing (targets, retries, fallbacks)."""
+
+    @_builtins.property
+    def cache(self) -> _common_pb2.CachePolicy:
+        """Optional. Overrides the version's response cache policy."""
+
     def __init__(
         self,
         *,
@@ -202,10 +212,12 @@ class ExecutePromptRequest(_message.Message):
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        routing: _common_pb2.Routing | None = ...,
+        cache: _common_pb2.CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expand_meta", b"expand_meta", "inline_prompt", b"inline_prompt", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "raw_overrides", b"raw_overrides", "response_format", b"response_format", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "expand_meta", b"expand_meta", "inline_prompt", b"inline_prompt", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "raw_overrides", b"raw_overrides", "response_format", b"response_format", "routing", b"routing", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expand_meta", b"expand_meta", "expand_raw", b"expand_raw", "external_id", b"external_id", "inline_prompt", b"inline_prompt", "inputs", b"inputs", "metadata", b"metadata", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "expand_meta", b"expand_meta", "expand_raw", b"expand_raw", "external_id", b"external_id", "inline_prompt", b"inline_prompt", "inputs", b"inputs", "metadata", b"metadata", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "routing", b"routing", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["prompt", "inline_prompt"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -472,6 +484,7 @@ class Execution(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     STREAMED_FIELD_NUMBER: _builtins.int
     ACTUALS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The execution id, "exe_..."."""
     state: _common_pb2.ExecutionState.ValueType
@@ -516,6 +529,10 @@ class Execution(_message.Message):
         is current.
         """
 
+    @_builtins.property
+    def attempt_log(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ExecutionAttempt]:
+        """Output only. Every provider call the execution made, in order."""
+
     def __init__(
         self,
         *,
@@ -532,10 +549,11 @@ class Execution(_message.Message):
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         streamed: _builtins.bool = ...,
         actuals: _abc.Iterable[Global___Actual] | None = ...,
+        attempt_log: _abc.Iterable[_common_pb2.ExecutionAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "meta", b"meta", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

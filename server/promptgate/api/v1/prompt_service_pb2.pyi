@@ -124,6 +124,8 @@ class PromptVersion(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The version id, "ver_..."."""
     prompt_id: _builtins.str
@@ -168,6 +170,14 @@ class PromptVersion(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the version was created."""
 
+    @_builtins.property
+    def routing(self) -> _common_pb2.Routing:
+        """Optional. Targets, retries and fallbacks."""
+
+    @_builtins.property
+    def cache(self) -> _common_pb2.CachePolicy:
+        """Optional. Response cache policy."""
+
     def __init__(
         self,
         *,
@@ -184,10 +194,12 @@ class PromptVersion(_message.Message):
         tool_choice: _common_pb2.ToolChoice | None = ...,
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        routing: _common_pb2.Routing | None = ...,
+        cache: _common_pb2.CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "create_time", b"create_time", "parameters", b"parameters", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "provider", b"provider", "response_format", b"response_format", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "create_time", b"create_time", "description", b"description", "id", b"id", "input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "provider", b"provider", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
