@@ -20,6 +20,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptgate import demo
+from promptgate.api.admin_servicer import AdminServicer
 from promptgate.api.context import CallContext
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.api.execution_servicer import ExecutionServicer
@@ -27,6 +28,8 @@ from promptgate.api.health import HealthServicer
 from promptgate.api.prompt_servicer import PromptServicer
 from promptgate.api.reflection import enable_reflection
 from promptgate.api.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     execution_service_pb2,
     execution_service_pb2_grpc,
     prompt_service_pb2,
@@ -46,7 +49,9 @@ from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
+from promptgate.providers.anthropic import AnthropicProvider
 from promptgate.providers.base import Provider
+from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
     prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -107,7 +113,24 @@ class PromptgateServer:
             providers["openai"] = OpenAIProvider(
                 client=self.http, base_url=s.openai_base_url, api_key=s.openai_api_key
             )
-        self.registry = ProviderRegistry(providers, {"openai": s.openai_models})
+        if s.anthropic_enabled:
+            providers["anthropic"] = AnthropicProvider(
+                client=self.http, base_url=s.anthropic_base_url, api_key=s.anthropic_api_key
+            )
+        if s.gemini_enabled:
+            providers["gemini"] = GeminiProvider(
+                client=self.http, base_url=s.gemini_base_url, api_key=s.gemini_api_key
+            )
+        self.registry = ProviderRegistry(
+            providers,
+            {"openai": s.openai_models, "anthropic": s.anthropic_models, "gemini": s.gemini_models},
+            {
+                "openai": s.openai_base_url,
+                "anthropic": s.anthropic_base_url,
+                "gemini": s.gemini_base_url,
+            },
+        )
+        self.prices = PriceTable.load(s.prices_file)
         self.templates = TemplateEngine()
         self.cache: ResponseCache = (
             RedisCache(s.redis_url)
@@ -128,7 +151,7 @@ class PromptgateServer:
             catalog=self.catalog,
             registry=self.registry,
             templates=self.templates,
-            prices=PriceTable.load(s.prices_file),
+            prices=self.prices,
             recorder=self.recorder,
             history=self.history,
             sessions=self.sessions,
@@ -172,6 +195,9 @@ class PromptgateServer:
                 batch_max_bytes=s.batch_max_request_bytes,
             ),
             server,
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.registry, self.prices), server
         )
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
             PromptServicer(self.catalog, self.executor, calls), server

@@ -325,16 +325,19 @@ class Executor:
     # Cache
 
     async def _cached(self, plan: _Plan) -> CachedAnswer | None:
-        if plan.cache_key is None or plan.cache_mode is not CacheMode.ENABLED:
+        if plan.cache_key is None:
             return None
-        return await self._cache.get(plan.cache_key)
+        if plan.cache_mode is CacheMode.REFRESH:
+            plan.record.cache_status = "refresh"
+            return None
+        answer = await self._cache.get(plan.cache_key)
+        if answer is None:
+            plan.record.cache_status = "miss"
+        return answer
 
     async def _store_cached(self, plan: _Plan) -> None:
         record = plan.record
-        if plan.cache_key is None:
-            return
-        record.cache_status = "refresh" if plan.cache_mode is CacheMode.REFRESH else "miss"
-        if record.state is not ExecutionState.FULFILLED:
+        if plan.cache_key is None or record.state is not ExecutionState.FULFILLED:
             return
         text = "".join(o.text for o in record.outputs if isinstance(o, TextOutput))
         text += "".join(json.dumps(o.value) for o in record.outputs if isinstance(o, JsonOutput))

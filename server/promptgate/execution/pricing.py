@@ -75,6 +75,10 @@ class PriceTable:
                 )
         return cls(prices)
 
+    def models(self) -> list[str]:
+        """Every model with a price."""
+        return sorted(self._prices)
+
     def price(self, provider: str, model: str) -> Price | None:
         """The price of ``model``; mock models are free; None when unknown."""
         if provider == "mock":

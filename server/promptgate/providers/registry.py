@@ -1,26 +1,64 @@
 """Which provider serves which model.
 
-``mock`` is always available. ``openai`` is available when it has an API key
-or a custom base URL (an OpenAI-compatible server). A request names its
-provider, or promptgate infers it from the model: ``mock*`` models go to the
-mock, any other model to openai when it is on (limited to
-``PROMPTGATE_OPENAI_MODELS`` when that list is set).
+``mock`` is always available; ``openai``, ``anthropic`` and ``gemini`` when
+they have an API key or a custom base URL. A request names its provider, or
+promptgate infers it from the model: a model on a provider's allow-list goes
+there; ``mock*`` models go to the mock, ``claude*`` to anthropic, ``gemini*``
+to gemini, and any other model to openai (OpenAI and compatible servers).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from promptgate.errors import FieldViolation, InvalidArgument
 from promptgate.providers.base import Provider
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an adapter supports."""
+
+    streaming: bool = True
+    tools: bool = True
+    json_schema: bool = True
+
+
+# Model-name prefixes that identify a provider when a request names none.
+FAMILIES = {"mock": "mock", "claude": "anthropic", "gemini": "gemini"}
+# Known model-name prefixes per provider (for listing models with prices).
+LISTED_PREFIXES = {
+    "openai": ("gpt-", "o1", "o3", "o4"),
+    "anthropic": ("claude",),
+    "gemini": ("gemini",),
+    "mock": ("mock",),
+}
 
 
 class ProviderRegistry:
     """The configured providers, and the rules that pick one for a model."""
 
     def __init__(
-        self, providers: dict[str, Provider], model_allowlists: dict[str, list[str]]
+        self,
+        providers: dict[str, Provider],
+        model_allowlists: dict[str, list[str]],
+        base_urls: dict[str, str] | None = None,
     ) -> None:
         self._providers = providers
         self._allow = {name: set(models) for name, models in model_allowlists.items() if models}
+        self._base_urls = base_urls or {}
+
+    def allowed_models(self, name: str) -> set[str] | None:
+        """The provider's allow-list, or None when it accepts any model."""
+        return self._allow.get(name)
+
+    def base_url(self, name: str) -> str:
+        """The provider's API base URL ("" for the mock)."""
+        return self._base_urls.get(name, "")
+
+    def capabilities(self, name: str) -> Capabilities:
+        """What the provider's adapter supports (all adapters support all three)."""
+        return Capabilities()
 
     @property
     def names(self) -> list[str]:
@@ -65,10 +103,11 @@ class ProviderRegistry:
         self.resolve(provider, model, field)
 
     def _infer(self, model: str) -> str | None:
-        if model.startswith("mock"):
-            return "mock"
         for name, allowed in self._allow.items():
             if model in allowed:
+                return name
+        for prefix, name in FAMILIES.items():
+            if model.startswith(prefix):
                 return name
         if "openai" in self._providers:
             return "openai"
