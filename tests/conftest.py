@@ -46,6 +46,9 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'promptgate.db'}",
             "dev": True,
             "grace_period_s": 1.0,
+            # One call per target unless a test asks for retries: provider failures
+            # then show up at once instead of after a Retry-After wait.
+            "retry_max_attempts": 1,
             "openai_api_key": None,
             "openai_base_url": "https://api.openai.com/v1",
         }

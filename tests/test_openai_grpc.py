@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -186,3 +187,73 @@ async def test_external_id_does_not_call_the_provider_again(gw: Running, fake: F
     assert len(fake.requests) == 1
     assert second.replayed and second.execution_id == first.execution_id
     assert events[-1].fulfilled.outputs[0].string_value == "only once"
+
+
+async def test_tool_calls_round_trip(gw: Running, fake: FakeOpenAI) -> None:
+    weather = pb.Tool(name="get_weather", description="Weather for a city")
+    weather.parameters.update(
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    )
+    time_tool = pb.Tool(name="get_time", description="Time in a city")
+    first = await gw.executions.ExecutePrompt(
+        ask(
+            "Weather and time in Paris?",
+            model="fake-tools",
+            tools=[weather, time_tool],
+            tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED),
+        )
+    )
+    assert first.state == pb.EXECUTION_STATE_FULFILLED, first.error
+    calls = [o.function_call for o in first.outputs if o.WhichOneof("value") == "function_call"]
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    assert all(
+        c.id and json.loads(c.arguments_json) == json_format.MessageToDict(c.arguments)
+        for c in calls
+    )
+    assert first.meta.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    sent = fake.last_request.body
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather", "get_time"]
+    assert sent["tool_choice"] == "required"
+
+    # The tool results go back as chat history on the next call.
+    history = pb.ChatHistory(
+        messages=[
+            pb.ChatMessage(role=pb.MESSAGE_ROLE_USER, content="Weather and time in Paris?"),
+            pb.ChatMessage(role=pb.MESSAGE_ROLE_ASSISTANT, function_calls=calls),
+            pb.ChatMessage(
+                role=pb.MESSAGE_ROLE_TOOL, tool_call_id=calls[0].id, content='{"temp": 21}'
+            ),
+            pb.ChatMessage(role=pb.MESSAGE_ROLE_TOOL, tool_call_id=calls[1].id, content="14:00"),
+        ]
+    )
+    second = await gw.executions.ExecutePrompt(
+        epb.ExecutePromptRequest(
+            inline_prompt=pb.InlinePrompt(
+                model="gpt-4o-mini",
+                messages=[pb.PromptTemplateMessage(chat_history_input="history")],
+                tools=[weather, time_tool],
+                input_variables=[pb.InputVariable(name="history", type=pb.INPUT_TYPE_CHAT_HISTORY)],
+            ),
+            inputs=[pb.PromptInput(name="history", chat_history=history)],
+        )
+    )
+    assert second.state == pb.EXECUTION_STATE_FULFILLED
+    messages = fake.last_request.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == [c.id for c in calls]
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert (messages[2]["tool_call_id"], messages[2]["content"]) == (calls[0].id, '{"temp": 21}')
+
+
+async def test_streamed_tool_calls(gw: Running) -> None:
+    weather = pb.Tool(name="get_weather")
+    events = [
+        e
+        async for e in gw.executions.ExecutePromptStream(
+            ask("Weather?", model="fake-tools", tools=[weather])
+        )
+    ]
+    final = events[-1].fulfilled
+    calls = [o.function_call for o in final.outputs if o.WhichOneof("value") == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments_json) == json_format.MessageToDict(calls[0].arguments)
