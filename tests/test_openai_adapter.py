@@ -40,7 +40,8 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
-from promptgate.providers.openai import OpenAIProvider, _SSEParser, parse_retry_after
+from promptgate.providers.http import SSEParser
+from promptgate.providers.openai import OpenAIProvider, parse_retry_after
 from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-test-123"
@@ -286,9 +287,9 @@ async def test_streams_reuse_the_connection(provider: OpenAIProvider, fake: Fake
     ],
 )
 def test_sse_parser(data: bytes, events: list[tuple[str, str]]) -> None:
-    whole = _SSEParser()
+    whole = SSEParser()
     assert whole.feed(data) + whole.flush() == events
-    byte_by_byte = _SSEParser()
+    byte_by_byte = SSEParser()
     parsed = [event for i in range(len(data)) for event in byte_by_byte.feed(data[i : i + 1])]
     assert parsed + byte_by_byte.flush() == events
 

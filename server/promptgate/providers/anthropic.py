@@ -6,8 +6,9 @@ API root without ``/v1``, e.g. ``https://api.anthropic.com``) with the headers
 ``content-type: application/json``, and reads the answer either as one JSON
 message (``complete``) or as server-sent events (``stream``).
 
-It follows the rules of ``promptgate.providers.base`` and reuses the OpenAI
-adapter's transport helpers (SSE parsing, Retry-After parsing, draining).
+It follows the rules of ``promptgate.providers.base`` and uses the transport
+helpers shared by the adapters in ``promptgate.providers.http`` (SSE parsing,
+Retry-After parsing, draining).
 
 Request body (``build_payload``):
 
@@ -128,19 +129,16 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
-
-# Transport helpers of the reference (OpenAI) adapter, reused rather than copied. Most are
-# private there; if they move to a shared module, import them from it instead.
-from promptgate.providers.openai import (
-    _count,
-    _deadline,
-    _describe,
-    _drain,
-    _is_json,
-    _parse_arguments,
-    _snippet,
-    _SSEParser,
+from promptgate.providers.http import (
+    SSEParser,
+    deadline_after,
+    describe_exception,
+    drain,
+    is_json,
+    parse_arguments,
     parse_retry_after,
+    snippet,
+    token_count,
 )
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
@@ -293,7 +291,7 @@ class AnthropicProvider:
         http_request = self._http_request(
             request, self.build_payload(request, stream=True), stream=True
         )
-        deadline = _deadline(request.timeout)
+        deadline = deadline_after(request.timeout)
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(http_request, stream=True)
@@ -308,13 +306,13 @@ class AnthropicProvider:
             if not response.is_success:
                 body = await self._read_error_body(response, deadline)
                 raise self._status_error(response.status_code, response.headers, body)
-            if _is_json(response):
+            if is_json(response):
                 body = await self._read_body(response, request, deadline)
                 result = self._parse_message(self._decode_json(body, response), request)
                 whole_text = result.text
             else:
                 state = _StreamState()
-                parser = _SSEParser()
+                parser = SSEParser()
                 chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
                 try:
                     while result is None:
@@ -337,7 +335,7 @@ class AnthropicProvider:
                             raise StreamInterrupted(
                                 f"{self.name}: the stream ended before message_stop"
                             )
-                    await _drain(chunks, deadline)
+                    await drain(chunks, deadline)
                 finally:
                     await chunks.aclose()
         finally:
@@ -426,7 +424,9 @@ class AnthropicProvider:
                 f"{self.name}: cannot decode the stream: {exc}", status=200
             ) from exc
         except httpx.HTTPError as exc:
-            raise StreamInterrupted(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
+            raise StreamInterrupted(
+                f"{self.name}: the stream broke off: {describe_exception(exc)}"
+            ) from exc
 
     async def _read_body(
         self, response: httpx.Response, request: ProviderRequest, deadline: float | None
@@ -455,7 +455,7 @@ class AnthropicProvider:
             return json.loads(content)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: the response is not JSON: {exc}; body: {_snippet(content)!r}",
+                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
                 status=response.status_code,
             ) from exc
 
@@ -464,12 +464,12 @@ class AnthropicProvider:
             event = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not JSON: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
                 status=response.status_code,
             ) from exc
         if not isinstance(event, dict):
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not a JSON object: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
                 status=response.status_code,
             )
         return event
@@ -482,7 +482,7 @@ class AnthropicProvider:
         content = data.get("content")
         if not isinstance(content, list):
             raise ProviderBadResponse(
-                f"{self.name}: the response has no content list: {_snippet(json.dumps(data))!r}",
+                f"{self.name}: the response has no content list: {snippet(json.dumps(data))!r}",
                 status=200,
             )
         try:
@@ -506,7 +506,7 @@ class AnthropicProvider:
         return ProviderTimeout(f"{self.name}: no answer within {limit}")
 
     def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        what = _describe(exc)
+        what = describe_exception(exc)
         if isinstance(exc, httpx.TimeoutException):
             return ProviderTimeout(f"{self.name}: timed out: {what}")
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
@@ -584,7 +584,7 @@ def _call_input(call: FunctionCall) -> dict[str, Any]:
     """A function call's arguments as the object ``tool_use.input`` needs ({} if not JSON)."""
     if call.arguments is not None:
         return call.arguments
-    return _parse_arguments(call.arguments_json) or {}
+    return parse_arguments(call.arguments_json) or {}
 
 
 def _parameters_payload(parameters: ModelParameters) -> dict[str, Any]:
@@ -677,11 +677,11 @@ def _finish_reason(value: Any) -> FinishReason:
 def _usage(value: Any) -> Usage:
     if not isinstance(value, dict):
         return Usage()
-    cache_read = _count(value.get("cache_read_input_tokens"))
-    cache_creation = _count(value.get("cache_creation_input_tokens"))
+    cache_read = token_count(value.get("cache_read_input_tokens"))
+    cache_creation = token_count(value.get("cache_creation_input_tokens"))
     return Usage(
-        input_tokens=_count(value.get("input_tokens")) + cache_read + cache_creation,
-        output_tokens=_count(value.get("output_tokens")),
+        input_tokens=token_count(value.get("input_tokens")) + cache_read + cache_creation,
+        output_tokens=token_count(value.get("output_tokens")),
         cached_input_tokens=cache_read,
     )
 
@@ -703,7 +703,7 @@ class _Block:
         joined = "".join(self.json_parts)
         if not joined.strip():
             return self.data  # no input_json_delta: the input from content_block_start
-        parsed = _parse_arguments(joined)
+        parsed = parse_arguments(joined)
         return {**self.data, "input": parsed if parsed is not None else joined}
 
 
@@ -834,7 +834,7 @@ def _error_detail(body: bytes, request_id: str | None) -> str:
             if isinstance(body_id, str) and body_id:
                 request_id = body_id
         else:
-            detail = _snippet(body)
+            detail = snippet(body)
     if request_id:
         detail = f"{detail} (request_id {request_id})" if detail else f"request_id {request_id}"
     return detail
@@ -843,10 +843,10 @@ def _error_detail(body: bytes, request_id: str | None) -> str:
 def _describe_error(error: Any) -> str:
     """``type: message`` from an ``{"type", "message"}`` error object."""
     if isinstance(error, str):
-        return _snippet(error)
+        return snippet(error)
     if not isinstance(error, dict):
-        return _snippet(json.dumps(error, ensure_ascii=False, default=str))
+        return snippet(json.dumps(error, ensure_ascii=False, default=str))
     kind = error.get("type")
     message = error.get("message")
     parts = [str(part) for part in (kind, message) if part not in (None, "")]
-    return _snippet(": ".join(parts)) if parts else _snippet(json.dumps(error, default=str))
+    return snippet(": ".join(parts)) if parts else snippet(json.dumps(error, default=str))

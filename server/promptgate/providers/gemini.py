@@ -60,7 +60,8 @@ Wire cases handled:
   ``ProviderBadResponse``.
 
 It follows the rules of ``promptgate.providers.base`` the way
-``promptgate.providers.openai`` does (whose transport helpers it shares):
+``promptgate.providers.openai`` does, with the same transport helpers
+(``promptgate.providers.http``):
 ``asyncio.CancelledError`` is never caught, and a cancelled or abandoned call
 closes its HTTP response so the upstream sees the disconnect. The
 ``httpx.AsyncClient`` is shared and owned by the caller; ``aclose`` leaves it
@@ -111,16 +112,16 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
-from promptgate.providers.openai import (
-    _PROTECTED_HEADERS,
-    _classify_status,
-    _count,
-    _deadline,
-    _describe,
-    _is_json,
-    _snippet,
-    _SSEParser,
+from promptgate.providers.http import (
+    PROTECTED_HEADERS,
+    SSEParser,
+    classify_status,
+    deadline_after,
+    describe_exception,
+    is_json,
     parse_retry_after,
+    snippet,
+    token_count,
 )
 
 __all__ = ["GeminiProvider", "parse_retry_delay"]
@@ -147,9 +148,9 @@ _FINISH_REASONS: Final[dict[str, FinishReason]] = {
 _NO_FINISH: Final = "FINISH_REASON_UNSPECIFIED"
 
 _API_KEY_HEADER: Final = "x-goog-api-key"
-# Headers a request's raw_headers may not set: the OpenAI adapter's (credentials
-# and HTTP framing) and Google's API key.
-_GEMINI_PROTECTED_HEADERS: Final = _PROTECTED_HEADERS | {_API_KEY_HEADER}
+# Headers a request's raw_headers may not set: the shared ones (credentials and
+# HTTP framing) and Google's API key.
+_GEMINI_PROTECTED_HEADERS: Final = PROTECTED_HEADERS | {_API_KEY_HEADER}
 
 # Keys of ``parameters.extra`` that are not sent: "mock" belongs to the mock provider.
 _EXTRA_DROPPED: Final = frozenset({"mock"})
@@ -280,7 +281,7 @@ class GeminiProvider:
         http_request = self._http_request(
             request, url, self.build_payload(request, stream=True), stream=True
         )
-        deadline = _deadline(request.timeout)
+        deadline = deadline_after(request.timeout)
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(http_request, stream=True)
@@ -294,7 +295,7 @@ class GeminiProvider:
             if not response.is_success:
                 body = await self._read_error_body(response, deadline)
                 raise self._status_error(response.status_code, response.headers, body)
-            if _is_json(response):
+            if is_json(response):
                 body = await self._read_body(response, request, url, deadline)
                 data = self._decode_json(body, response)
                 for chunk in data if isinstance(data, list) else [data]:
@@ -306,7 +307,7 @@ class GeminiProvider:
                     if text:
                         yield TextDelta(text)
             else:
-                parser = _SSEParser()
+                parser = SSEParser()
                 chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
                 try:
                     while True:
@@ -394,7 +395,9 @@ class GeminiProvider:
                 f"{self.name}: cannot decode the stream: {exc}", status=200
             ) from exc
         except httpx.HTTPError as exc:
-            raise StreamInterrupted(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
+            raise StreamInterrupted(
+                f"{self.name}: the stream broke off: {describe_exception(exc)}"
+            ) from exc
 
     async def _read_body(
         self, response: httpx.Response, request: ProviderRequest, url: str, deadline: float | None
@@ -423,7 +426,7 @@ class GeminiProvider:
             return json.loads(content)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: the response is not JSON: {exc}; body: {_snippet(content)!r}",
+                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
                 status=response.status_code,
             ) from exc
 
@@ -432,12 +435,12 @@ class GeminiProvider:
             chunk = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not JSON: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
                 status=response.status_code,
             ) from exc
         if not isinstance(chunk, dict):
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not a JSON object: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
                 status=response.status_code,
             )
         return chunk
@@ -449,7 +452,7 @@ class GeminiProvider:
         return ProviderTimeout(f"{self.name}: no answer within {limit}")
 
     def _transport_error(self, exc: httpx.HTTPError, url: str) -> ProviderError:
-        what = _describe(exc)
+        what = describe_exception(exc)
         if isinstance(exc, httpx.TimeoutException):
             return ProviderTimeout(f"{self.name}: timed out: {what}")
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
@@ -473,8 +476,8 @@ class GeminiProvider:
         error = _error_from_body(body)
         retry_after = parse_retry_after(headers)
         if error is None:  # not Google's shape: a proxy's page, an empty body
-            detail = _snippet(body)
-            code, retryable = _classify_status(status)
+            detail = snippet(body)
+            code, retryable = classify_status(status)
         else:
             detail = error.describe()
             code, retryable = _classify(status, error)
@@ -716,10 +719,10 @@ def _block_reason(feedback: Any) -> str:
 
 def _usage(value: Mapping[str, Any]) -> Usage:
     return Usage(
-        input_tokens=_count(value.get("promptTokenCount")),
-        output_tokens=_count(value.get("candidatesTokenCount"))
-        + _count(value.get("thoughtsTokenCount")),
-        cached_input_tokens=_count(value.get("cachedContentTokenCount")),
+        input_tokens=token_count(value.get("promptTokenCount")),
+        output_tokens=token_count(value.get("candidatesTokenCount"))
+        + token_count(value.get("thoughtsTokenCount")),
+        cached_input_tokens=token_count(value.get("cachedContentTokenCount")),
     )
 
 
@@ -746,7 +749,7 @@ class _GoogleError:
 def _google_error(error: Any) -> _GoogleError:
     if not isinstance(error, dict):
         text = error if isinstance(error, str) else json.dumps(error, default=str)
-        return _GoogleError(0, "", _snippet(text), "", None)
+        return _GoogleError(0, "", snippet(text), "", None)
     code = error.get("code")
     status = error.get("status")
     message = error.get("message")
@@ -790,7 +793,7 @@ def _classify(status: int, error: _GoogleError) -> tuple[str, bool]:
     if error.reason in _KEY_REASONS:
         return "PROVIDER_AUTH_FAILED", False
     if status:
-        return _classify_status(status)
+        return classify_status(status)
     return _RPC_STATUSES.get(error.status, ("PROVIDER_ERROR", False))
 
 

@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, cast
 
 import httpx
@@ -66,7 +63,23 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
+from promptgate.providers.http import (
+    PROTECTED_HEADERS,
+    SNIPPET_CHARS,
+    SSEParser,
+    classify_status,
+    deadline_after,
+    describe_exception,
+    drain,
+    is_json,
+    parse_arguments,
+    parse_retry_after,
+    snippet,
+    token_count,
+)
 
+# parse_retry_after lives in promptgate.providers.http; it is re-exported here for
+# the callers that import it from this module.
 __all__ = ["OpenAIProvider", "parse_retry_after"]
 
 _FINISH_REASONS: Final[dict[str, FinishReason]] = {
@@ -77,20 +90,12 @@ _FINISH_REASONS: Final[dict[str, FinishReason]] = {
     "content_filter": FinishReason.CONTENT_FILTER,
 }
 
-# Headers a request's raw_headers may not set: credentials and HTTP framing.
-_PROTECTED_HEADERS: Final = frozenset(
-    {"authorization", "content-type", "content-length", "transfer-encoding", "host", "connection"}
-)
-
 # Keys of ``parameters.extra`` that are not sent: "mock" belongs to the mock
 # provider; the stream switches are this adapter's to set.
 _EXTRA_DROPPED: Final = frozenset({"mock"})
 _STREAM_KEYS: Final = frozenset({"stream", "stream_options"})
 
 _DONE: Final = "[DONE]"
-# How long to keep reading after ``data: [DONE]`` so the connection can be reused.
-_DRAIN_SECONDS: Final = 0.5
-_ERROR_SNIPPET_CHARS: Final = 500
 
 
 class OpenAIProvider:
@@ -177,7 +182,7 @@ class OpenAIProvider:
         http_request = self._http_request(
             request, self.build_payload(request, stream=True), stream=True
         )
-        deadline = _deadline(request.timeout)
+        deadline = deadline_after(request.timeout)
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(http_request, stream=True)
@@ -192,13 +197,13 @@ class OpenAIProvider:
             if not response.is_success:
                 body = await self._read_error_body(response, deadline)
                 raise self._status_error(response.status_code, response.headers, body)
-            if _is_json(response):
+            if is_json(response):
                 body = await self._read_body(response, request, deadline)
                 result = self._parse_completion(self._decode_json(body, response), request)
                 whole_text = result.text
             else:
                 state = _StreamState(model=request.model)
-                parser = _SSEParser()
+                parser = SSEParser()
                 chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
                 try:
                     while result is None:
@@ -218,7 +223,7 @@ class OpenAIProvider:
                             raise StreamInterrupted(
                                 f"{self.name}: the stream ended before data: [DONE]"
                             )
-                    await _drain(chunks, deadline)
+                    await drain(chunks, deadline)
                 finally:
                     await chunks.aclose()
         finally:
@@ -253,7 +258,7 @@ class OpenAIProvider:
         headers["accept"] = "text/event-stream" if stream else "application/json"
         try:
             for key, value in request.raw_headers.items():
-                if key.lower() not in _PROTECTED_HEADERS:
+                if key.lower() not in PROTECTED_HEADERS:
                     headers[key] = value
             headers["content-type"] = "application/json"
             if self._api_key:
@@ -296,7 +301,9 @@ class OpenAIProvider:
                 f"{self.name}: cannot decode the stream: {exc}", status=200
             ) from exc
         except httpx.HTTPError as exc:
-            raise StreamInterrupted(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
+            raise StreamInterrupted(
+                f"{self.name}: the stream broke off: {describe_exception(exc)}"
+            ) from exc
 
     async def _read_body(
         self, response: httpx.Response, request: ProviderRequest, deadline: float | None
@@ -325,7 +332,7 @@ class OpenAIProvider:
             return json.loads(content)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: the response is not JSON: {exc}; body: {_snippet(content)!r}",
+                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
                 status=response.status_code,
             ) from exc
 
@@ -334,12 +341,12 @@ class OpenAIProvider:
             chunk = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not JSON: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
                 status=response.status_code,
             ) from exc
         if not isinstance(chunk, dict):
             raise ProviderBadResponse(
-                f"{self.name}: a stream event is not a JSON object: {_snippet(data)!r}",
+                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
                 status=response.status_code,
             )
         error = chunk.get("error")
@@ -381,7 +388,7 @@ class OpenAIProvider:
         return ProviderTimeout(f"{self.name}: no answer within {limit}")
 
     def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        what = _describe(exc)
+        what = describe_exception(exc)
         if isinstance(exc, httpx.TimeoutException):
             return ProviderTimeout(f"{self.name}: timed out: {what}")
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
@@ -404,7 +411,7 @@ class OpenAIProvider:
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
         detail = _error_detail(body)
         message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
-        code, retryable = _classify_status(status)
+        code, retryable = classify_status(status)
         return ProviderError(
             message,
             code=code,
@@ -540,16 +547,8 @@ def _function_call(call_id: str, name: str, arguments: Any) -> FunctionCall:
         id=call_id,
         name=name,
         arguments_json=arguments_json,
-        arguments=_parse_arguments(arguments_json),
+        arguments=parse_arguments(arguments_json),
     )
-
-
-def _parse_arguments(arguments_json: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(arguments_json)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _finish_reason(value: Any) -> FinishReason:
@@ -564,25 +563,10 @@ def _usage(value: Any) -> Usage:
     details = value.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        input_tokens=_count(value.get("prompt_tokens")),
-        output_tokens=_count(value.get("completion_tokens")),
-        cached_input_tokens=_count(cached),
+        input_tokens=token_count(value.get("prompt_tokens")),
+        output_tokens=token_count(value.get("completion_tokens")),
+        cached_input_tokens=token_count(cached),
     )
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, float) and math.isfinite(value):
-        return max(int(value), 0)
-    return 0
-
-
-def _is_json(response: httpx.Response) -> bool:
-    content_type = str(response.headers.get("content-type", ""))
-    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 # ---------------------------------------------------------------------- streaming helpers
@@ -686,97 +670,7 @@ class _StreamState:
         )
 
 
-class _SSEParser:
-    """Incremental server-sent-events parser yielding ``(event, data)`` pairs.
-
-    Splits lines on CRLF, LF or CR only (JSON may hold U+2028 and friends),
-    joins multi-line data with LF and skips comments and events without data.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        """Take in bytes; return every event they complete."""
-        self._buffer += chunk
-        events: list[tuple[str, str]] = []
-        while (cut := _line_end(self._buffer)) is not None:
-            end, after = cut
-            line = self._buffer[:end]
-            self._buffer = self._buffer[after:]
-            self._line(line.decode("utf-8", errors="replace"), events)
-        return events
-
-    def flush(self) -> list[tuple[str, str]]:
-        """The body ended: a last event without its blank line still counts."""
-        events: list[tuple[str, str]] = []
-        if self._buffer:
-            line, self._buffer = self._buffer.rstrip(b"\r"), b""
-            self._line(line.decode("utf-8", errors="replace"), events)
-        self._line("", events)
-        return events
-
-    def _line(self, line: str, events: list[tuple[str, str]]) -> None:
-        if not line:
-            if self._data:
-                events.append((self._event, "\n".join(self._data)))
-            self._event, self._data = "", []
-            return
-        if line.startswith(":"):
-            return
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-
-
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first line of ``buffer`` ends and the next begins, if complete."""
-    lf = buffer.find(b"\n")
-    cr = buffer.find(b"\r")
-    if cr == -1 or (lf != -1 and lf < cr):
-        return None if lf == -1 else (lf, lf + 1)
-    if cr + 1 == len(buffer):
-        return None  # a CR at the end may be the first half of CRLF
-    return (cr, cr + 2) if buffer[cr + 1 : cr + 2] == b"\n" else (cr, cr + 1)
-
-
-async def _drain(chunks: AsyncIterator[bytes], deadline: float | None) -> None:
-    """Read what follows ``[DONE]`` (normally nothing) so the connection can be reused."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + _DRAIN_SECONDS
-    if deadline is not None:
-        until = min(until, deadline)
-    try:
-        async with asyncio.timeout_at(until):
-            async for _ in chunks:
-                pass
-    except (TimeoutError, httpx.HTTPError):
-        pass  # the answer is complete; the connection is just not reused
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else asyncio.get_running_loop().time() + timeout
-
-
 # ---------------------------------------------------------------------- error helpers
-
-
-def _classify_status(status: int) -> tuple[str, bool]:
-    """The error code for an HTTP status, and whether a retry could help."""
-    if status == 429:
-        return "PROVIDER_RATE_LIMITED", True
-    if status >= 500 or status in (408, 409):
-        return "PROVIDER_ERROR", True
-    if status in (401, 403):
-        return "PROVIDER_AUTH_FAILED", False
-    if status in (400, 404, 422):
-        return "PROVIDER_INVALID_REQUEST", False
-    return "PROVIDER_ERROR", False
 
 
 def _stream_error(name: str, error: Any) -> ProviderError:
@@ -787,7 +681,7 @@ def _stream_error(name: str, error: Any) -> ProviderError:
     if isinstance(code_value, int) and not isinstance(code_value, bool):
         status = code_value if 400 <= code_value <= 599 else 0  # vLLM puts the status here
     if status:
-        code, retryable = _classify_status(status)
+        code, retryable = classify_status(status)
     else:
         kind = " ".join(
             str(error.get(key, "")) for key in ("type", "code") if isinstance(error, dict)
@@ -811,19 +705,19 @@ def _error_detail(body: bytes) -> str:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        return _snippet(body)
+        return snippet(body)
     if isinstance(data, dict):
         for key in ("error", "detail", "message"):
             if data.get(key) is not None:
                 return _describe_error_object(data[key])
-    return _snippet(body)
+    return snippet(body)
 
 
 def _describe_error_object(error: Any) -> str:
     if isinstance(error, str):
-        return error[:_ERROR_SNIPPET_CHARS]
+        return error[:SNIPPET_CHARS]
     if not isinstance(error, dict):
-        return _snippet(json.dumps(error, ensure_ascii=False, default=str))
+        return snippet(json.dumps(error, ensure_ascii=False, default=str))
     message = error.get("message")
     text = str(message) if message is not None else ""
     extras = [
@@ -833,54 +727,4 @@ def _describe_error_object(error: Any) -> str:
     ]
     if extras:
         text = f"{text} ({', '.join(extras)})" if text else ", ".join(extras)
-    return text[: _ERROR_SNIPPET_CHARS * 2]
-
-
-def _snippet(body: bytes | str) -> str:
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    text = " ".join(text.split())
-    if len(text) > _ERROR_SNIPPET_CHARS:
-        return text[:_ERROR_SNIPPET_CHARS] + "..."
-    return text
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
-    """Seconds to wait before retrying, from ``retry-after-ms`` or ``Retry-After``.
-
-    ``Retry-After`` may be delta-seconds (``7``) or an HTTP-date
-    (``Wed, 21 Oct 2015 07:28:00 GMT``, counted from ``now``); a date in the
-    past gives 0. Returns None when neither header holds a usable value.
-    """
-    lowered = {key.lower(): value for key, value in headers.items()}
-    millis = _non_negative(lowered.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000.0
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    seconds = _non_negative(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def _non_negative(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
+    return text[: SNIPPET_CHARS * 2]

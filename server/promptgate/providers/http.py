@@ -1,0 +1,242 @@
+"""HTTP and wire helpers shared by the provider adapters.
+
+The OpenAI, Anthropic and Gemini adapters speak different JSON dialects over
+the same transport: JSON request bodies, JSON or server-sent-event answers,
+``Retry-After`` headers and HTTP error statuses. What they do alike lives here:
+
+- ``SSEParser``: incremental server-sent-events parsing.
+- ``drain`` and ``deadline_after``: reading a finished stream to its end, and
+  whole-call deadlines on the running loop's clock.
+- ``is_json``: whether an answer is a JSON document rather than a stream.
+- ``parse_retry_after`` and ``classify_status``: what an HTTP error status and
+  its headers mean for retrying.
+- ``PROTECTED_HEADERS``: headers a request's ``raw_headers`` may never set.
+- ``token_count``, ``parse_arguments``, ``snippet`` and ``describe_exception``:
+  small readers and formatters for answers and error messages.
+
+Nothing here catches ``asyncio.CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import httpx
+
+__all__ = [
+    "PROTECTED_HEADERS",
+    "SNIPPET_CHARS",
+    "SSEParser",
+    "classify_status",
+    "deadline_after",
+    "describe_exception",
+    "drain",
+    "is_json",
+    "parse_arguments",
+    "parse_retry_after",
+    "snippet",
+    "token_count",
+]
+
+PROTECTED_HEADERS: Final = frozenset(
+    {"authorization", "content-type", "content-length", "transfer-encoding", "host", "connection"}
+)
+"""Headers a request's raw_headers may not set: credentials and HTTP framing."""
+
+SNIPPET_CHARS: Final = 500
+"""How much of an error body ``snippet`` keeps."""
+
+# How long to keep reading after a stream's last event so the connection can be reused.
+_DRAIN_SECONDS: Final = 0.5
+
+
+# ---------------------------------------------------------------------- answers
+
+
+def token_count(value: Any) -> int:
+    """A token count from a usage object as a non-negative int (0 if it is not a number)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and math.isfinite(value):
+        return max(int(value), 0)
+    return 0
+
+
+def is_json(response: httpx.Response) -> bool:
+    """Whether ``response`` is ``application/json`` (a stream request answered as one)."""
+    content_type = str(response.headers.get("content-type", ""))
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def parse_arguments(arguments_json: str) -> dict[str, Any] | None:
+    """A function call's arguments as an object; None if they are not a JSON object."""
+    try:
+        value = json.loads(arguments_json)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ---------------------------------------------------------------------- streaming
+
+
+class SSEParser:
+    """Incremental server-sent-events parser yielding ``(event, data)`` pairs.
+
+    Splits lines on CRLF, LF or CR only (JSON may hold U+2028 and friends),
+    joins multi-line data with LF and skips comments and events without data.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        """Take in bytes; return every event they complete."""
+        self._buffer += chunk
+        events: list[tuple[str, str]] = []
+        while (cut := _line_end(self._buffer)) is not None:
+            end, after = cut
+            line = self._buffer[:end]
+            self._buffer = self._buffer[after:]
+            self._line(line.decode("utf-8", errors="replace"), events)
+        return events
+
+    def flush(self) -> list[tuple[str, str]]:
+        """The body ended: a last event without its blank line still counts."""
+        events: list[tuple[str, str]] = []
+        if self._buffer:
+            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+            self._line(line.decode("utf-8", errors="replace"), events)
+        self._line("", events)
+        return events
+
+    def _line(self, line: str, events: list[tuple[str, str]]) -> None:
+        if not line:
+            if self._data:
+                events.append((self._event, "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+
+
+def _line_end(buffer: bytes) -> tuple[int, int] | None:
+    """Where the first line of ``buffer`` ends and the next begins, if complete."""
+    lf = buffer.find(b"\n")
+    cr = buffer.find(b"\r")
+    if cr == -1 or (lf != -1 and lf < cr):
+        return None if lf == -1 else (lf, lf + 1)
+    if cr + 1 == len(buffer):
+        return None  # a CR at the end may be the first half of CRLF
+    return (cr, cr + 2) if buffer[cr + 1 : cr + 2] == b"\n" else (cr, cr + 1)
+
+
+async def drain(chunks: AsyncIterator[bytes], deadline: float | None) -> None:
+    """Read what follows a stream's last event (normally nothing) so the connection can be reused.
+
+    Gives up after half a second or at ``deadline`` (a loop time), whichever
+    comes first; read and transport errors are ignored, as the answer is
+    already complete.
+    """
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _DRAIN_SECONDS
+    if deadline is not None:
+        until = min(until, deadline)
+    try:
+        async with asyncio.timeout_at(until):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the answer is complete; the connection is just not reused
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The running loop's time ``timeout`` seconds from now (None: no deadline).
+
+    For ``asyncio.timeout_at``, so one deadline bounds every step of a call.
+    """
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    """The error code for an HTTP status, and whether a retry could help."""
+    if status == 429:
+        return "PROVIDER_RATE_LIMITED", True
+    if status >= 500 or status in (408, 409):
+        return "PROVIDER_ERROR", True
+    if status in (401, 403):
+        return "PROVIDER_AUTH_FAILED", False
+    if status in (400, 404, 422):
+        return "PROVIDER_INVALID_REQUEST", False
+    return "PROVIDER_ERROR", False
+
+
+def snippet(body: bytes | str) -> str:
+    """``body`` for an error message: whitespace collapsed, cut at ``SNIPPET_CHARS``."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    if len(text) > SNIPPET_CHARS:
+        return text[:SNIPPET_CHARS] + "..."
+    return text
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` for an exception (just ``Type`` when it has no message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds to wait before retrying, from ``retry-after-ms`` or ``Retry-After``.
+
+    ``Retry-After`` may be delta-seconds (``7``) or an HTTP-date
+    (``Wed, 21 Oct 2015 07:28:00 GMT``, counted from ``now``); a date in the
+    past gives 0. Returns None when neither header holds a usable value.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    millis = _non_negative(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _non_negative(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
