@@ -40,6 +40,7 @@ from promptgate.providers.base import (
     TextDelta,
 )
 from promptgate.providers.gemini import GeminiProvider, parse_retry_delay
+from tests.fake_gemini import _SIGNATURE as SIGNATURE
 from tests.fake_gemini import FakeGemini
 
 KEY = "AIza-test-123"
@@ -429,14 +430,19 @@ async def test_tool_round_trip(provider: GeminiProvider, fake: FakeGemini) -> No
     assert first.text == ""
     assert first.function_calls == (
         FunctionCall(
-            id="call_0", name="get_weather", arguments_json=json.dumps(PARIS), arguments=PARIS
+            id="call_0",
+            name="get_weather",
+            arguments_json=json.dumps(PARIS),
+            arguments=PARIS,
+            signature=SIGNATURE,
         ),
         FunctionCall(
             id="call_1", name="get_time", arguments_json=json.dumps(TOKYO), arguments=TOKYO
         ),
     )
 
-    # ...and the answers go back as functionResponse parts the server accepts.
+    # ...and the answers go back as functionResponse parts the server accepts,
+    # with the first call's thought signature returned unchanged.
     history = (
         ChatMessage(Role.USER, "Weather in Paris and Tokyo?"),
         ChatMessage(Role.ASSISTANT, function_calls=first.function_calls),
@@ -450,7 +456,7 @@ async def test_tool_round_trip(provider: GeminiProvider, fake: FakeGemini) -> No
     assert contents[1] == {
         "role": "model",
         "parts": [
-            {"functionCall": {"name": "get_weather", "args": PARIS}},
+            {"functionCall": {"name": "get_weather", "args": PARIS}, "thoughtSignature": SIGNATURE},
             {"functionCall": {"name": "get_time", "args": TOKYO}},
         ],
     }

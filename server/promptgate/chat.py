@@ -40,6 +40,8 @@ class FunctionCall:
     name: str
     arguments_json: str
     arguments: dict[str, Any] | None = None
+    signature: str = ""
+    """Opaque provider data to send back with the call (Gemini's thought signature)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,13 +207,19 @@ def function_call_from_proto(call: pb.FunctionCall) -> FunctionCall:
     if not arguments_json and arguments is not None:
         arguments_json = json_format.MessageToJson(call.arguments, indent=None)
     return FunctionCall(
-        id=call.id, name=call.name, arguments_json=arguments_json, arguments=arguments
+        id=call.id,
+        name=call.name,
+        arguments_json=arguments_json,
+        arguments=arguments,
+        signature=call.signature,
     )
 
 
 def function_call_to_proto(call: FunctionCall) -> pb.FunctionCall:
     """A domain FunctionCall as a message."""
-    message = pb.FunctionCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+    message = pb.FunctionCall(
+        id=call.id, name=call.name, arguments_json=call.arguments_json, signature=call.signature
+    )
     if call.arguments is not None:
         message.arguments.CopyFrom(dict_to_struct(call.arguments))
     return message

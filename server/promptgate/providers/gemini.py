@@ -67,9 +67,9 @@ closes its HTTP response so the upstream sees the disconnect. The
 ``httpx.AsyncClient`` is shared and owned by the caller; ``aclose`` leaves it
 alone.
 
-Not carried: Gemini's ``thoughtSignature`` on ``functionCall`` parts.
-``FunctionCall`` has no field to keep it in, so assistant history is sent
-without signatures, which Gemini 3 models refuse (HTTP 400) in tool loops.
+Thought signatures: a ``functionCall`` part's ``thoughtSignature`` is kept in
+``FunctionCall.signature`` and sent back on that call's part in assistant
+history, as Gemini 3 models require in tool loops.
 """
 
 from __future__ import annotations
@@ -524,7 +524,12 @@ def _contents(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
             for call in message.function_calls:
                 if call.id:
                     call_names[call.id] = call.name
-                parts.append({"functionCall": {"name": call.name, "args": _call_args(call)}})
+                call_part: dict[str, Any] = {
+                    "functionCall": {"name": call.name, "args": _call_args(call)}
+                }
+                if call.signature:
+                    call_part["thoughtSignature"] = call.signature
+                parts.append(call_part)
             contents.append({"role": "model", "parts": parts or [{"text": ""}]})
         else:
             contents.append({"role": "user", "parts": [{"text": message.content}]})
@@ -656,7 +661,10 @@ class _Answer:
                 raise ProviderBadResponse(f"{self.name}: a part is not an object", status=200)
             call = part.get("functionCall")
             if call is not None:
-                self.calls.append(self._function_call(call))
+                signature = part.get("thoughtSignature")
+                self.calls.append(
+                    self._function_call(call, signature if isinstance(signature, str) else "")
+                )
             elif part.get("thought") is not True:
                 value = part.get("text")
                 if isinstance(value, str):
@@ -665,7 +673,7 @@ class _Answer:
             self.text.append(text)
         return text
 
-    def _function_call(self, call: Any) -> FunctionCall:
+    def _function_call(self, call: Any, signature: str = "") -> FunctionCall:
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise ProviderBadResponse(f"{self.name}: a functionCall has no name", status=200)
         call_id = call.get("id")
@@ -677,6 +685,7 @@ class _Answer:
             name=call["name"],
             arguments_json=json.dumps(args, ensure_ascii=False),
             arguments=args if isinstance(args, dict) else None,
+            signature=signature,
         )
 
     def result(self) -> ProviderResponse:

@@ -616,12 +616,17 @@ class FunctionCall(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The call id, used to send its result back."""
     name: _builtins.str
     """Output only. The function name."""
     arguments_json: _builtins.str
     """Output only. The arguments exactly as the model produced them."""
+    signature: _builtins.str
+    """Output only. Opaque provider data (Gemini's thought signature). Send the
+    call back unchanged, with this, in chat history.
+    """
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct:
         """Output only. The arguments, parsed as JSON; empty if they did not parse."""
@@ -633,10 +638,11 @@ class FunctionCall(_message.Message):
         name: _builtins.str = ...,
         arguments: _struct_pb2.Struct | None = ...,
         arguments_json: _builtins.str = ...,
+        signature: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "arguments_json", b"arguments_json", "id", b"id", "name", b"name", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
