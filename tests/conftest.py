@@ -30,6 +30,7 @@ class Running:
     channel: grpc.aio.Channel
     executions: execution_service_pb2_grpc.ExecutionServiceStub
     prompts: prompt_service_pb2_grpc.PromptServiceStub
+    key: str = ""
 
 
 ServerFactory = Callable[..., "AsyncIterator[Running]"]
@@ -58,24 +59,62 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
+class _WithKey:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def _with_key(self, details: Any) -> Any:
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
+        metadata.append(("authorization", f"Bearer {self.key}"))
+        return details._replace(metadata=metadata)
+
+
+class _UnaryAuth(_WithKey, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+
+class _StreamAuth(_WithKey, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+
+def authed_channel(address: str, key: str) -> grpc.aio.Channel:
+    """A channel whose calls carry ``authorization: Bearer <key>``.
+
+    (grpc.aio files each interceptor under one call type, hence two.)
+    """
+    return grpc.aio.insecure_channel(address, interceptors=[_UnaryAuth(key), _StreamAuth(key)])
+
+
 @pytest.fixture
 async def start_server(
     settings_factory: Callable[..., Settings],
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start servers with setting overrides; all are stopped after the test."""
+    """Start servers with setting overrides; all are stopped after the test.
+
+    Each server's channel carries the dev admin key made at the first start on
+    its database (later servers on the same database reuse it).
+    """
     started: list[Running] = []
+    keys: dict[str, str] = {}
 
     async def start(**overrides: Any) -> Running:
         server = PromptgateServer(settings_factory(**overrides))
         port = await server.start()
         address = f"127.0.0.1:{port}"
-        channel = grpc.aio.insecure_channel(address)
+        database = server.settings.database_url
+        if server.dev_key:
+            keys[database] = server.dev_key
+        key = keys.get(database, "")
+        channel = authed_channel(address, key)
         running = Running(
             server=server,
             address=address,
             channel=channel,
             executions=execution_service_pb2_grpc.ExecutionServiceStub(channel),
             prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
+            key=key,
         )
         started.append(running)
         return running

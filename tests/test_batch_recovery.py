@@ -20,25 +20,29 @@ from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
 from promptgate.batches.webhooks import SIGNATURE_HEADER, verify
-from tests.conftest import Running
+from tests.conftest import Running, authed_channel
 from tests.fake_openai import FakeOpenAI
 from tests.test_batches import all_results, wait_done
 from tests.test_webhooks import Receiver, Reply
 
 LISTENING = re.compile(r"promptgate listening on [^:]+:(\d+)")
+DEV_KEY = re.compile(r"dev API key \(admin, shown once\): (\S+)")
 
 
 class Process:
     """A ``promptgate serve`` child process."""
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, key: str) -> None:
         self.process = process
         self.address = f"127.0.0.1:{port}"
+        self.key = key
 
 
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
     started: list[asyncio.subprocess.Process] = []
+
+    keys: dict[Path, str] = {}
 
     async def start(database: Path, **env: str) -> Process:
         process = await asyncio.create_subprocess_exec(
@@ -58,12 +62,18 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
         )
         started.append(process)
         assert process.stdout is not None
+        port = 0
         while True:
             line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
             assert line, "the server exited before listening"
             match = LISTENING.search(line)
             if match:
-                return Process(process, int(match.group(1)))
+                port = int(match.group(1))
+            key = DEV_KEY.search(line)
+            if key:
+                keys[database] = key.group(1)
+            if line.startswith("Try it"):
+                return Process(process, port, keys[database])
 
     yield start
     for process in started:
@@ -97,7 +107,7 @@ async def test_kill_9_mid_batch_then_restart_runs_every_item_exactly_once(
             ],
             max_concurrency=concurrency,
         )
-        async with grpc.aio.insecure_channel(first.address) as channel:
+        async with authed_channel(first.address, first.key) as channel:
             stub = epb_grpc.ExecutionServiceStub(channel)
             batch = (await stub.ExecuteBatch(request)).batch
             while True:
@@ -120,7 +130,7 @@ async def test_kill_9_mid_batch_then_restart_runs_every_item_exactly_once(
         assert 60 <= len(done_before) < count
 
         second = await spawn(database, **env)
-        async with grpc.aio.insecure_channel(second.address) as channel:
+        async with authed_channel(second.address, second.key) as channel:
             stub = epb_grpc.ExecutionServiceStub(channel)
             running = Running(None, second.address, channel, stub, None)  # type: ignore[arg-type]
             final = await wait_done(running, batch.id, limit_s=60)

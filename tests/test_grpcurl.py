@@ -68,6 +68,7 @@ class Result:
 async def grpcurl(running: Running, *args: str, data: Any = None) -> Result:
     """Run ``grpcurl -plaintext [-d data] ADDRESS args...`` without blocking the loop."""
     command = [str(grpcurl_path()), "-plaintext", "-max-time", "10"]
+    command += ["-H", f"authorization: Bearer {running.key}"]
     if data is not None:
         command += ["-d", data if isinstance(data, str) else json.dumps(data)]
     command += [running.address, *args]

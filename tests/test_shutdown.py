@@ -25,8 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc
+from tests.conftest import authed_channel
 
 START_TIMEOUT_S = 20.0
+DEV_KEY = "dev API key (admin, shown once): "
 LISTENING = "promptgate listening on "
 
 
@@ -39,6 +41,7 @@ class ServerProcess:
     database: Path
     stderr_path: Path
     stdout_lines: list[str] = field(default_factory=list)
+    key: str = ""
     reader: asyncio.Task[None] | None = None
 
     def signal(self, sig: signal.Signals) -> None:
@@ -106,6 +109,10 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
         server.address = line.removeprefix(LISTENING).strip()
         host, _, port = server.address.rpartition(":")
         assert host == "127.0.0.1" and int(port) > 0, line
+        key_line = (await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)).decode()
+        server.stdout_lines.append(key_line)
+        assert key_line.startswith(DEV_KEY), key_line
+        server.key = key_line.removeprefix(DEV_KEY).strip()
 
         async def drain() -> None:
             assert process.stdout is not None
@@ -173,7 +180,7 @@ async def test_sigterm_drains_an_in_flight_stream_and_records_it(spawn: Any) -> 
     grace = 10.0
     server: ServerProcess = await spawn(grace)
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, server.key) as channel:
         executions = execution_service_pb2_grpc.ExecutionServiceStub(channel)
         # ~2.25 s of streaming: 10 deltas 250 ms apart.
         call = executions.ExecutePromptStream(slow_stream_request(chunks=10, interval_ms=250))
@@ -214,7 +221,7 @@ async def test_health_watch_opened_before_sigterm_sees_not_serving(spawn: Any) -
     grace = 10.0
     server: ServerProcess = await spawn(grace)
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, server.key) as channel:
         executions = execution_service_pb2_grpc.ExecutionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -246,7 +253,7 @@ async def test_health_watch_opened_before_sigterm_sees_not_serving(spawn: Any) -
 
 async def test_sigint_on_an_idle_server_exits_zero_promptly(spawn: Any) -> None:
     server: ServerProcess = await spawn(10.0)
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, server.key) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
@@ -268,7 +275,7 @@ async def test_stream_outlasting_the_grace_period_is_cut_and_recorded_cancelled(
     server: ServerProcess = await spawn(grace)
     loop = asyncio.get_running_loop()
     received: list[str] = []
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with authed_channel(server.address, server.key) as channel:
         executions = execution_service_pb2_grpc.ExecutionServiceStub(channel)
         # ~5 s of streaming: 11 deltas 500 ms apart.
         call = executions.ExecutePromptStream(slow_stream_request(chunks=11, interval_ms=500))

@@ -1,6 +1,8 @@
 """The ``promptgate`` command.
 
     promptgate serve [--host H] [--port P] [--database-url URL] [--dev] ...
+    promptgate workspaces create NAME [--database-url URL]
+    promptgate keys create --workspace W --scope S [--scope S ...] [--plan P] [--name N]
 
 Flags override the PROMPTGATE_* environment variables (see config.py).
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from promptgate.auth.model import DEFAULT_PLAN, PLANS, Scope
 from promptgate.config import Settings
 from promptgate.observability.logging import configure_logging
 
@@ -39,14 +42,42 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seed a demo prompt and print example grpcurl commands",
     )
+    workspaces = commands.add_parser("workspaces", help="manage workspaces")
+    workspace_commands = workspaces.add_subparsers(dest="action", required=True)
+    create_workspace = workspace_commands.add_parser("create", help="create a workspace")
+    create_workspace.add_argument("name")
+    create_workspace.add_argument("--database-url")
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="action", required=True)
+    create_key = key_commands.add_parser("create", help="create an API key and print it once")
+    create_key.add_argument("--workspace", required=True)
+    create_key.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=[s.value for s in Scope],
+        help="repeat for several scopes",
+    )
+    create_key.add_argument("--plan", default=DEFAULT_PLAN, choices=list(PLANS))
+    create_key.add_argument("--name", default="")
+    create_key.add_argument("--database-url")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``promptgate`` command."""
     args = _parser().parse_args(argv)
+    options = {
+        "host",
+        "port",
+        "database_url",
+        "grace_period_s",
+        "openai_base_url",
+        "log_level",
+        "dev",
+    }
     overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k != "command" and v is not None
+        k: v for k, v in vars(args).items() if k in options and v is not None
     }
     try:
         settings = Settings(**overrides)
@@ -58,7 +89,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptgate.server import serve
 
         return asyncio.run(serve(settings))
-    return 2
+    return asyncio.run(_manage(args, settings))
+
+
+async def _manage(args: argparse.Namespace, settings: Settings) -> int:
+    """Workspace and key commands, run against the database directly."""
+    from promptgate.auth.keys import KeyStore
+    from promptgate.errors import RequestError
+    from promptgate.store.engine import create_engine, prepare_schema, session_factory
+
+    engine = create_engine(settings.database_url)
+    try:
+        await prepare_schema(engine)
+        keys = KeyStore(session_factory(engine))
+        if args.command == "workspaces":
+            created = await keys.ensure_workspace(args.name)
+            print(f"workspace {args.name} {'created' if created else 'already exists'}")
+            return 0
+        await keys.ensure_workspace(args.workspace)
+        issued = await keys.create(
+            args.workspace,
+            name=args.name,
+            scopes=[Scope(s) for s in args.scope],
+            plan=args.plan,
+        )
+        print(f"API key {issued.key.prefix} ({', '.join(args.scope)}; {args.plan} plan)")
+        print(issued.secret)
+        return 0
+    except RequestError as exc:
+        print(f"promptgate: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(10_000, ge=1)
     cache_default_ttl_s: float = Field(300.0, gt=0)
 
+    # Auth and limits
+    limits_backend: str = Field("memory", pattern="^(memory|redis)$")
+    auth_cache_ttl_s: float = Field(5.0, ge=0)
+
     # Batches
     batch_max_items: int = Field(10_000, ge=1)
     batch_max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)

@@ -43,8 +43,9 @@ async def seed_demo(catalog: PromptCatalog, workspace: str) -> bool:
     return True
 
 
-def demo_commands(address: str) -> str:
-    """Copy-paste grpcurl commands against ``address``."""
+def demo_commands(address: str, key: str | None) -> str:
+    """Copy-paste grpcurl commands against ``address`` with API key ``key``."""
+    auth = f"-H 'authorization: Bearer {key or '<your API key>'}'"
     execute = (
         '{"prompt": "demo", "inputs": [{"name": "question", '
         '"string_value": "What is promptgate?"}]}'
@@ -58,9 +59,9 @@ def demo_commands(address: str) -> str:
             "Try it (grpcurl, plaintext, reflection):",
             f"  grpcurl -plaintext {address} list",
             f"  grpcurl -plaintext {address} describe promptgate.v1.ExecutionService",
-            f"  grpcurl -plaintext -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
-            f"  grpcurl -plaintext -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePromptStream",
-            f"  grpcurl -plaintext -d '{inline}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
-            f'  grpcurl -plaintext -d \'{{"prompt": "demo"}}\' {address} promptgate.v1.PromptService/GetPrompt',
+            f"  grpcurl -plaintext {auth} -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
+            f"  grpcurl -plaintext {auth} -d '{execute}' {address} promptgate.v1.ExecutionService/ExecutePromptStream",
+            f"  grpcurl -plaintext {auth} -d '{inline}' {address} promptgate.v1.ExecutionService/ExecutePrompt",
+            f'  grpcurl -plaintext {auth} -d \'{{"prompt": "demo"}}\' {address} promptgate.v1.PromptService/GetPrompt',
         ]
     )

@@ -11,6 +11,9 @@ maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
     │   ├── AlreadyExists            ALREADY_EXISTS     (PROMPT_ALREADY_EXISTS)
     │   ├── FailedPrecondition       FAILED_PRECONDITION (PROMPT_ARCHIVED)
     │   ├── Aborted                  ABORTED            (EXECUTION_IN_PROGRESS)
+    │   ├── Unauthenticated          UNAUTHENTICATED    (MISSING_AUTHORIZATION, INVALID_API_KEY)
+    │   ├── PermissionDenied         PERMISSION_DENIED  (INSUFFICIENT_PERMISSIONS)
+    │   ├── ResourceExhausted        RESOURCE_EXHAUSTED (RATE_LIMIT_EXCEEDED, ...)
     │   ├── Unavailable              UNAVAILABLE        (SHUTTING_DOWN)
     │   └── Unimplemented            UNIMPLEMENTED      (NOT_IMPLEMENTED)
     └── ProviderError                the execution failed: a REJECTED response
@@ -110,6 +113,42 @@ class Aborted(RequestError):
 
     status = "ABORTED"
     default_reason = "ABORTED"
+
+
+class Unauthenticated(RequestError):
+    """The call carries no valid API key."""
+
+    status = "UNAUTHENTICATED"
+    default_reason = "INVALID_API_KEY"
+
+
+class PermissionDenied(RequestError):
+    """The key lacks the scope the call needs."""
+
+    status = "PERMISSION_DENIED"
+    default_reason = "INSUFFICIENT_PERMISSIONS"
+
+
+class ResourceExhausted(RequestError):
+    """A limit of the key's plan is reached; ``retry_after`` says when to retry."""
+
+    status = "RESOURCE_EXHAUSTED"
+    default_reason = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float,
+        quota_subject: str,
+        quota_description: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+        self.quota_subject = quota_subject
+        self.quota_description = quota_description
 
 
 class Unavailable(RequestError):

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptgate import demo
 from promptgate.api.admin_servicer import AdminServicer
+from promptgate.api.auth import AuthInterceptor
 from promptgate.api.context import CallContext
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.api.execution_servicer import ExecutionServicer
@@ -35,6 +36,9 @@ from promptgate.api.v1 import (
     prompt_service_pb2,
     prompt_service_pb2_grpc,
 )
+from promptgate.auth.keys import KeyStore
+from promptgate.auth.limits import Limiter, MemoryLimiter, RedisLimiter
+from promptgate.auth.model import Scope
 from promptgate.batches.runner import BatchNotifier, BatchRunner, RunnerSettings
 from promptgate.batches.service import BatchLimits, BatchService
 from promptgate.batches.store import BatchStore
@@ -147,6 +151,12 @@ class PromptgateServer:
         self.recorder.start()
         self.actuals = ActualsLog(self.sessions)
         self.history = ExecutionHistory(self.sessions, self.actuals)
+        self.keys = KeyStore(self.sessions, cache_ttl_s=s.auth_cache_ttl_s)
+        self.limiter: Limiter = (
+            RedisLimiter(s.redis_url, self.history.month_tokens)
+            if s.limits_backend == "redis"
+            else MemoryLimiter(self.history.month_tokens)
+        )
         self.executor = Executor(
             catalog=self.catalog,
             registry=self.registry,
@@ -166,6 +176,7 @@ class PromptgateServer:
                 attempt_timeout_s=s.attempt_timeout_s,
             ),
             cache_ttl_s=s.cache_default_ttl_s,
+            usage_sink=self.limiter.add_tokens,
             limits=ExecutorLimits(
                 max_prompt_chars=s.max_prompt_chars,
                 max_inputs=s.max_inputs,
@@ -173,13 +184,23 @@ class PromptgateServer:
                 default_release_tag=s.default_release_tag,
             ),
         )
+        self.dev_key: str | None = None
         if s.dev:
+            await self.keys.ensure_workspace(s.workspace)
+            if not await self.keys.has_keys(s.workspace):
+                issued = await self.keys.create(
+                    s.workspace, name="dev admin", scopes=list(Scope), plan="unlimited"
+                )
+                self.dev_key = issued.secret
             if await demo.seed_demo(self.catalog, s.workspace):
                 log.info("seeded the demo prompt %r", demo.DEMO_PROMPT)
 
-        calls = CallContext(s.workspace)
+        calls = CallContext()
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(draining=lambda: self.draining)],
+            interceptors=[
+                ErrorInterceptor(draining=lambda: self.draining),
+                AuthInterceptor(self.keys, self.limiter),
+            ],
             options=server_options(s),
         )
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
@@ -197,7 +218,7 @@ class PromptgateServer:
             server,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.registry, self.prices), server
+            AdminServicer(self.registry, self.prices, self.keys, self.limiter, calls), server
         )
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
             PromptServicer(self.catalog, self.executor, calls), server
@@ -283,6 +304,7 @@ class PromptgateServer:
         log.info("recorded executions flushed (%d written)", self.recorder.written)
         await self.registry.aclose()
         await self.cache.aclose()
+        await self.limiter.aclose()
         await self.http.aclose()
         await self.engine.dispose()
         self._stopped.set()
@@ -299,7 +321,15 @@ async def serve(settings: Settings) -> int:
     address = f"{'localhost' if settings.host in ('127.0.0.1', '::1') else settings.host}:{port}"
     print(f"promptgate listening on {settings.host}:{port}", flush=True)
     if settings.dev:
-        print(demo.demo_commands(address), flush=True)
+        if server.dev_key:
+            print(f"dev API key (admin, shown once): {server.dev_key}", flush=True)
+        else:
+            print(
+                "dev API key: created at the first start (shown once then); make another with "
+                f"`promptgate keys create --workspace {settings.workspace} --scope admin.manage`",
+                flush=True,
+            )
+        print(demo.demo_commands(address, server.dev_key), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

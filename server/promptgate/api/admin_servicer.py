@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import grpc
 
+from promptgate.api.context import CallContext
+from promptgate.api.convert import timestamp
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
+from promptgate.auth.keys import LIMIT_FIELDS, KeyStore
+from promptgate.auth.limits import Limiter
+from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
 from promptgate.errors import InvalidArgument
 from promptgate.execution.pricing import PriceTable
 from promptgate.providers.registry import LISTED_PREFIXES, Capabilities, ProviderRegistry
@@ -18,9 +24,75 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AdminServicer(apb_grpc.AdminServiceServicer):
     """Serves promptgate.v1.AdminService."""
 
-    def __init__(self, registry: ProviderRegistry, prices: PriceTable) -> None:
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        prices: PriceTable,
+        keys: KeyStore,
+        limiter: Limiter,
+        calls: CallContext,
+    ) -> None:
         self._registry = registry
         self._prices = prices
+        self._keys = keys
+        self._limiter = limiter
+        self._calls = calls
+
+    async def CreateApiKey(
+        self, request: apb.CreateApiKeyRequest, context: Context
+    ) -> apb.CreateApiKeyResponse:
+        scopes = []
+        for i, name in enumerate(request.scopes):
+            try:
+                scopes.append(Scope(name))
+            except ValueError:
+                valid = ", ".join(s.value for s in Scope)
+                raise InvalidArgument.field(
+                    f"scopes[{i}]", f"unknown scope {name!r} (scopes: {valid})"
+                ) from None
+        overrides: dict[str, int | None] = {}
+        if request.HasField("limits"):
+            for field in LIMIT_FIELDS:
+                if request.limits.HasField(field):  # type: ignore[arg-type]
+                    overrides[field] = getattr(request.limits, field)
+        issued = await self._keys.create(
+            self._calls.workspace(context),
+            name=request.name,
+            scopes=scopes,
+            plan=request.plan or DEFAULT_PLAN,
+            overrides=overrides,
+            expires_at=(
+                request.expire_time.ToDatetime(tzinfo=UTC)
+                if request.HasField("expire_time")
+                else None
+            ),
+        )
+        return apb.CreateApiKeyResponse(api_key=_key(issued.key), secret=issued.secret)
+
+    async def ListApiKeys(
+        self, request: apb.ListApiKeysRequest, context: Context
+    ) -> apb.ListApiKeysResponse:
+        keys = await self._keys.list(self._calls.workspace(context))
+        return apb.ListApiKeysResponse(api_keys=[_key(k) for k in keys])
+
+    async def RevokeApiKey(
+        self, request: apb.RevokeApiKeyRequest, context: Context
+    ) -> apb.RevokeApiKeyResponse:
+        if not request.key_id:
+            raise InvalidArgument.field("key_id", "a key id is required")
+        key = await self._keys.revoke(self._calls.workspace(context), request.key_id)
+        return apb.RevokeApiKeyResponse(api_key=_key(key))
+
+    async def WhoAmI(self, request: apb.WhoAmIRequest, context: Context) -> apb.WhoAmIResponse:
+        key = self._calls.key(context)
+        requests, running, tokens = await self._limiter.usage(key)
+        return apb.WhoAmIResponse(
+            workspace=key.workspace_id,
+            api_key=_key(key),
+            requests_this_minute=requests,
+            concurrent_executions=running,
+            tokens_this_month=tokens,
+        )
 
     async def ListModels(
         self, request: apb.ListModelsRequest, context: Context
@@ -74,6 +146,28 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                     )
                 )
         return response
+
+
+def _key(key: ApiKey) -> apb.ApiKey:
+    limits = apb.PlanLimits()
+    if key.limits.requests_per_minute is not None:
+        limits.requests_per_minute = key.limits.requests_per_minute
+    if key.limits.concurrent_executions is not None:
+        limits.concurrent_executions = key.limits.concurrent_executions
+    if key.limits.monthly_tokens is not None:
+        limits.monthly_tokens = key.limits.monthly_tokens
+    return apb.ApiKey(
+        id=key.id,
+        workspace=key.workspace_id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=sorted(s.value for s in key.scopes),
+        plan=key.plan,
+        limits=limits,
+        create_time=timestamp(key.created_at),
+        expire_time=timestamp(key.expires_at),
+        revoke_time=timestamp(key.revoked_at),
+    )
 
 
 def _capabilities(capabilities: Capabilities) -> apb.ModelCapabilities:

@@ -698,6 +698,7 @@ def execution_request_from_proto(
     *,
     workspace: str,
     deadline: float | None,
+    api_key_id: str = "",
 ) -> ExecutionRequest:
     """The domain request of an ExecutePrompt (or RenderPrompt) request."""
     target_kind = request.WhichOneof("target")
@@ -764,6 +765,7 @@ def execution_request_from_proto(
         deadline=deadline,
         routing=routing,
         cache=cache,
+        api_key_id=api_key_id,
     )
 
 
@@ -999,7 +1001,9 @@ _ITEM_STATES: dict[epb.BatchItemState.ValueType, ItemState] = {
 }
 
 
-def batch_spec_from_proto(request: epb.ExecuteBatchRequest, *, workspace: str) -> BatchSpec:
+def batch_spec_from_proto(
+    request: epb.ExecuteBatchRequest, *, workspace: str, api_key_id: str = ""
+) -> BatchSpec:
     """The domain batch of an ExecuteBatch request."""
     target_kind = request.WhichOneof("target")
     target: StoredTarget | InlineTarget
@@ -1048,6 +1052,7 @@ def batch_spec_from_proto(request: epb.ExecuteBatchRequest, *, workspace: str) -
         parameters=(
             parameters_from_proto(request.parameters) if request.HasField("parameters") else None
         ),
+        api_key_id=api_key_id,
     )
 
 

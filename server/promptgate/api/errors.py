@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from promptgate.errors import ProviderError, RequestError, Unavailable
+from promptgate.errors import ProviderError, RequestError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,22 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 def status_for(error: RequestError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
     """The status code, message and google.rpc.Status for ``error``."""
     code = grpc.StatusCode[error.status]
-    details = [
+    details: list[Any] = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     ]
+    if isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(max(error.retry_after, 0.0) * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=error.quota_subject, description=error.quota_description
+                    )
+                ]
+            )
+        )
     if error.violations:
         details.append(
             error_details_pb2.BadRequest(

@@ -128,7 +128,11 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
                 f"{self._batch_max_bytes}; split it into several batches",
                 reason="INVALID_BATCH",
             )
-        spec = convert.batch_spec_from_proto(request, workspace=self._calls.workspace(context))
+        spec = convert.batch_spec_from_proto(
+            request,
+            workspace=self._calls.workspace(context),
+            api_key_id=self._calls.api_key_id(context),
+        )
         batch = await self._batches.create(spec)
         return epb.ExecuteBatchResponse(batch=convert.batch_to_proto(batch))
 

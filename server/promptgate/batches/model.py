@@ -59,6 +59,7 @@ class BatchSpec:
     callback_url: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     parameters: ModelParameters | None = None
+    api_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,6 +255,7 @@ class BatchRunner:
             external_id=f"{batch.id}/{item.index}",
             metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
             parameters=parameters,
+            api_key_id=batch.api_key_id,
             resume=True,
             fresh=item.starts == 1,  # never started before: no execution can exist yet
         )

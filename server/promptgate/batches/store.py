@@ -62,11 +62,12 @@ class ClaimedItem:
 class RunnableBatch:
     """What a worker needs to run a batch's items."""
 
-    __slots__ = ("id", "inline", "parameters", "prompt_id", "version", "workspace_id")
+    __slots__ = ("api_key_id", "id", "inline", "parameters", "prompt_id", "version", "workspace_id")
 
     def __init__(self, row: BatchRow) -> None:
         self.id = row.id
         self.workspace_id = row.workspace_id
+        self.api_key_id = row.api_key_id or ""
         self.prompt_id = row.prompt_id or ""
         self.version = row.version
         self.inline = (
@@ -126,6 +127,7 @@ class BatchStore:
             callback_url=spec.callback_url,
             batch_metadata=spec.metadata,
             total=len(spec.items),
+            api_key_id=spec.api_key_id or None,
             created_at=now,
             updated_at=now,
         )

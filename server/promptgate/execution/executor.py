@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -142,6 +142,7 @@ class Executor:
         cache: ResponseCache,
         routing_defaults: RoutePolicy,
         cache_ttl_s: float = 300.0,
+        usage_sink: Callable[[str, int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._catalog = catalog
         self._registry = registry
@@ -155,6 +156,8 @@ class Executor:
         self._cache = cache
         self._routing_defaults = routing_defaults
         self._cache_ttl_s = cache_ttl_s
+        self._usage_sink = usage_sink
+        self._counting: set[asyncio.Task[None]] = set()
         self._active = 0
         self._idle = asyncio.Event()
 
@@ -212,6 +215,15 @@ class Executor:
             return False
         return True
 
+    def _count_usage(self, record: ExecutionRecord) -> None:
+        """Count the record's tokens against its API key (in the background)."""
+        tokens = record.usage.input_tokens + record.usage.output_tokens
+        if self._usage_sink is None or not record.api_key_id or not tokens:
+            return
+        task = asyncio.get_running_loop().create_task(self._usage_sink(record.api_key_id, tokens))
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
+
     def _leave(self) -> None:
         self._active -= 1
         if not self._active:
@@ -251,8 +263,10 @@ class Executor:
             _apply_run(record, run)
             self._cancel(record, "", started)
             self._recorder.submit(record, upsert=claimed)
+            self._count_usage(record)
             raise
         await self._recorder.record(record, upsert=claimed)
+        self._count_usage(record)
         return record
 
     async def _stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
@@ -318,8 +332,10 @@ class Executor:
             _apply_run(record, run)
             self._cancel(record, "".join(parts), started)
             self._recorder.submit(record, upsert=claimed)
+            self._count_usage(record)
             raise
         await self._recorder.record(record, upsert=claimed)
+        self._count_usage(record)
         yield Finished(record)
 
     # Cache
@@ -454,6 +470,7 @@ class Executor:
             input_chars=sum(len(m.content) for m in messages),
             parameters=first.request.parameters,
             metadata=request.metadata,
+            api_key_id=request.api_key_id,
         )
         return _Plan(
             record=record,

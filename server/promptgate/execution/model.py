@@ -70,6 +70,8 @@ class ExecutionRequest:
     """Seconds left until the caller's deadline, if it set one."""
     routing: Routing | None = None
     cache: CachePolicy | None = None
+    api_key_id: str = ""
+    """The API key the execution is made with (its tokens count against it)."""
     resume: bool = False
     fresh: bool = False
     """The caller knows no execution with this external_id exists (skip the lookup)."""
@@ -170,6 +172,7 @@ class ExecutionRecord:
     target_index: int = 0
     cache_status: str = ""
     """"hit", "miss" or "refresh"; "" when caching was off."""
+    api_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from promptgate.chat import ChatMessage, FinishReason, FunctionCall, ModelParameters, Usage
@@ -76,6 +77,7 @@ def to_row(record: ExecutionRecord) -> ExecutionRow:
         attempts=record.attempts,
         cache_hit=record.cache_hit,
         cache_status=record.cache_status,
+        api_key_id=record.api_key_id or None,
         target_index=record.target_index,
         attempt_log=_ATTEMPTS.dump_python(list(record.attempt_log), mode="json"),
         parameters=_PARAMS.dump_python(record.parameters, mode="json"),
@@ -125,6 +127,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         attempts=row.attempts,
         cache_hit=row.cache_hit,
         cache_status=row.cache_status,
+        api_key_id=row.api_key_id or "",
         target_index=row.target_index,
         attempt_log=tuple(_ATTEMPTS.validate_python(row.attempt_log or [])),
         parameters=_PARAMS.validate_python(row.parameters or {}),
@@ -205,6 +208,14 @@ class ExecutionHistory:
         async with self._sessions() as session:
             row = (await session.exec(query)).first()
         return from_row(row) if row else None
+
+    async def month_tokens(self, api_key_id: str, since: datetime) -> int:
+        """Tokens (input + output) the key's executions used since ``since``."""
+        query = select(
+            func.coalesce(func.sum(ExecutionRow.input_tokens + ExecutionRow.output_tokens), 0)
+        ).where(ExecutionRow.api_key_id == api_key_id, col(ExecutionRow.created_at) >= since)
+        async with self._sessions() as session:
+            return int((await session.exec(query)).one())
 
     async def get_many(self, workspace: str, ids: Sequence[str]) -> dict[str, ExecutionRecord]:
         """The executions with these ids (absent ones are left out), without actuals."""

@@ -114,6 +114,7 @@ class ExecutionRow(SQLModel, table=True):
         UniqueConstraint("workspace_id", "external_id", name="uq_executions_external_id"),
         Index("ix_executions_workspace_id", "workspace_id", "id"),
         Index("ix_executions_prompt", "workspace_id", "prompt_id", "id"),
+        Index("ix_executions_api_key", "api_key_id", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -144,6 +145,7 @@ class ExecutionRow(SQLModel, table=True):
     attempts: int = 0
     cache_hit: bool = False
     cache_status: str = ""
+    api_key_id: str | None = Field(default=None, max_length=40)
     target_index: int = 0
     attempt_log: list[Any] = _json(list)
     parameters: dict[str, Any] = _json(dict)
@@ -201,6 +203,7 @@ class BatchRow(SQLModel, table=True):
     callback_state: str = ""
     callback_claimed_by: str | None = Field(default=None, max_length=40)
     callback_attempts: int = 0
+    api_key_id: str | None = Field(default=None, max_length=40)
     created_at: datetime = _time()
     started_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
@@ -281,3 +284,35 @@ class BatchCallbackAttemptRow(SQLModel, table=True):
     error: str = ""
     duration_ms: float = 0.0
     created_at: datetime = _time()
+
+
+class WorkspaceRow(SQLModel, table=True):
+    """A workspace: every prompt, execution and batch belongs to one."""
+
+    __tablename__ = "workspaces"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = ""
+    created_at: datetime = _time()
+
+
+class ApiKeyRow(SQLModel, table=True):
+    """An API key: its secret's SHA-256, never the secret."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_workspace", "workspace_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspaces.id", max_length=64)
+    name: str = ""
+    secret_sha256: str = Field(max_length=64)
+    scopes: list[str] = _json(list)
+    plan: str = Field(max_length=32)
+    limit_overrides: dict[str, Any] = _json(dict)
+    created_at: datetime = _time()
+    expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

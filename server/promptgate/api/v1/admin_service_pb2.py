@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!promptgate/v1/admin_service.proto\x12\rpromptgate.v1\"/\n\x11ListModelsRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"\x81\x01\n\x12ListModelsResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32\x1b.promptgate.v1.ProviderInfoR\tproviders\x12\x30\n\x06models\x18\x02 \x03(\x0b\x32\x18.promptgate.v1.ModelInfoR\x06models\"\xaf\x01\n\x0cProviderInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n\x08\x62\x61se_url\x18\x02 \x01(\tR\x07\x62\x61seUrl\x12*\n\x11\x61\x63\x63\x65pts_any_model\x18\x03 \x01(\x08R\x0f\x61\x63\x63\x65ptsAnyModel\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xb4\x01\n\tModelInfo\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12/\n\x05price\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.ModelPriceR\x05price\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xcb\x01\n\nModelPrice\x12*\n\x11input_per_million\x18\x01 \x01(\x01R\x0finputPerMillion\x12,\n\x12output_per_million\x18\x02 \x01(\x01R\x10outputPerMillion\x12\x37\n\x18\x63\x61\x63hed_input_per_million\x18\x03 \x01(\x01R\x15\x63\x61\x63hedInputPerMillion\x12\x12\n\x04unit\x18\x04 \x01(\tR\x04unit\x12\x16\n\x06priced\x18\x05 \x01(\x08R\x06priced\"h\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x1f\n\x0bjson_schema\x18\x03 \x01(\x08R\njsonSchema2a\n\x0c\x41\x64minService\x12Q\n\nListModels\x12 .promptgate.v1.ListModelsRequest\x1a!.promptgate.v1.ListModelsResponseBHZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!promptgate/v1/admin_service.proto\x12\rpromptgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x11ListModelsRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"\x81\x01\n\x12ListModelsResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32\x1b.promptgate.v1.ProviderInfoR\tproviders\x12\x30\n\x06models\x18\x02 \x03(\x0b\x32\x18.promptgate.v1.ModelInfoR\x06models\"\xaf\x01\n\x0cProviderInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n\x08\x62\x61se_url\x18\x02 \x01(\tR\x07\x62\x61seUrl\x12*\n\x11\x61\x63\x63\x65pts_any_model\x18\x03 \x01(\x08R\x0f\x61\x63\x63\x65ptsAnyModel\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xb4\x01\n\tModelInfo\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12/\n\x05price\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.ModelPriceR\x05price\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xcb\x01\n\nModelPrice\x12*\n\x11input_per_million\x18\x01 \x01(\x01R\x0finputPerMillion\x12,\n\x12output_per_million\x18\x02 \x01(\x01R\x10outputPerMillion\x12\x37\n\x18\x63\x61\x63hed_input_per_million\x18\x03 \x01(\x01R\x15\x63\x61\x63hedInputPerMillion\x12\x12\n\x04unit\x18\x04 \x01(\tR\x04unit\x12\x16\n\x06priced\x18\x05 \x01(\x08R\x06priced\"h\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x1f\n\x0bjson_schema\x18\x03 \x01(\x08R\njsonSchema\"\xec\x01\n\nPlanLimits\x12\x33\n\x13requests_per_minute\x18\x01 \x01(\x03H\x00R\x11requestsPerMinute\x88\x01\x01\x12\x38\n\x15\x63oncurrent_executions\x18\x02 \x01(\x03H\x01R\x14\x63oncurrentExecutions\x88\x01\x01\x12*\n\x0emonthly_tokens\x18\x03 \x01(\x03H\x02R\rmonthlyTokens\x88\x01\x01\x42\x16\n\x14_requests_per_minuteB\x18\n\x16_concurrent_executionsB\x11\n\x0f_monthly_tokens\"\xf8\x02\n\x06\x41piKey\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x06 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x07 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12;\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\"\xc5\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x03 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x04 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\"^\n\x14\x43reateApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"\x14\n\x12ListApiKeysRequest\"G\n\x13ListApiKeysResponse\x12\x30\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.promptgate.v1.ApiKeyR\x07\x61piKeys\",\n\x13RevokeApiKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"F\n\x14RevokeApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\"\x0f\n\rWhoAmIRequest\"\xf1\x01\n\x0eWhoAmIResponse\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\tworkspace\x12.\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x30\n\x14requests_this_minute\x18\x03 \x01(\x03R\x12requestsThisMinute\x12\x33\n\x15\x63oncurrent_executions\x18\x04 \x01(\x03R\x14\x63oncurrentExecutions\x12*\n\x11tokens_this_month\x18\x05 \x01(\x03R\x0ftokensThisMonth2\xb0\x03\n\x0c\x41\x64minService\x12W\n\x0c\x43reateApiKey\x12\".promptgate.v1.CreateApiKeyRequest\x1a#.promptgate.v1.CreateApiKeyResponse\x12T\n\x0bListApiKeys\x12!.promptgate.v1.ListApiKeysRequest\x1a\".promptgate.v1.ListApiKeysResponse\x12W\n\x0cRevokeApiKey\x12\".promptgate.v1.RevokeApiKeyRequest\x1a#.promptgate.v1.RevokeApiKeyResponse\x12\x45\n\x06WhoAmI\x12\x1c.promptgate.v1.WhoAmIRequest\x1a\x1d.promptgate.v1.WhoAmIResponse\x12Q\n\nListModels\x12 .promptgate.v1.ListModelsRequest\x1a!.promptgate.v1.ListModelsResponseBHZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,18 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptgate.v1.admin_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1'
-  _globals['_LISTMODELSREQUEST']._serialized_start=52
-  _globals['_LISTMODELSREQUEST']._serialized_end=99
-  _globals['_LISTMODELSRESPONSE']._serialized_start=102
-  _globals['_LISTMODELSRESPONSE']._serialized_end=231
-  _globals['_PROVIDERINFO']._serialized_start=234
-  _globals['_PROVIDERINFO']._serialized_end=409
-  _globals['_MODELINFO']._serialized_start=412
-  _globals['_MODELINFO']._serialized_end=592
-  _globals['_MODELPRICE']._serialized_start=595
-  _globals['_MODELPRICE']._serialized_end=798
-  _globals['_MODELCAPABILITIES']._serialized_start=800
-  _globals['_MODELCAPABILITIES']._serialized_end=904
-  _globals['_ADMINSERVICE']._serialized_start=906
-  _globals['_ADMINSERVICE']._serialized_end=1003
+  _globals['_LISTMODELSREQUEST']._serialized_start=85
+  _globals['_LISTMODELSREQUEST']._serialized_end=132
+  _globals['_LISTMODELSRESPONSE']._serialized_start=135
+  _globals['_LISTMODELSRESPONSE']._serialized_end=264
+  _globals['_PROVIDERINFO']._serialized_start=267
+  _globals['_PROVIDERINFO']._serialized_end=442
+  _globals['_MODELINFO']._serialized_start=445
+  _globals['_MODELINFO']._serialized_end=625
+  _globals['_MODELPRICE']._serialized_start=628
+  _globals['_MODELPRICE']._serialized_end=831
+  _globals['_MODELCAPABILITIES']._serialized_start=833
+  _globals['_MODELCAPABILITIES']._serialized_end=937
+  _globals['_PLANLIMITS']._serialized_start=940
+  _globals['_PLANLIMITS']._serialized_end=1176
+  _globals['_APIKEY']._serialized_start=1179
+  _globals['_APIKEY']._serialized_end=1555
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1558
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1755
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1757
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1851
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1853
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1873
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1875
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1946
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1948
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1992
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1994
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2064
+  _globals['_WHOAMIREQUEST']._serialized_start=2066
+  _globals['_WHOAMIREQUEST']._serialized_end=2081
+  _globals['_WHOAMIRESPONSE']._serialized_start=2084
+  _globals['_WHOAMIRESPONSE']._serialized_end=2325
+  _globals['_ADMINSERVICE']._serialized_start=2328
+  _globals['_ADMINSERVICE']._serialized_end=2760
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService describes and administers the server.
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
     """
 
     def __init__(self, channel):
@@ -35,6 +39,26 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateApiKey = channel.unary_unary(
+                '/promptgate.v1.AdminService/CreateApiKey',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/promptgate.v1.AdminService/ListApiKeys',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/promptgate.v1.AdminService/RevokeApiKey',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/promptgate.v1.AdminService/WhoAmI',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/promptgate.v1.AdminService/ListModels',
                 request_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
@@ -43,8 +67,42 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService describes and administers the server.
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
     """
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key in the caller's workspace. The key is in the response
+        once and never again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the workspace's API keys (never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key; it stops working at once on this server and within
+        seconds on others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Describes the calling key: workspace, scopes, plan limits and current usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
         """Lists the configured providers and the models they serve, with prices
@@ -57,6 +115,26 @@ class AdminServiceServicer:
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.WhoAmIResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsRequest.FromString,
@@ -71,8 +149,120 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService describes and administers the server.
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
     """
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/CreateApiKey',
+            promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/ListApiKeys',
+            promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/RevokeApiKey',
+            promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/WhoAmI',
+            promptgate_dot_v1_dot_admin__service__pb2.WhoAmIRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListModels(request,

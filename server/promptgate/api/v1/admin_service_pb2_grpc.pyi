@@ -27,12 +27,29 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService describes and administers the server."""
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
+    """Creates an API key in the caller's workspace. The key is in the response
+    once and never again.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
+    """Lists the workspace's API keys (never their secrets)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
+    """Revokes an API key; it stops working at once on this server and within
+    seconds on others.
+    """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.WhoAmIRequest, _admin_service_pb2.WhoAmIResponse]
+    """Describes the calling key: workspace, scopes, plan limits and current usage."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]
     """Lists the configured providers and the models they serve, with prices
     and capabilities.
@@ -40,16 +57,74 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService describes and administers the server."""
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Creates an API key in the caller's workspace. The key is in the response
+    once and never again.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the workspace's API keys (never their secrets)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes an API key; it stops working at once on this server and within
+    seconds on others.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.WhoAmIRequest, _admin_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Describes the calling key: workspace, scopes, plan limits and current usage."""
     ListModels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the configured providers and the models they serve, with prices
     and capabilities.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService describes and administers the server."""
+    """AdminService describes and administers the server and its API keys.
+
+    Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
+    Key management needs the admin.manage scope and acts in the caller's
+    workspace; WhoAmI and ListModels take any valid key.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_service_pb2.CreateApiKeyResponse]]:
+        """Creates an API key in the caller's workspace. The key is in the response
+        once and never again.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_service_pb2.ListApiKeysResponse]]:
+        """Lists the workspace's API keys (never their secrets)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_service_pb2.RevokeApiKeyResponse]]:
+        """Revokes an API key; it stops working at once on this server and within
+        seconds on others.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _admin_service_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.WhoAmIResponse, _abc.Awaitable[_admin_service_pb2.WhoAmIResponse]]:
+        """Describes the calling key: workspace, scopes, plan limits and current usage."""
 
     @_abc_1.abstractmethod
     def ListModels(

@@ -1,0 +1,1 @@
+"""Auth: API keys, scopes, workspaces, plans, rate limits and quotas."""
