@@ -53,6 +53,7 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             request,
             workspace=self._calls.workspace(context),
             deadline=self._calls.deadline(context),
+            api_key_id=self._calls.api_key_id(context),
         )
         record = await self._executor.execute(domain)
         return convert.execute_response(record, request)
@@ -64,6 +65,7 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             request,
             workspace=self._calls.workspace(context),
             deadline=self._calls.deadline(context),
+            api_key_id=self._calls.api_key_id(context),
         )
         execution_id = ""
         async with contextlib.aclosing(self._executor.stream(domain)) as events:

@@ -133,13 +133,15 @@ class MemoryLimiter:
         return Window(limit, None if limit is None else limit - count, reset_at)
 
     async def begin(self, key: ApiKey) -> None:
+        tokens = key.limits.monthly_tokens
+        if tokens is not None and await self._used(key) >= tokens:
+            raise _quota(key, self._clock())
+        # No await between reading and writing the count: concurrent begins
+        # must not both see the same value.
         limit = key.limits.concurrent_executions
         running = self._running.get(key.id, 0)
         if limit is not None and running >= limit:
             raise _too_many(key)
-        tokens = key.limits.monthly_tokens
-        if tokens is not None and await self._used(key) >= tokens:
-            raise _quota(key, self._clock())
         self._running[key.id] = running + 1
 
     async def end(self, key: ApiKey) -> None:
