@@ -355,8 +355,23 @@ _CACHE_STATUS_PB = {
 }
 
 
-def _seconds(value: duration_pb2.Duration) -> float:
-    return float(value.ToTimedelta().total_seconds())
+MAX_SECONDS = 10 * 365 * 86_400.0
+
+
+def _seconds(value: duration_pb2.Duration, field: str = "duration") -> float:
+    """A Duration in seconds; INVALID_ARGUMENT if negative or beyond ten years."""
+    seconds = value.seconds + value.nanos / 1e9
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise InvalidArgument.field(field, "must be between 0 and ten years")
+    return seconds
+
+
+def to_datetime(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A Timestamp as an aware datetime; INVALID_ARGUMENT if out of range."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise InvalidArgument.field(field, "is not a valid time") from None
 
 
 def routing_from_proto(routing: pb.Routing) -> Routing:
@@ -428,7 +443,7 @@ def cache_from_proto(cache: pb.CachePolicy) -> CachePolicy:
     """A CachePolicy message as a domain policy."""
     return CachePolicy(
         mode=_CACHE_MODES.get(cache.mode),
-        ttl_s=_seconds(cache.ttl) if cache.HasField("ttl") else None,
+        ttl_s=_seconds(cache.ttl, "cache.ttl") if cache.HasField("ttl") else None,
     )
 
 
@@ -729,7 +744,7 @@ def execution_request_from_proto(
         if request.HasField("cache"):
             cache = cache_from_proto(request.cache)
         if request.HasField("timeout"):
-            timeout = request.timeout.ToTimedelta().total_seconds()
+            timeout = request.timeout.seconds + request.timeout.nanos / 1e9
             if not math.isfinite(timeout) or timeout <= 0:
                 raise InvalidArgument.field("timeout", "must be positive")
         external_id = request.external_id
@@ -923,7 +938,7 @@ def actual_from_proto(actual: epb.Actual) -> Actual:
         quality=actual.quality if actual.HasField("quality") else None,
         desired_output=actual.desired_output,
         metadata=struct_to_dict(actual.metadata) if actual.HasField("metadata") else {},
-        observed_at=actual.time.ToDatetime(tzinfo=UTC) if actual.HasField("time") else None,
+        observed_at=to_datetime(actual.time, "actuals.time") if actual.HasField("time") else None,
     )
 
 

@@ -19,7 +19,13 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from promptgate.errors import ProviderError, RequestError, ResourceExhausted, Unavailable
+from promptgate.errors import (
+    InvalidArgument,
+    ProviderError,
+    RequestError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +136,49 @@ class ErrorInterceptor(_ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _guard_unary(handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _guard_stream(handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Undecodable:
+    """A request body that is not the method's message (see ``_tolerant``)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that hands undecodable bodies to the guard instead of failing.
+
+    grpc answers a failing deserializer with UNKNOWN and the exception's text;
+    the guard answers INVALID_ARGUMENT (INVALID_REQUEST) instead.
+    """
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(type(exc).__name__)
+
+    return deserialize
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            "the request body is not a valid protobuf message for this method",
+            reason="INVALID_REQUEST",
+        )
 
 
 def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -163,6 +202,7 @@ def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[A
 def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            _refuse_undecodable(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -181,6 +221,7 @@ def _guard_stream(behavior: StreamBehavior) -> StreamBehavior:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            _refuse_undecodable(request)
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:

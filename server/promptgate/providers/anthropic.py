@@ -7,8 +7,8 @@ API root without ``/v1``, e.g. ``https://api.anthropic.com``) with the headers
 message (``complete``) or as server-sent events (``stream``).
 
 It follows the rules of ``promptgate.providers.base`` and uses the transport
-helpers shared by the adapters in ``promptgate.providers.http`` (SSE parsing,
-Retry-After parsing, draining).
+shared by the adapters in ``promptgate.providers.http`` (the ``HttpProvider``
+base class, SSE parsing, Retry-After parsing, draining).
 
 Request body (``build_payload``):
 
@@ -94,9 +94,8 @@ The ``httpx.AsyncClient`` is shared and owned by the caller;
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -114,14 +113,8 @@ from promptgate.chat import (
     ToolChoice,
     ToolChoiceMode,
     Usage,
-    deep_merge,
 )
-from promptgate.errors import (
-    ProviderBadResponse,
-    ProviderError,
-    ProviderTimeout,
-    StreamInterrupted,
-)
+from promptgate.errors import ProviderBadResponse, ProviderError, StreamInterrupted
 from promptgate.providers.base import (
     ProviderRequest,
     ProviderResponse,
@@ -130,11 +123,13 @@ from promptgate.providers.base import (
     TextDelta,
 )
 from promptgate.providers.http import (
+    PROTECTED_HEADERS,
+    HttpProvider,
     SSEParser,
     deadline_after,
-    describe_exception,
     drain,
     is_json,
+    merge_overrides,
     parse_arguments,
     parse_retry_after,
     snippet,
@@ -169,18 +164,10 @@ _ERROR_TYPE_STATUS: Final[dict[str, int]] = {
     "overloaded_error": 529,
 }
 
-# Headers a request's raw_headers may not set: credentials and HTTP framing.
-_PROTECTED_HEADERS: Final = frozenset(
-    {
-        "x-api-key",
-        "authorization",
-        "content-type",
-        "content-length",
-        "transfer-encoding",
-        "host",
-        "connection",
-    }
-)
+_API_KEY_HEADER: Final = "x-api-key"
+# Headers a request's raw_headers may not set: the shared ones (credentials and
+# HTTP framing) and Anthropic's API key.
+_ANTHROPIC_PROTECTED_HEADERS: Final = PROTECTED_HEADERS | {_API_KEY_HEADER}
 
 # Keys of ``parameters.extra`` that are not sent: "mock" belongs to the mock
 # provider; "stream" is this adapter's to set.
@@ -193,7 +180,7 @@ _JSON_ONLY: Final = (
 )
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """A ``Provider`` for the Anthropic Messages API.
 
     ``client`` is shared and belongs to the caller, who closes it; ``aclose``
@@ -213,8 +200,7 @@ class AnthropicProvider:
         version: str = ANTHROPIC_VERSION,
         default_max_tokens: int = 1024,
     ) -> None:
-        self.name = name
-        self._client = client
+        super().__init__(client=client, name=name)
         self._url = base_url.rstrip("/") + "/v1/messages"
         self._api_key = api_key or None
         self._version = version
@@ -254,27 +240,16 @@ class AnthropicProvider:
             body["stream"] = True
 
         dropped = _EXTRA_DROPPED if stream else _EXTRA_DROPPED | _STREAM_KEYS
-        for key, value in parameters.extra.items():
-            if key in dropped:
-                continue
-            if key not in body:
-                body[key] = value
-            elif isinstance(value, dict) and isinstance(body[key], dict):
-                body[key] = deep_merge(value, body[key])
-        return deep_merge(body, request.raw_body)
+        return merge_overrides(body, request, dropped=dropped)
 
     # ------------------------------------------------------------------ unary
 
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """Send the request and return the whole answer."""
         http_request = self._http_request(request, self.build_payload(request), stream=False)
-        try:
-            async with asyncio.timeout(request.timeout):
-                response = await self._client.send(http_request)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
+        response = await self._send(
+            http_request, request, self._url, deadline_after(request.timeout)
+        )
         if not response.is_success:
             raise self._status_error(response.status_code, response.headers, response.content)
         return self._parse_message(self._decode_json(response.content, response), request)
@@ -292,13 +267,7 @@ class AnthropicProvider:
             request, self.build_payload(request, stream=True), stream=True
         )
         deadline = deadline_after(request.timeout)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
+        response = await self._send(http_request, request, self._url, deadline, stream=True)
 
         result: ProviderResponse | None = None
         whole_text = ""  # set when the server answered a stream request with a JSON message
@@ -307,7 +276,7 @@ class AnthropicProvider:
                 body = await self._read_error_body(response, deadline)
                 raise self._status_error(response.status_code, response.headers, body)
             if is_json(response):
-                body = await self._read_body(response, request, deadline)
+                body = await self._read_body(response, request, self._url, deadline)
                 result = self._parse_message(self._decode_json(body, response), request)
                 whole_text = result.text
             else:
@@ -316,7 +285,7 @@ class AnthropicProvider:
                 chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
                 try:
                     while result is None:
-                        received = await self._next_bytes(chunks, request, deadline)
+                        received = await self._next_bytes(chunks, request, self._url, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for name, data in events:
                             event = self._decode_event(data, response)
@@ -357,122 +326,22 @@ class AnthropicProvider:
                 f"{self.name}: a {kind} event is malformed: {exc}", status=response.status_code
             ) from exc
 
-    # ------------------------------------------------------------------ lifecycle
-
-    async def aclose(self) -> None:
-        """Nothing to release: the shared HTTP client belongs to the caller."""
-
     # ------------------------------------------------------------------ HTTP
 
     def _http_request(
         self, request: ProviderRequest, payload: dict[str, Any], *, stream: bool
     ) -> httpx.Request:
-        try:
-            content = json.dumps(
-                payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
-        except (TypeError, ValueError) as exc:
-            raise ProviderError(
-                f"{self.name}: the request body is not JSON: {exc}",
-                code="PROVIDER_INVALID_REQUEST",
-            ) from exc
-        headers = httpx.Headers()
-        headers["accept"] = "text/event-stream" if stream else "application/json"
-        try:
-            headers["anthropic-version"] = self._version
-            for key, value in request.raw_headers.items():
-                if key.lower() not in _PROTECTED_HEADERS:
-                    headers[key] = value
-            headers["content-type"] = "application/json"
-            if self._api_key:
-                headers["x-api-key"] = self._api_key
-            return self._client.build_request(
-                "POST",
-                self._url,
-                content=content,
-                headers=headers,
-                timeout=self._timeout(request.timeout),
-            )
-        except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
-            raise ProviderError(
-                f"{self.name}: cannot build the request: {exc}", code="PROVIDER_INVALID_REQUEST"
-            ) from exc
-
-    def _timeout(self, seconds: float | None) -> httpx.Timeout:
-        default = self._client.timeout
-        if seconds is None:
-            return default
-        connect = seconds if default.connect is None else min(default.connect, seconds)
-        return httpx.Timeout(seconds, connect=connect)
-
-    async def _next_bytes(
-        self,
-        chunks: AsyncIterator[bytes],
-        request: ProviderRequest,
-        deadline: float | None,
-    ) -> bytes | None:
-        """The next piece of a streamed body; None at its end."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await anext(chunks, None)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(exc) from exc
-        except httpx.DecodingError as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: cannot decode the stream: {exc}", status=200
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise StreamInterrupted(
-                f"{self.name}: the stream broke off: {describe_exception(exc)}"
-            ) from exc
-
-    async def _read_body(
-        self, response: httpx.Response, request: ProviderRequest, deadline: float | None
-    ) -> bytes:
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await response.aread()
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-
-    @staticmethod
-    async def _read_error_body(response: httpx.Response, deadline: float | None) -> bytes:
-        """An error response's body, or b"" if it cannot be read in time."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await response.aread()
-        except (TimeoutError, httpx.HTTPError):
-            return b""
+        return self._build_request(
+            request,
+            self._url,
+            payload,
+            stream=stream,
+            protected=_ANTHROPIC_PROTECTED_HEADERS,
+            credentials={_API_KEY_HEADER: self._api_key} if self._api_key else {},
+            defaults={"anthropic-version": self._version},
+        )
 
     # ------------------------------------------------------------------ parsing
-
-    def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
-        try:
-            return json.loads(content)
-        except (ValueError, RecursionError) as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
-                status=response.status_code,
-            ) from exc
-
-    def _decode_event(self, data: str, response: httpx.Response) -> dict[str, Any]:
-        try:
-            event = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
-                status=response.status_code,
-            ) from exc
-        if not isinstance(event, dict):
-            raise ProviderBadResponse(
-                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
-                status=response.status_code,
-            )
-        return event
 
     def _parse_message(self, data: Any, request: ProviderRequest) -> ProviderResponse:
         if not isinstance(data, dict):
@@ -500,31 +369,6 @@ class AnthropicProvider:
         )
 
     # ------------------------------------------------------------------ errors
-
-    def _timeout_error(self, request: ProviderRequest) -> ProviderTimeout:
-        limit = "the time allowed" if request.timeout is None else f"{request.timeout:g}s"
-        return ProviderTimeout(f"{self.name}: no answer within {limit}")
-
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        what = describe_exception(exc)
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"{self.name}: timed out: {what}")
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
-            return ProviderError(
-                f"{self.name}: cannot connect to {self._url}: {what}",
-                code="PROVIDER_UNREACHABLE",
-                retryable=True,
-            )
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-            return ProviderError(
-                f"{self.name}: invalid request to {self._url}: {what}",
-                code="PROVIDER_INVALID_REQUEST",
-            )
-        if isinstance(exc, httpx.DecodingError):
-            return ProviderBadResponse(f"{self.name}: cannot decode the response: {what}")
-        if isinstance(exc, httpx.TransportError):
-            return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)
-        return ProviderError(f"{self.name}: HTTP failure: {what}")
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
         detail = _error_detail(body, headers.get("request-id"))

@@ -74,13 +74,12 @@ history, as Gemini 3 models require in tool loops.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import quote
 
 import httpx
@@ -97,14 +96,8 @@ from promptgate.chat import (
     ToolChoice,
     ToolChoiceMode,
     Usage,
-    deep_merge,
 )
-from promptgate.errors import (
-    ProviderBadResponse,
-    ProviderError,
-    ProviderTimeout,
-    StreamInterrupted,
-)
+from promptgate.errors import ProviderBadResponse, ProviderError, StreamInterrupted
 from promptgate.providers.base import (
     ProviderRequest,
     ProviderResponse,
@@ -114,11 +107,12 @@ from promptgate.providers.base import (
 )
 from promptgate.providers.http import (
     PROTECTED_HEADERS,
+    HttpProvider,
     SSEParser,
     classify_status,
     deadline_after,
-    describe_exception,
     is_json,
+    merge_overrides,
     parse_retry_after,
     snippet,
     token_count,
@@ -178,7 +172,7 @@ _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
 _ERROR_MESSAGE_CHARS: Final = 1000
 
 
-class GeminiProvider:
+class GeminiProvider(HttpProvider):
     """A ``Provider`` for the Google Gemini API (``generativelanguage.googleapis.com``).
 
     ``client`` is shared and belongs to the caller, who closes it; ``aclose``
@@ -186,6 +180,9 @@ class GeminiProvider:
     (``https://generativelanguage.googleapis.com``). ``api_key`` is sent as
     ``x-goog-api-key`` when set.
     """
+
+    # A body nested too deeply to encode is an invalid request too.
+    _BODY_ERRORS: ClassVar[tuple[type[Exception], ...]] = (TypeError, ValueError, RecursionError)
 
     def __init__(
         self,
@@ -195,8 +192,7 @@ class GeminiProvider:
         api_key: str | None,
         name: str = "gemini",
     ) -> None:
-        self.name = name
-        self._client = client
+        super().__init__(client=client, name=name)
         self._root = base_url.rstrip("/")
         self._api_key = api_key or None
 
@@ -230,14 +226,7 @@ class GeminiProvider:
         if request.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
 
-        for key, value in request.parameters.extra.items():
-            if key in _EXTRA_DROPPED:
-                continue
-            if key not in body:
-                body[key] = value
-            elif isinstance(value, dict) and isinstance(body[key], dict):
-                body[key] = deep_merge(value, body[key])
-        return deep_merge(body, request.raw_body)
+        return merge_overrides(body, request, dropped=_EXTRA_DROPPED)
 
     def url(self, model: str, *, stream: bool = False) -> str:
         """The endpoint a request for ``model`` is sent to."""
@@ -251,13 +240,7 @@ class GeminiProvider:
         """Send the request and return the whole answer."""
         url = self.url(request.model)
         http_request = self._http_request(request, url, self.build_payload(request), stream=False)
-        try:
-            async with asyncio.timeout(request.timeout):
-                response = await self._client.send(http_request)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, url) from exc
+        response = await self._send(http_request, request, url, deadline_after(request.timeout))
         if not response.is_success:
             raise self._status_error(response.status_code, response.headers, response.content)
         data = self._decode_json(response.content, response)
@@ -282,13 +265,7 @@ class GeminiProvider:
             request, url, self.build_payload(request, stream=True), stream=True
         )
         deadline = deadline_after(request.timeout)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, url) from exc
+        response = await self._send(http_request, request, url, deadline, stream=True)
 
         answer = _Answer(self.name, request.model)
         try:
@@ -314,7 +291,7 @@ class GeminiProvider:
                         received = await self._next_bytes(chunks, request, url, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for _event, data in events:
-                            text = answer.apply(self._decode_chunk(data, response))
+                            text = answer.apply(self._decode_event(data, response))
                             if text:
                                 yield TextDelta(text)
                         if received is None:
@@ -328,149 +305,21 @@ class GeminiProvider:
             raise StreamInterrupted(f"{self.name}: the stream ended before a finishReason")
         yield StreamDone(answer.result())
 
-    # ------------------------------------------------------------------ lifecycle
-
-    async def aclose(self) -> None:
-        """Nothing to release: the shared HTTP client belongs to the caller."""
-
     # ------------------------------------------------------------------ HTTP
 
     def _http_request(
         self, request: ProviderRequest, url: str, payload: dict[str, Any], *, stream: bool
     ) -> httpx.Request:
-        try:
-            content = json.dumps(
-                payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ProviderError(
-                f"{self.name}: the request body is not JSON: {exc}",
-                code="PROVIDER_INVALID_REQUEST",
-            ) from exc
-        headers = httpx.Headers()
-        headers["accept"] = "text/event-stream" if stream else "application/json"
-        try:
-            for key, value in request.raw_headers.items():
-                if key.lower() not in _GEMINI_PROTECTED_HEADERS:
-                    headers[key] = value
-            headers["content-type"] = "application/json"
-            if self._api_key:
-                headers[_API_KEY_HEADER] = self._api_key
-            return self._client.build_request(
-                "POST",
-                url,
-                content=content,
-                headers=headers,
-                timeout=self._timeout(request.timeout),
-            )
-        except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
-            raise ProviderError(
-                f"{self.name}: cannot build the request: {exc}", code="PROVIDER_INVALID_REQUEST"
-            ) from exc
-
-    def _timeout(self, seconds: float | None) -> httpx.Timeout:
-        default = self._client.timeout
-        if seconds is None:
-            return default
-        connect = seconds if default.connect is None else min(default.connect, seconds)
-        return httpx.Timeout(seconds, connect=connect)
-
-    async def _next_bytes(
-        self,
-        chunks: AsyncIterator[bytes],
-        request: ProviderRequest,
-        url: str,
-        deadline: float | None,
-    ) -> bytes | None:
-        """The next piece of a streamed body; None at its end."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await anext(chunks, None)
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(exc, url) from exc
-        except httpx.DecodingError as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: cannot decode the stream: {exc}", status=200
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise StreamInterrupted(
-                f"{self.name}: the stream broke off: {describe_exception(exc)}"
-            ) from exc
-
-    async def _read_body(
-        self, response: httpx.Response, request: ProviderRequest, url: str, deadline: float | None
-    ) -> bytes:
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await response.aread()
-        except TimeoutError as exc:
-            raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, url) from exc
-
-    @staticmethod
-    async def _read_error_body(response: httpx.Response, deadline: float | None) -> bytes:
-        """An error response's body, or b"" if it cannot be read in time."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await response.aread()
-        except (TimeoutError, httpx.HTTPError):
-            return b""
-
-    # ------------------------------------------------------------------ parsing
-
-    def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
-        try:
-            return json.loads(content)
-        except (ValueError, RecursionError) as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
-                status=response.status_code,
-            ) from exc
-
-    def _decode_chunk(self, data: str, response: httpx.Response) -> dict[str, Any]:
-        try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
-                status=response.status_code,
-            ) from exc
-        if not isinstance(chunk, dict):
-            raise ProviderBadResponse(
-                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
-                status=response.status_code,
-            )
-        return chunk
+        return self._build_request(
+            request,
+            url,
+            payload,
+            stream=stream,
+            protected=_GEMINI_PROTECTED_HEADERS,
+            credentials={_API_KEY_HEADER: self._api_key} if self._api_key else {},
+        )
 
     # ------------------------------------------------------------------ errors
-
-    def _timeout_error(self, request: ProviderRequest) -> ProviderTimeout:
-        limit = "the time allowed" if request.timeout is None else f"{request.timeout:g}s"
-        return ProviderTimeout(f"{self.name}: no answer within {limit}")
-
-    def _transport_error(self, exc: httpx.HTTPError, url: str) -> ProviderError:
-        what = describe_exception(exc)
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"{self.name}: timed out: {what}")
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
-            return ProviderError(
-                f"{self.name}: cannot connect to {url}: {what}",
-                code="PROVIDER_UNREACHABLE",
-                retryable=True,
-            )
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-            return ProviderError(
-                f"{self.name}: invalid request to {url}: {what}",
-                code="PROVIDER_INVALID_REQUEST",
-            )
-        if isinstance(exc, httpx.DecodingError):
-            return ProviderBadResponse(f"{self.name}: cannot decode the response: {what}")
-        if isinstance(exc, httpx.TransportError):
-            return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)
-        return ProviderError(f"{self.name}: HTTP failure: {what}")
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
         error = _error_from_body(body)

@@ -11,8 +11,16 @@ the same transport: JSON request bodies, JSON or server-sent-event answers,
 - ``parse_retry_after`` and ``classify_status``: what an HTTP error status and
   its headers mean for retrying.
 - ``PROTECTED_HEADERS``: headers a request's ``raw_headers`` may never set.
+- ``merge_overrides``: a request body's ``parameters.extra`` and ``raw_body``
+  merged in.
 - ``token_count``, ``parse_arguments``, ``snippet`` and ``describe_exception``:
   small readers and formatters for answers and error messages.
+- ``HttpProvider``: the base class of the adapters, holding their transport:
+  building a request (protected headers, per-request timeouts), sending it and
+  reading its body under one deadline, decoding JSON, and mapping httpx errors
+  to ``ProviderTimeout``, ``ProviderBadResponse``, ``StreamInterrupted`` or
+  ``ProviderError``. URLs, headers, payloads, answers and error bodies stay in
+  each adapter.
 
 Nothing here catches ``asyncio.CancelledError``.
 """
@@ -25,19 +33,30 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import httpx
+
+from promptgate.chat import deep_merge
+from promptgate.errors import (
+    ProviderBadResponse,
+    ProviderError,
+    ProviderTimeout,
+    StreamInterrupted,
+)
+from promptgate.providers.base import ProviderRequest
 
 __all__ = [
     "PROTECTED_HEADERS",
     "SNIPPET_CHARS",
+    "HttpProvider",
     "SSEParser",
     "classify_status",
     "deadline_after",
     "describe_exception",
     "drain",
     "is_json",
+    "merge_overrides",
     "parse_arguments",
     "parse_retry_after",
     "snippet",
@@ -83,6 +102,25 @@ def parse_arguments(arguments_json: str) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def merge_overrides(
+    body: dict[str, Any], request: ProviderRequest, *, dropped: frozenset[str]
+) -> dict[str, Any]:
+    """``body`` with the request's ``parameters.extra`` under it and ``raw_body`` over it.
+
+    Keys of ``extra`` in ``dropped`` are not sent; the typed fields already in
+    ``body`` win over ``extra`` (nested objects merge, ``body``'s values
+    winning); ``raw_body`` is deep-merged last, over everything.
+    """
+    for key, value in request.parameters.extra.items():
+        if key in dropped:
+            continue
+        if key not in body:
+            body[key] = value
+        elif isinstance(value, dict) and isinstance(body[key], dict):
+            body[key] = deep_merge(value, body[key])
+    return deep_merge(body, request.raw_body)
 
 
 # ---------------------------------------------------------------------- streaming
@@ -240,3 +278,209 @@ def _non_negative(value: str | None) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) and number >= 0 else None
+
+
+# ---------------------------------------------------------------------- transport
+
+
+class HttpProvider:
+    """The transport shared by the HTTP adapters; each adapter subclasses it.
+
+    ``client`` is shared and belongs to the caller, who closes it; ``aclose``
+    does not. Methods that may report a transport failure take the ``url``
+    the request went to, for the error message. Every failure is a
+    ``ProviderError`` whose message starts with ``name``;
+    ``asyncio.CancelledError`` is never caught.
+    """
+
+    # What encoding a request body may raise that is reported as an invalid request.
+    _BODY_ERRORS: ClassVar[tuple[type[Exception], ...]] = (TypeError, ValueError)
+
+    def __init__(self, *, client: httpx.AsyncClient, name: str) -> None:
+        self.name = name
+        self._client = client
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared HTTP client belongs to the caller."""
+
+    # ------------------------------------------------------------------ requests
+
+    def _build_request(
+        self,
+        request: ProviderRequest,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        protected: frozenset[str],
+        credentials: Mapping[str, str],
+        defaults: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """A ``POST url`` of ``payload`` as JSON, timed by ``request.timeout``.
+
+        Headers, later ones winning: ``accept``, ``defaults``, the request's
+        ``raw_headers`` (except the ``protected`` names), ``content-type``,
+        then ``credentials``.
+        """
+        try:
+            content = json.dumps(
+                payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+        except self._BODY_ERRORS as exc:
+            raise ProviderError(
+                f"{self.name}: the request body is not JSON: {exc}",
+                code="PROVIDER_INVALID_REQUEST",
+            ) from exc
+        headers = httpx.Headers()
+        headers["accept"] = "text/event-stream" if stream else "application/json"
+        try:
+            for key, value in (defaults or {}).items():
+                headers[key] = value
+            for key, value in request.raw_headers.items():
+                if key.lower() not in protected:
+                    headers[key] = value
+            headers["content-type"] = "application/json"
+            for key, value in credentials.items():
+                headers[key] = value
+            return self._client.build_request(
+                "POST",
+                url,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(request.timeout),
+            )
+        except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
+            raise ProviderError(
+                f"{self.name}: cannot build the request: {exc}", code="PROVIDER_INVALID_REQUEST"
+            ) from exc
+
+    def _timeout(self, seconds: float | None) -> httpx.Timeout:
+        """The client's timeouts, each capped at ``seconds`` (None: the client's own)."""
+        default = self._client.timeout
+        if seconds is None:
+            return default
+        connect = seconds if default.connect is None else min(default.connect, seconds)
+        return httpx.Timeout(seconds, connect=connect)
+
+    async def _send(
+        self,
+        http_request: httpx.Request,
+        request: ProviderRequest,
+        url: str,
+        deadline: float | None,
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send ``http_request`` and wait for its answer's head until ``deadline``."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._client.send(http_request, stream=stream)
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, url) from exc
+
+    # ------------------------------------------------------------------ bodies
+
+    async def _next_bytes(
+        self,
+        chunks: AsyncIterator[bytes],
+        request: ProviderRequest,
+        url: str,
+        deadline: float | None,
+    ) -> bytes | None:
+        """The next piece of a streamed body; None at its end."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(chunks, None)
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.TimeoutException as exc:
+            raise self._transport_error(exc, url) from exc
+        except httpx.DecodingError as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: cannot decode the stream: {exc}", status=200
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise StreamInterrupted(
+                f"{self.name}: the stream broke off: {describe_exception(exc)}"
+            ) from exc
+
+    async def _read_body(
+        self,
+        response: httpx.Response,
+        request: ProviderRequest,
+        url: str,
+        deadline: float | None,
+    ) -> bytes:
+        """A streamed response's whole body, read by ``deadline``."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await response.aread()
+        except TimeoutError as exc:
+            raise self._timeout_error(request) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, url) from exc
+
+    @staticmethod
+    async def _read_error_body(response: httpx.Response, deadline: float | None) -> bytes:
+        """An error response's body, or b"" if it cannot be read in time."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await response.aread()
+        except (TimeoutError, httpx.HTTPError):
+            return b""
+
+    def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
+        """A JSON body, or ``ProviderBadResponse``."""
+        try:
+            return json.loads(content)
+        except (ValueError, RecursionError) as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
+                status=response.status_code,
+            ) from exc
+
+    def _decode_event(self, data: str, response: httpx.Response) -> dict[str, Any]:
+        """A server-sent event's data as a JSON object, or ``ProviderBadResponse``."""
+        try:
+            event = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProviderBadResponse(
+                f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
+                status=response.status_code,
+            ) from exc
+        if not isinstance(event, dict):
+            raise ProviderBadResponse(
+                f"{self.name}: a stream event is not a JSON object: {snippet(data)!r}",
+                status=response.status_code,
+            )
+        return event
+
+    # ------------------------------------------------------------------ errors
+
+    def _timeout_error(self, request: ProviderRequest) -> ProviderTimeout:
+        limit = "the time allowed" if request.timeout is None else f"{request.timeout:g}s"
+        return ProviderTimeout(f"{self.name}: no answer within {limit}")
+
+    def _transport_error(self, exc: httpx.HTTPError, url: str) -> ProviderError:
+        """The ``ProviderError`` for an httpx failure talking to ``url``."""
+        what = describe_exception(exc)
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderTimeout(f"{self.name}: timed out: {what}")
+        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
+            return ProviderError(
+                f"{self.name}: cannot connect to {url}: {what}",
+                code="PROVIDER_UNREACHABLE",
+                retryable=True,
+            )
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            return ProviderError(
+                f"{self.name}: invalid request to {url}: {what}",
+                code="PROVIDER_INVALID_REQUEST",
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return ProviderBadResponse(f"{self.name}: cannot decode the response: {what}")
+        if isinstance(exc, httpx.TransportError):
+            return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)
+        return ProviderError(f"{self.name}: HTTP failure: {what}")
