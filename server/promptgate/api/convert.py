@@ -132,9 +132,18 @@ _STATES: dict[pb.ExecutionState.ValueType, ExecutionState] = {v: k for k, v in _
 
 
 def _plain(value: Any) -> Any:
-    """protobuf JSON numbers are doubles; give integral ones back as ints."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+    """protobuf JSON numbers are doubles; give integral ones back as ints.
+
+    NaN and infinities are not JSON: they are INVALID_ARGUMENT.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(
+                "JSON numbers must be finite (no NaN or Infinity)", reason="INVALID_PARAMETERS"
+            )
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        return value
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):

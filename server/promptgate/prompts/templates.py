@@ -39,13 +39,17 @@ class TemplateEngine:
         """
         try:
             ast = self._env.parse(source)
+            return set(meta.find_undeclared_variables(ast))
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidArgument.field(
                 field,
                 f"template syntax error on line {exc.lineno}: {exc.message}",
                 reason="INVALID_PROMPT",
             ) from None
-        return set(meta.find_undeclared_variables(ast))
+        except (jinja2.TemplateError, RecursionError, ValueError, TypeError) as exc:
+            raise InvalidArgument.field(
+                field, f"the template cannot be compiled: {exc}", reason="INVALID_PROMPT"
+            ) from None
 
     def compile(self, source: str, field: str) -> jinja2.Template:
         """The compiled template for ``source`` (cached)."""
@@ -60,6 +64,10 @@ class TemplateEngine:
                 field,
                 f"template syntax error on line {exc.lineno}: {exc.message}",
                 reason="INVALID_PROMPT",
+            ) from None
+        except (jinja2.TemplateError, RecursionError, ValueError, TypeError) as exc:
+            raise InvalidArgument.field(
+                field, f"the template cannot be compiled: {exc}", reason="INVALID_PROMPT"
             ) from None
         self._cache[source] = template
         if len(self._cache) > self._cache_size:
