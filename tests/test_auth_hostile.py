@@ -97,6 +97,7 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
     },
     "AdminService/WhoAmI": frozenset(),
     "AdminService/ListModels": frozenset(),
+    "AdminService/GetUsage": frozenset({Scope.ANALYTICS}),
 }
 
 
@@ -233,6 +234,7 @@ MINIMAL: dict[str, tuple[Factory, grpc.StatusCode]] = {
     ),
     "AdminService/WhoAmI": (lambda: apb.WhoAmIRequest(), OK),
     "AdminService/ListModels": (lambda: apb.ListModelsRequest(), OK),
+    "AdminService/GetUsage": (lambda: apb.GetUsageRequest(), OK),
 }
 
 

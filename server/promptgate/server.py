@@ -51,6 +51,7 @@ from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
+from promptgate.execution.usage import UsageReader
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -218,7 +219,15 @@ class PromptgateServer:
             server,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.registry, self.prices, self.keys, self.limiter, calls), server
+            AdminServicer(
+                self.registry,
+                self.prices,
+                self.keys,
+                self.limiter,
+                UsageReader(self.sessions),
+                calls,
+            ),
+            server,
         )
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
             PromptServicer(self.catalog, self.executor, calls), server

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from promptgate.api.context import CallContext
-from promptgate.api.convert import timestamp
+from promptgate.api.convert import timestamp, to_datetime
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.auth.keys import LIMIT_FIELDS, KeyStore
@@ -16,6 +16,7 @@ from promptgate.auth.limits import Limiter
 from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
 from promptgate.errors import InvalidArgument
 from promptgate.execution.pricing import PriceTable
+from promptgate.execution.usage import Grouping, UsageQuery, UsageReader, UsageStats
 from promptgate.providers.registry import LISTED_PREFIXES, Capabilities, ProviderRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -30,8 +31,10 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         prices: PriceTable,
         keys: KeyStore,
         limiter: Limiter,
+        usage: UsageReader,
         calls: CallContext,
     ) -> None:
+        self._usage = usage
         self._registry = registry
         self._prices = prices
         self._keys = keys
@@ -62,7 +65,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             plan=request.plan or DEFAULT_PLAN,
             overrides=overrides,
             expires_at=(
-                request.expire_time.ToDatetime(tzinfo=UTC)
+                to_datetime(request.expire_time, "expire_time")
                 if request.HasField("expire_time")
                 else None
             ),
@@ -93,6 +96,48 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             concurrent_executions=running,
             tokens_this_month=tokens,
         )
+
+    async def GetUsage(
+        self, request: apb.GetUsageRequest, context: Context
+    ) -> apb.GetUsageResponse:
+        group_by: list[Grouping] = []
+        for i, value in enumerate(request.group_by):
+            grouping = _GROUPINGS.get(value)
+            if grouping is None:
+                raise InvalidArgument.field(f"group_by[{i}]", f"unknown grouping {value}")
+            if grouping not in group_by:
+                group_by.append(grouping)
+        query = UsageQuery.window(
+            datetime.now(UTC),
+            to_datetime(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None,
+            to_datetime(request.end_time, "end_time") if request.HasField("end_time") else None,
+            group_by=tuple(group_by),
+            prompt=request.prompt,
+            model=request.model,
+            api_key_id=request.api_key_id,
+        )
+        report = await self._usage.report(self._calls.workspace(context), query)
+        response = apb.GetUsageResponse(
+            start_time=timestamp(query.start),
+            end_time=timestamp(query.end),
+            total=_stats(report.total),
+        )
+        for key, stats in report.groups:
+            response.groups.append(
+                apb.UsageGroup(
+                    prompt=key.prompt,
+                    prompt_id=key.prompt_id,
+                    version=key.version,
+                    provider=key.provider,
+                    model=key.model,
+                    day=key.day,
+                    api_key_id=key.api_key_id,
+                    stats=_stats(stats),
+                )
+            )
+        return response
 
     async def ListModels(
         self, request: apb.ListModelsRequest, context: Context
@@ -168,6 +213,37 @@ def _key(key: ApiKey) -> apb.ApiKey:
         expire_time=timestamp(key.expires_at),
         revoke_time=timestamp(key.revoked_at),
     )
+
+
+_GROUPINGS = {
+    apb.USAGE_GROUPING_PROMPT: Grouping.PROMPT,
+    apb.USAGE_GROUPING_VERSION: Grouping.VERSION,
+    apb.USAGE_GROUPING_MODEL: Grouping.MODEL,
+    apb.USAGE_GROUPING_DAY: Grouping.DAY,
+    apb.USAGE_GROUPING_API_KEY: Grouping.API_KEY,
+}
+
+
+def _stats(stats: UsageStats) -> apb.UsageStats:
+    out = apb.UsageStats(
+        executions=stats.executions,
+        fulfilled=stats.fulfilled,
+        rejected=stats.rejected,
+        cancelled=stats.cancelled,
+        error_rate=stats.error_rate,
+        input_tokens=stats.input_tokens,
+        output_tokens=stats.output_tokens,
+        cached_input_tokens=stats.cached_input_tokens,
+        cost=stats.cost,
+        cost_unit="USD",
+        latency_p50_ms=stats.percentile(50),
+        latency_p95_ms=stats.percentile(95),
+        cache_hits=stats.cache_hits,
+        rated=stats.rated,
+    )
+    if stats.mean_quality is not None:
+        out.mean_quality = stats.mean_quality
+    return out
 
 
 def _capabilities(capabilities: Capabilities) -> apb.ModelCapabilities:

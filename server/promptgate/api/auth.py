@@ -50,7 +50,9 @@ def scopes_for(method: str) -> tuple[Scope, ...]:
     if service.endswith(".PromptService"):
         return (Scope.TEMPLATES,) if name in TEMPLATE_WRITES else (Scope.EXECUTE, Scope.TEMPLATES)
     if service.endswith(".AdminService"):
-        return (Scope.ADMIN,) if name in KEY_MANAGEMENT else ()
+        if name in KEY_MANAGEMENT:
+            return (Scope.ADMIN,)
+        return (Scope.ANALYTICS,) if name == "GetUsage" else ()
     return (Scope.ADMIN,)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC as _UTC
 from typing import Any
 
 import grpc
@@ -103,10 +102,12 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             version=request.version,
             release_tag=request.release_tag,
             state=convert.state_from_proto(request.state),
-            start=request.start_time.ToDatetime(tzinfo=_UTC)
+            start=convert.to_datetime(request.start_time, "start_time")
             if request.HasField("start_time")
             else None,
-            end=request.end_time.ToDatetime(tzinfo=_UTC) if request.HasField("end_time") else None,
+            end=convert.to_datetime(request.end_time, "end_time")
+            if request.HasField("end_time")
+            else None,
         )
         return epb.ListExecutionsResponse(
             executions=[convert.execution_to_proto(r) for r in records], next_page_token=token
