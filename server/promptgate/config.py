@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Execution
     max_prompt_chars: int = Field(1_000_000, ge=1)
     max_inputs: int = Field(256, ge=1)
+    template_timeout_s: float = Field(1.0, gt=0)
     default_timeout_s: float = Field(600.0, gt=0)
     default_release_tag: str = "production"
     resolve_cache_ttl_s: float = Field(1.0, ge=0)

@@ -136,7 +136,9 @@ class PromptgateServer:
             },
         )
         self.prices = PriceTable.load(s.prices_file)
-        self.templates = TemplateEngine()
+        self.templates = TemplateEngine(
+            max_chars=s.max_prompt_chars, timeout_s=s.template_timeout_s
+        )
         self.cache: ResponseCache = (
             RedisCache(s.redis_url)
             if s.cache_backend == "redis"
@@ -310,6 +312,7 @@ class PromptgateServer:
         if not await self.executor.wait_idle(5.0):
             log.warning("executions still running after shutdown; their records may be lost")
         await self.recorder.close()
+        self.templates.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)
         await self.registry.aclose()
         await self.cache.aclose()

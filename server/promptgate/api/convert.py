@@ -151,15 +151,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _to_json(message: struct_pb2.Struct | struct_pb2.Value) -> Any:
+    try:
+        return json_format.MessageToDict(message)
+    except (ValueError, json_format.SerializeToJsonError):
+        # NaN or Infinity somewhere inside: not JSON.
+        raise InvalidArgument(
+            "JSON numbers must be finite (no NaN or Infinity)", reason="INVALID_PARAMETERS"
+        ) from None
+
+
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain dict."""
-    result: dict[str, Any] = _plain(json_format.MessageToDict(struct))
+    result: dict[str, Any] = _plain(_to_json(struct))
     return result
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
     """A Value as a plain Python value."""
-    return _plain(json_format.MessageToDict(value))
+    return _plain(_to_json(value))
 
 
 def dict_to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:

@@ -427,7 +427,7 @@ class Executor:
         tools = request.tools if request.tools is not None else spec.tools
         tool_choice = request.tool_choice or spec.tool_choice
         values = resolve_inputs(declared, request.inputs)
-        messages = render_messages(
+        messages = await render_messages(
             spec,
             values,
             self._templates,

@@ -10,7 +10,7 @@ from promptgate.prompts.model import PromptSpec
 from promptgate.prompts.templates import TemplateEngine
 
 
-def render_messages(
+async def render_messages(
     spec: PromptSpec,
     values: dict[str, Any],
     templates: TemplateEngine,
@@ -25,7 +25,7 @@ def render_messages(
             history = values.get(block.chat_history_input) or []
             messages.extend(m for m in history if isinstance(m, ChatMessage))
             continue
-        content = templates.render(block.template, values, f"{field}.messages[{i}].template")
+        content = await templates.render(block.template, values, f"{field}.messages[{i}].template")
         messages.append(ChatMessage(role=block.role or Role.USER, content=content))
     total = sum(len(m.content) for m in messages)
     if not messages or not any(m.content.strip() or m.function_calls for m in messages):

@@ -33,7 +33,9 @@ import json
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from promptgate.chat import FinishReason, FunctionCall, Role, Usage, deep_merge
 from promptgate.errors import ProviderError, StreamInterrupted
@@ -52,21 +54,25 @@ _WORDS = (
 _MODEL_CONTROL = re.compile(r"^mock-(hang|error-(\d{3})|cut-(\d+))$")
 
 
+_Count = Annotated[int, Field(ge=0, le=100_000)]
+_Millis = Annotated[float, Field(ge=0, le=3_600_000)]
+
+
 @dataclass(frozen=True, slots=True)
 class MockControls:
     """The behaviour asked of the mock for one request."""
 
     text: str | None = None
-    output_tokens: int | None = None
-    input_tokens: int | None = None
-    latency_ms: float = 0.0
-    ttft_ms: float = 0.0
-    chunks: int | None = None
-    chunk_interval_ms: float = 0.0
-    error_status: int = 0
+    output_tokens: _Count | None = None
+    input_tokens: _Count | None = None
+    latency_ms: _Millis = 0.0
+    ttft_ms: _Millis = 0.0
+    chunks: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    chunk_interval_ms: _Millis = 0.0
+    error_status: Annotated[int, Field(ge=0, le=599)] = 0
     error_message: str = ""
-    retry_after_s: float | None = None
-    cut_after: int | None = None
+    retry_after_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    cut_after: _Count | None = None
     hang: bool = False
     function_call: dict[str, Any] | None = None
 
@@ -89,9 +95,18 @@ class MockControls:
             elif match.group(3):
                 values.setdefault("cut_after", int(match.group(3)))
         try:
-            return cls(**values)
-        except TypeError:
-            return cls()
+            return _CONTROLS.validate_python(values)
+        except ValidationError as exc:
+            # Like a provider refusing a bad parameter: the execution is REJECTED.
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ProviderError(
+                f"invalid mock controls: {problems}", code="PROVIDER_INVALID_REQUEST", status=400
+            ) from None
+
+
+_CONTROLS: TypeAdapter[MockControls] = TypeAdapter(MockControls)
 
 
 class MockProvider:
