@@ -93,7 +93,7 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
     },
     **{
         f"AdminService/{name}": frozenset({Scope.ADMIN})
-        for name in ("CreateApiKey", "ListApiKeys", "RevokeApiKey")
+        for name in ("CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetWebhookSecret")
     },
     "AdminService/WhoAmI": frozenset(),
     "AdminService/ListModels": frozenset(),
@@ -235,6 +235,11 @@ MINIMAL: dict[str, tuple[Factory, grpc.StatusCode]] = {
     "AdminService/WhoAmI": (lambda: apb.WhoAmIRequest(), OK),
     "AdminService/ListModels": (lambda: apb.ListModelsRequest(), OK),
     "AdminService/GetUsage": (lambda: apb.GetUsageRequest(), OK),
+    # The test servers have no webhook secret configured.
+    "AdminService/GetWebhookSecret": (
+        lambda: apb.GetWebhookSecretRequest(),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
 }
 
 

@@ -16,9 +16,12 @@ from typing import Any
 import grpc
 import pytest
 
+from promptgate.api.v1 import admin_service_pb2 as apb
+from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
+from promptgate.auth.model import Scope
 from promptgate.batches.webhooks import SIGNATURE_HEADER, verify
 from tests.conftest import Running, authed_channel
 from tests.fake_openai import FakeOpenAI
@@ -189,12 +192,23 @@ async def test_completion_webhook_is_signed_retried_and_recorded(start_server: A
         assert len(receiver.requests) == 2
         delivered = receiver.requests[-1]
         assert delivered.headers["x-promptgate-event"] == "batch.completed"
-        assert verify(
-            "s3cret", delivered.headers[SIGNATURE_HEADER.lower()], delivered.body, now=time.time()
+        # Signed with the workspace's own secret, not the server's nor another workspace's.
+        admin = apb_grpc.AdminServiceStub(running.channel)
+        secret = (await admin.GetWebhookSecret(apb.GetWebhookSecretRequest())).secret
+        assert secret.startswith("whsec_") and secret != "s3cret"
+        assert await running.server.keys.ensure_workspace("other")
+        other = await running.server.keys.create(
+            "other", name="other", scopes=[Scope.ADMIN], plan="unlimited"
         )
-        assert not verify(
-            "wrong", delivered.headers[SIGNATURE_HEADER.lower()], delivered.body, now=time.time()
-        )
+        async with authed_channel(running.address, other.secret) as channel:
+            theirs = await apb_grpc.AdminServiceStub(channel).GetWebhookSecret(
+                apb.GetWebhookSecretRequest()
+            )
+        assert theirs.workspace == "other" and theirs.secret != secret
+        signature = delivered.headers[SIGNATURE_HEADER.lower()]
+        assert verify(secret, signature, delivered.body, now=time.time())
+        for wrong in ("s3cret", theirs.secret, "wrong"):
+            assert not verify(wrong, signature, delivered.body, now=time.time())
         summary = json.loads(delivered.body)
         assert summary["batch"]["id"] == batch.id
         assert summary["batch"]["state"] == "SUCCEEDED"

@@ -485,7 +485,9 @@ def _seed_pool(channel: grpc.Channel) -> None:
         metadata=metadata,
     )
     batch = executions.ExecuteBatch(
-        epb.ExecuteBatchRequest(prompt="demo", items=[epb.BatchItem(custom_id="seed", inputs=question)]),
+        epb.ExecuteBatchRequest(
+            prompt="demo", items=[epb.BatchItem(custom_id="seed", inputs=question)]
+        ),
         metadata=metadata,
     ).batch
     prompt = prompts.CreatePrompt(ppb.CreatePromptRequest(name="fuzzed"), metadata=metadata)

@@ -189,3 +189,10 @@ async def test_usage_counts_cancelled_streams(pg: Running) -> None:
             break
         await asyncio.sleep(0.05)
     assert (usage.total.executions, usage.total.rejected, usage.total.cancelled) == (1, 1, 1)
+
+
+async def test_webhook_secret_needs_a_configured_server(pg: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await apb_grpc.AdminServiceStub(pg.channel).GetWebhookSecret(apb.GetWebhookSecretRequest())
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(caught.value)[0].reason == "WEBHOOKS_DISABLED"

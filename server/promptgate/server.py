@@ -228,6 +228,7 @@ class PromptgateServer:
                 self.limiter,
                 UsageReader(self.sessions),
                 calls,
+                webhook_secret=self.settings.webhook_secret or "",
             ),
             server,
         )

@@ -14,7 +14,8 @@ from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.auth.keys import LIMIT_FIELDS, KeyStore
 from promptgate.auth.limits import Limiter
 from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
-from promptgate.errors import InvalidArgument
+from promptgate.batches.webhooks import workspace_secret
+from promptgate.errors import FailedPrecondition, InvalidArgument
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.usage import Grouping, UsageQuery, UsageReader, UsageStats
 from promptgate.providers.registry import LISTED_PREFIXES, Capabilities, ProviderRegistry
@@ -33,7 +34,9 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         limiter: Limiter,
         usage: UsageReader,
         calls: CallContext,
+        webhook_secret: str = "",
     ) -> None:
+        self._webhook_secret = webhook_secret
         self._usage = usage
         self._registry = registry
         self._prices = prices
@@ -138,6 +141,19 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                 )
             )
         return response
+
+    async def GetWebhookSecret(
+        self, request: apb.GetWebhookSecretRequest, context: Context
+    ) -> apb.GetWebhookSecretResponse:
+        workspace = self._calls.workspace(context)
+        if not self._webhook_secret:
+            raise FailedPrecondition(
+                "batch callbacks are not enabled on this server (PROMPTGATE_WEBHOOK_SECRET)",
+                reason="WEBHOOKS_DISABLED",
+            )
+        return apb.GetWebhookSecretResponse(
+            workspace=workspace, secret=workspace_secret(self._webhook_secret, workspace)
+        )
 
     async def ListModels(
         self, request: apb.ListModelsRequest, context: Context

@@ -39,7 +39,7 @@ TEMPLATE_WRITES = {
     "CreatePromptVersion",
     "SetReleaseTag",
 }
-KEY_MANAGEMENT = {"CreateApiKey", "ListApiKeys", "RevokeApiKey"}
+KEY_MANAGEMENT = {"CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetWebhookSecret"}
 
 
 def scopes_for(method: str) -> tuple[Scope, ...]:

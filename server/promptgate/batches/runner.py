@@ -27,7 +27,7 @@ from typing import Any
 
 from promptgate.batches.model import Batch, ItemState
 from promptgate.batches.store import BatchStore, ClaimedItem, ItemOutcome, RunnableBatch
-from promptgate.batches.webhooks import DeliveryAttempt, WebhookSender
+from promptgate.batches.webhooks import DeliveryAttempt, WebhookSender, workspace_secret
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import (
@@ -367,7 +367,7 @@ class BatchRunner:
             batch.callback_url,
             "batch.completed",
             callback_payload(batch),
-            self._settings.webhook_secret,
+            workspace_secret(self._settings.webhook_secret, batch.workspace_id),
             on_attempt=record,
         )
         await self._store.callback_done(batch_id, result.delivered)

@@ -4,7 +4,8 @@ When a batch ends, promptgate POSTs a JSON document to the caller's
 ``callback_url``. Three parts:
 
 - **Signing.** The body is compact JSON with sorted keys (``encode_body``). It
-  is signed with the batch's secret: the ``X-Promptgate-Signature`` header is
+  is signed with the batch's workspace's secret (``workspace_secret``, derived
+  from the server's): the ``X-Promptgate-Signature`` header is
   ``t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``. Receivers
   check it with ``verify`` (or its few lines in their language), which also
   refuses timestamps more than ``tolerance_s`` away from now, so a captured
@@ -154,6 +155,18 @@ def encode_body(payload: dict[str, Any]) -> bytes:
 def _mac(secret: str, timestamp: int, body: bytes) -> str:
     message = f"{timestamp}.".encode("ascii") + body
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def workspace_secret(server_secret: str, workspace: str) -> str:
+    """The signing secret of one workspace's webhooks, derived from the server's.
+
+    Each workspace verifies with its own secret (AdminService.GetWebhookSecret),
+    so a receiver of one workspace cannot forge callbacks for another.
+    """
+    mac = hmac.new(
+        server_secret.encode("utf-8"), b"promptgate-webhook/" + workspace.encode(), hashlib.sha256
+    )
+    return "whsec_" + mac.hexdigest()
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

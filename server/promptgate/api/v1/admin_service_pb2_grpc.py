@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/promptgate.v1.AdminService/GetWebhookSecret',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -127,6 +132,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookSecret(self, request, context):
+        """The secret that signs the caller's workspace's batch callbacks
+        (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+        FAILED_PRECONDITION when the server has no webhook secret configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +173,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.FromString,
                     response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -328,6 +347,33 @@ class AdminService:
             '/promptgate.v1.AdminService/GetUsage',
             promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
             promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/GetWebhookSecret',
+            promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

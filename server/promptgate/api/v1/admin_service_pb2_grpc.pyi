@@ -60,6 +60,11 @@ class AdminServiceStub:
     and grouped by prompt, version, model, API key and/or day. Needs the
     analytics.read scope.
     """
+    GetWebhookSecret: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookSecretRequest, _admin_service_pb2.GetWebhookSecretResponse]
+    """The secret that signs the caller's workspace's batch callbacks
+    (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+    FAILED_PRECONDITION when the server has no webhook secret configured.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -92,6 +97,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     cost, latency percentiles, error rate and mean actual quality, in total
     and grouped by prompt, version, model, API key and/or day. Needs the
     analytics.read scope.
+    """
+    GetWebhookSecret: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookSecretRequest, _admin_service_pb2.GetWebhookSecretResponse]  # type: ignore[assignment]
+    """The secret that signs the caller's workspace's batch callbacks
+    (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+    FAILED_PRECONDITION when the server has no webhook secret configured.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +168,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         cost, latency percentiles, error rate and mean actual quality, in total
         and grouped by prompt, version, model, API key and/or day. Needs the
         analytics.read scope.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhookSecret(
+        self,
+        request: _admin_service_pb2.GetWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetWebhookSecretResponse, _abc.Awaitable[_admin_service_pb2.GetWebhookSecretResponse]]:
+        """The secret that signs the caller's workspace's batch callbacks
+        (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+        FAILED_PRECONDITION when the server has no webhook secret configured.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
