@@ -49,6 +49,7 @@ anything else                     echo: the last user message's text, streamed o
                                   first two tools, else ``get_weather``); streamed as
                                   tool-call deltas with the arguments split over chunks
 ``fake-bad-args``                 one tool call whose arguments are not valid JSON
+``fake-quota``                    429 with ``insufficient_quota`` (the account is out of credit)
 ``fake-ignore-stream``            always a JSON completion, even for stream requests
 ================================  =====================================================
 
@@ -544,6 +545,7 @@ class _Behaviour:
             "fake-tools": self._tools,
             "fake-bad-args": self._bad_args,
             "fake-ignore-stream": self._ignore_stream,
+            "fake-quota": self._quota,
         }
         status = _STATUS_MODEL.match(self.model)
         if status:
@@ -667,6 +669,17 @@ class _Behaviour:
             await self._content_stream(_WORD.findall(text))
         else:
             await self.ex.send_json(200, self._completion(text))
+
+    async def _quota(self) -> None:
+        await _send_error(
+            self.ex,
+            429,
+            "You exceeded your current quota, please check your plan and billing details. "
+            "For more information on this error, read the docs: "
+            "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "insufficient_quota",
+            code="insufficient_quota",
+        )
 
     async def _error_status(self, status: int) -> None:
         ex = self.ex

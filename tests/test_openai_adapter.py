@@ -546,6 +546,15 @@ async def test_429_is_rate_limited_with_retry_after_seconds(
     assert "rate_limit_exceeded" in error.message
 
 
+async def test_429_insufficient_quota_is_not_retried(provider: OpenAIProvider) -> None:
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(make_request("fake-quota"))
+    assert caught.value.code == "PROVIDER_QUOTA_EXHAUSTED"
+    assert caught.value.status == 429
+    assert not caught.value.retryable
+    assert "exceeded your current quota" in caught.value.message
+
+
 async def test_429_retry_after_as_an_http_date(provider: OpenAIProvider) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     with pytest.raises(ProviderError) as caught:

@@ -267,6 +267,9 @@ class OpenAIProvider(HttpProvider):
         detail = _error_detail(body)
         message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
         code, retryable = classify_status(status)
+        if status == 429 and _error_kind(body) == "insufficient_quota":
+            # The account is out of credit: waiting does not help, another target may.
+            code, retryable = "PROVIDER_QUOTA_EXHAUSTED", False
         return ProviderError(
             message,
             code=code,
@@ -551,6 +554,19 @@ def _stream_error(name: str, error: Any) -> ProviderError:
         status=status,
         retryable=retryable,
     )
+
+
+def _error_kind(body: bytes) -> str:
+    """The ``error.code`` (or ``error.type``) of an OpenAI error body, if any."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    kind = error.get("code") or error.get("type")
+    return kind if isinstance(kind, str) else ""
 
 
 def _error_detail(body: bytes) -> str:
