@@ -173,6 +173,21 @@ async def test_cancel_mid_run(pg: Running) -> None:
         epb.BATCH_ITEM_STATE_FULFILLED,
         epb.BATCH_ITEM_STATE_CANCELLED,
     }
+    # Items running when the batch was cancelled point at their CANCELLED
+    # executions; items that never started have none.
+    interrupted = [
+        r for r in results if r.state == epb.BATCH_ITEM_STATE_CANCELLED and r.execution_id
+    ]
+    assert 1 <= len(interrupted) <= 2
+    for result in interrupted:
+        assert result.error.code == "CANCELLED"
+        execution = (
+            await pg.executions.GetExecution(
+                epb.GetExecutionRequest(execution_id=result.execution_id)
+            )
+        ).execution
+        assert execution.state == pb.EXECUTION_STATE_REJECTED
+        assert execution.error.code == "CANCELLED"
     again = (await pg.executions.CancelBatch(epb.CancelBatchRequest(batch_id=created.id))).batch
     assert again.state == epb.BATCH_STATE_CANCELLED
     done = (

@@ -259,16 +259,19 @@ class BatchRunner:
             resume=True,
             fresh=item.starts == 1,  # never started before: no execution can exist yet
         )
+        started: list[str] = []
         try:
-            record = await self._executor.execute(request)
+            record = await self._executor.execute(request, on_started=started.append)
         except asyncio.CancelledError:
             # Shielded: the item's outcome must be written even if cancelled again.
             if key in self._shutdown_cancelled:
                 await asyncio.shield(self._store.release(batch.id, item.index, self.worker_id))
             else:
+                # The execution (if it started) is recorded CANCELLED under this id.
+                execution_id = started[0] if started else ""
                 failure = ExecutionFailure("CANCELLED", "the batch was cancelled")
                 await asyncio.shield(
-                    self._finish(batch.id, item.index, ItemState.CANCELLED, "", failure)
+                    self._finish(batch.id, item.index, ItemState.CANCELLED, execution_id, failure)
                 )
             raise
         except RequestError as exc:

@@ -182,11 +182,17 @@ class Executor:
         """Raise the RequestError ``request`` would fail with, without executing it."""
         await self._plan(request, streamed=False)
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionRecord:
-        """Run ``request`` to a recorded FULFILLED or REJECTED execution."""
+    async def execute(
+        self, request: ExecutionRequest, *, on_started: Callable[[str], None] | None = None
+    ) -> ExecutionRecord:
+        """Run ``request`` to a recorded FULFILLED or REJECTED execution.
+
+        ``on_started`` gets the execution id once the execution will be recorded
+        whatever happens (even if the call is cancelled from then on).
+        """
         self._active += 1
         try:
-            return await self._execute(request)
+            return await self._execute(request, on_started)
         finally:
             self._leave()
 
@@ -229,7 +235,9 @@ class Executor:
         if not self._active:
             self._idle.set()
 
-    async def _execute(self, request: ExecutionRequest) -> ExecutionRecord:
+    async def _execute(
+        self, request: ExecutionRequest, on_started: Callable[[str], None] | None = None
+    ) -> ExecutionRecord:
         started = time.monotonic()
         replay, existing = await self._replay(request)
         if replay is not None:
@@ -239,6 +247,8 @@ class Executor:
         claimed = await self._claim(request, record, existing)
         if isinstance(claimed, ExecutionRecord):
             return claimed
+        if on_started is not None:
+            on_started(record.id)
         deadline = self._deadline(request)
         run = RouteRun()
         try:
