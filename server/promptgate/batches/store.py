@@ -188,9 +188,13 @@ class BatchStore:
     async def events_after(
         self, workspace: str, batch_id: str, after: int, limit: int = 500
     ) -> tuple[Batch, list[tuple[BatchEventRow, BatchItemRow | None]]]:
-        """The batch now, and its events numbered above ``after`` (with their items)."""
+        """The batch now, and its events numbered above ``after`` (with their items).
+
+        The batch is read last: each statement may see a newer snapshot than the
+        one before, and the batch must be at least as new as the last event (a
+        terminal progress event must carry the terminal state).
+        """
         async with self._sessions() as session:
-            batch = await _batch_row(session, workspace, batch_id)
             events = list(
                 (
                     await session.exec(
@@ -210,6 +214,7 @@ class BatchStore:
                     )
                 )
                 items = {r.idx: r for r in rows.all()}
+            batch = await _batch_row(session, workspace, batch_id)
         return _batch(batch), [
             (e, items.get(e.item_idx) if e.item_idx is not None else None) for e in events
         ]
