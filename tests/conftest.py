@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from promptgate.api.v1 import execution_service_pb2_grpc, prompt_service_pb2_grpc
 from promptgate.config import Settings
 from promptgate.server import PromptgateServer
+from tests.live import LiveServer, start_live_server
 
 PG_ADMIN_DSN = os.environ.get("PROMPTGATE_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 
@@ -172,3 +173,13 @@ def postgres_url() -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One ``promptgate serve --dev --port 0`` process shared by the client tests."""
+    server = start_live_server(tmp_path_factory.mktemp("live"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,3 @@
+module github.com/promptgate/promptgate/clients/go
+
+go 1.19

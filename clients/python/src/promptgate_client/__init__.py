@@ -1,0 +1,75 @@
+"""promptgate client: generated stubs (``promptgate_client.v1``) and small sync and
+async clients with API-key auth, default deadlines, UNAVAILABLE retries, typed
+inputs and typed errors."""
+
+from promptgate_client._async import AsyncClient
+from promptgate_client._build import (
+    actual,
+    batch_item,
+    chat_history,
+    chat_message,
+    execute_request,
+    json_value,
+    model_parameters,
+    output_text,
+    prompt_input,
+    prompt_inputs,
+    struct,
+)
+from promptgate_client._channel import RetryPolicy
+from promptgate_client._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    DeadlineExceededError,
+    ExecutionRejectedError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    PromptgateError,
+    ResourceExhaustedError,
+    StatusError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    from_rpc_error,
+)
+from promptgate_client._sync import Client
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "CancelledError",
+    "Client",
+    "DeadlineExceededError",
+    "ExecutionRejectedError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PromptgateError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "StatusError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "actual",
+    "batch_item",
+    "chat_history",
+    "chat_message",
+    "execute_request",
+    "from_rpc_error",
+    "json_value",
+    "model_parameters",
+    "output_text",
+    "prompt_input",
+    "prompt_inputs",
+    "struct",
+]

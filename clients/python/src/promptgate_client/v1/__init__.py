@@ -1,0 +1,1 @@
+"""Generated from proto/promptgate/v1 by `make clients`."""
