@@ -30,6 +30,15 @@ type AdminServiceClient interface {
 	// Lists the configured providers and the models they serve, with prices
 	// and capabilities.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// Usage of the workspace's executions in a time window: counts, tokens,
+	// cost, latency percentiles, error rate and mean actual quality, in total
+	// and grouped by prompt, version, model, API key and/or day. Needs the
+	// analytics.read scope.
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// The secret that signs the caller's workspace's batch callbacks
+	// (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+	// FAILED_PRECONDITION when the server has no webhook secret configured.
+	GetWebhookSecret(ctx context.Context, in *GetWebhookSecretRequest, opts ...grpc.CallOption) (*GetWebhookSecretResponse, error)
 }
 
 type adminServiceClient struct {
@@ -85,6 +94,24 @@ func (c *adminServiceClient) ListModels(ctx context.Context, in *ListModelsReque
 	return out, nil
 }
 
+func (c *adminServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.AdminService/GetUsage", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetWebhookSecret(ctx context.Context, in *GetWebhookSecretRequest, opts ...grpc.CallOption) (*GetWebhookSecretResponse, error) {
+	out := new(GetWebhookSecretResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.AdminService/GetWebhookSecret", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -102,6 +129,15 @@ type AdminServiceServer interface {
 	// Lists the configured providers and the models they serve, with prices
 	// and capabilities.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// Usage of the workspace's executions in a time window: counts, tokens,
+	// cost, latency percentiles, error rate and mean actual quality, in total
+	// and grouped by prompt, version, model, API key and/or day. Needs the
+	// analytics.read scope.
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// The secret that signs the caller's workspace's batch callbacks
+	// (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+	// FAILED_PRECONDITION when the server has no webhook secret configured.
+	GetWebhookSecret(context.Context, *GetWebhookSecretRequest) (*GetWebhookSecretResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -123,6 +159,12 @@ func (UnimplementedAdminServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (
 }
 func (UnimplementedAdminServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedAdminServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedAdminServiceServer) GetWebhookSecret(context.Context, *GetWebhookSecretRequest) (*GetWebhookSecretResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetWebhookSecret not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -227,6 +269,42 @@ func _AdminService_ListModels_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.AdminService/GetUsage",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetWebhookSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetWebhookSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetWebhookSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.AdminService/GetWebhookSecret",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetWebhookSecret(ctx, req.(*GetWebhookSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "promptgate.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -250,6 +328,14 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListModels",
 			Handler:    _AdminService_ListModels_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _AdminService_GetUsage_Handler,
+		},
+		{
+			MethodName: "GetWebhookSecret",
+			Handler:    _AdminService_GetWebhookSecret_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,307 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Not set."""
+    USAGE_GROUPING_PROMPT: _UsageGrouping.ValueType  # 1
+    """By prompt (inline executions form a group with an empty prompt)."""
+    USAGE_GROUPING_VERSION: _UsageGrouping.ValueType  # 2
+    """By prompt and version."""
+    USAGE_GROUPING_MODEL: _UsageGrouping.ValueType  # 3
+    """By provider and model."""
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 4
+    """By UTC calendar day."""
+    USAGE_GROUPING_API_KEY: _UsageGrouping.ValueType  # 5
+    """By the API key that made the execution."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """A dimension GetUsage groups by."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Not set."""
+USAGE_GROUPING_PROMPT: UsageGrouping.ValueType  # 1
+"""By prompt (inline executions form a group with an empty prompt)."""
+USAGE_GROUPING_VERSION: UsageGrouping.ValueType  # 2
+"""By prompt and version."""
+USAGE_GROUPING_MODEL: UsageGrouping.ValueType  # 3
+"""By provider and model."""
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 4
+"""By UTC calendar day."""
+USAGE_GROUPING_API_KEY: UsageGrouping.ValueType  # 5
+"""By the API key that made the execution."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
+@_typing.final
+class GetWebhookSecretRequest(_message.Message):
+    """Request for GetWebhookSecret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookSecretRequest: _TypeAlias = GetWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class GetWebhookSecretResponse(_message.Message):
+    """Response for GetWebhookSecret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    """The workspace the secret belongs to."""
+    secret: _builtins.str
+    """The HMAC-SHA256 key of X-Promptgate-Signature, "whsec_..."."""
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookSecretResponse: _TypeAlias = GetWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """Request for GetUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Optional. Only executions of this prompt (name or id)."""
+    model: _builtins.str
+    """Optional. Only executions served by this model."""
+    api_key_id: _builtins.str
+    """Optional. Only executions made with this API key id."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Start of the window, inclusive (default: 30 days before end_time)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. End of the window, exclusive (default: now)."""
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___UsageGrouping.ValueType]:
+        """Optional. Dimensions to group by, combined; none gives only the total."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: _abc.Iterable[Global___UsageGrouping.ValueType] | None = ...,
+        prompt: _builtins.str = ...,
+        model: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "end_time", b"end_time", "group_by", b"group_by", "model", b"model", "prompt", b"prompt", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """Response for GetUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window the figures cover, start inclusive."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's end, exclusive."""
+
+    @_builtins.property
+    def total(self) -> Global___UsageStats:
+        """Every execution in the window that matches the filters."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
+        """One entry per combination of the grouping dimensions, ordered by them."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        total: Global___UsageStats | None = ...,
+        groups: _abc.Iterable[Global___UsageGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "groups", b"groups", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class UsageGroup(_message.Message):
+    """The figures of one group; only the requested dimensions are set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    STATS_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Output only. The prompt name (USAGE_GROUPING_PROMPT or _VERSION)."""
+    prompt_id: _builtins.str
+    """Output only. The prompt id (USAGE_GROUPING_PROMPT or _VERSION)."""
+    version: _builtins.int
+    """Output only. The version number (USAGE_GROUPING_VERSION)."""
+    provider: _builtins.str
+    """Output only. The provider (USAGE_GROUPING_MODEL)."""
+    model: _builtins.str
+    """Output only. The model (USAGE_GROUPING_MODEL)."""
+    day: _builtins.str
+    """Output only. The UTC day, "YYYY-MM-DD" (USAGE_GROUPING_DAY)."""
+    api_key_id: _builtins.str
+    """Output only. The API key id (USAGE_GROUPING_API_KEY)."""
+    @_builtins.property
+    def stats(self) -> Global___UsageStats:
+        """Output only. The group's figures."""
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        prompt_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        day: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        stats: Global___UsageStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "day", b"day", "model", b"model", "prompt", b"prompt", "prompt_id", b"prompt_id", "provider", b"provider", "stats", b"stats", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageGroup: _TypeAlias = UsageGroup  # noqa: Y015
+
+@_typing.final
+class UsageStats(_message.Message):
+    """Aggregate figures over a set of executions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    FULFILLED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    COST_UNIT_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    RATED_FIELD_NUMBER: _builtins.int
+    MEAN_QUALITY_FIELD_NUMBER: _builtins.int
+    executions: _builtins.int
+    """Output only. Finished executions (FULFILLED + REJECTED)."""
+    fulfilled: _builtins.int
+    """Output only. Executions FULFILLED."""
+    rejected: _builtins.int
+    """Output only. Executions REJECTED (cancellations included)."""
+    cancelled: _builtins.int
+    """Output only. Of those rejected, the ones cancelled by their caller."""
+    error_rate: _builtins.float
+    """Output only. rejected / executions (0 when there are none)."""
+    input_tokens: _builtins.int
+    """Output only. Prompt tokens."""
+    output_tokens: _builtins.int
+    """Output only. Generated tokens."""
+    cached_input_tokens: _builtins.int
+    """Output only. Prompt tokens served from the provider's cache."""
+    cost: _builtins.float
+    """Output only. Total cost."""
+    cost_unit: _builtins.str
+    """Output only. The cost's currency, "USD"."""
+    latency_p50_ms: _builtins.float
+    """Output only. Median end-to-end latency in milliseconds."""
+    latency_p95_ms: _builtins.float
+    """Output only. 95th percentile latency in milliseconds."""
+    cache_hits: _builtins.int
+    """Output only. Executions answered from promptgate's response cache."""
+    rated: _builtins.int
+    """Output only. Executions with a current actual that carries a quality."""
+    mean_quality: _builtins.float
+    """Output only. Mean quality (0..1) of the current actuals; unset when none."""
+    def __init__(
+        self,
+        *,
+        executions: _builtins.int = ...,
+        fulfilled: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cost: _builtins.float = ...,
+        cost_unit: _builtins.str = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        cache_hits: _builtins.int = ...,
+        rated: _builtins.int = ...,
+        mean_quality: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_quality", b"_mean_quality", "mean_quality", b"mean_quality"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_quality", b"_mean_quality", "cache_hits", b"cache_hits", "cached_input_tokens", b"cached_input_tokens", "cancelled", b"cancelled", "cost", b"cost", "cost_unit", b"cost_unit", "error_rate", b"error_rate", "executions", b"executions", "fulfilled", b"fulfilled", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "mean_quality", b"mean_quality", "output_tokens", b"output_tokens", "rated", b"rated", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mean_quality: _TypeAlias = _typing.Literal["mean_quality"]  # noqa: Y015
+    _WhichOneofArgType__mean_quality: _TypeAlias = _typing.Literal["_mean_quality", b"_mean_quality"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_quality) -> _WhichOneofReturnType__mean_quality | None: ...
+
+Global___UsageStats: _TypeAlias = UsageStats  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -64,6 +64,16 @@ class AdminServiceStub:
                 request_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/promptgate.v1.AdminService/GetUsage',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/promptgate.v1.AdminService/GetWebhookSecret',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -112,6 +122,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Usage of the workspace's executions in a time window: counts, tokens,
+        cost, latency percentiles, error rate and mean actual quality, in total
+        and grouped by prompt, version, model, API key and/or day. Needs the
+        analytics.read scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSecret(self, request, context):
+        """The secret that signs the caller's workspace's batch callbacks
+        (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+        FAILED_PRECONDITION when the server has no webhook secret configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +168,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsRequest.FromString,
                     response_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -281,6 +320,60 @@ class AdminService:
             '/promptgate.v1.AdminService/ListModels',
             promptgate_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
             promptgate_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/GetUsage',
+            promptgate_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/GetWebhookSecret',
+            promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

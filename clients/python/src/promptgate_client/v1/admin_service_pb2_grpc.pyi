@@ -54,6 +54,17 @@ class AdminServiceStub:
     """Lists the configured providers and the models they serve, with prices
     and capabilities.
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetUsageRequest, _admin_service_pb2.GetUsageResponse]
+    """Usage of the workspace's executions in a time window: counts, tokens,
+    cost, latency percentiles, error rate and mean actual quality, in total
+    and grouped by prompt, version, model, API key and/or day. Needs the
+    analytics.read scope.
+    """
+    GetWebhookSecret: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookSecretRequest, _admin_service_pb2.GetWebhookSecretResponse]
+    """The secret that signs the caller's workspace's batch callbacks
+    (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+    FAILED_PRECONDITION when the server has no webhook secret configured.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -80,6 +91,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the configured providers and the models they serve, with prices
     and capabilities.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetUsageRequest, _admin_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Usage of the workspace's executions in a time window: counts, tokens,
+    cost, latency percentiles, error rate and mean actual quality, in total
+    and grouped by prompt, version, model, API key and/or day. Needs the
+    analytics.read scope.
+    """
+    GetWebhookSecret: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookSecretRequest, _admin_service_pb2.GetWebhookSecretResponse]  # type: ignore[assignment]
+    """The secret that signs the caller's workspace's batch callbacks
+    (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+    FAILED_PRECONDITION when the server has no webhook secret configured.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +156,29 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_service_pb2.ListModelsResponse, _abc.Awaitable[_admin_service_pb2.ListModelsResponse]]:
         """Lists the configured providers and the models they serve, with prices
         and capabilities.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _admin_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetUsageResponse, _abc.Awaitable[_admin_service_pb2.GetUsageResponse]]:
+        """Usage of the workspace's executions in a time window: counts, tokens,
+        cost, latency percentiles, error rate and mean actual quality, in total
+        and grouped by prompt, version, model, API key and/or day. Needs the
+        analytics.read scope.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhookSecret(
+        self,
+        request: _admin_service_pb2.GetWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetWebhookSecretResponse, _abc.Awaitable[_admin_service_pb2.GetWebhookSecretResponse]]:
+        """The secret that signs the caller's workspace's batch callbacks
+        (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+        FAILED_PRECONDITION when the server has no webhook secret configured.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,8 +2,8 @@
 // @generated from file promptgate/v1/admin_service.proto (package promptgate.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,337 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/admin_service.proto.
  */
 export const file_promptgate_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEiJQoRTGlzdE1vZGVsc1JlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkibgoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KCXByb3ZpZGVycxgBIAMoCzIbLnByb21wdGdhdGUudjEuUHJvdmlkZXJJbmZvEigKBm1vZGVscxgCIAMoCzIYLnByb21wdGdhdGUudjEuTW9kZWxJbmZvIoEBCgxQcm92aWRlckluZm8SDAoEbmFtZRgBIAEoCRIQCghiYXNlX3VybBgCIAEoCRIZChFhY2NlcHRzX2FueV9tb2RlbBgDIAEoCBI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIo4BCglNb2RlbEluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSKAoFcHJpY2UYAyABKAsyGS5wcm9tcHRnYXRlLnYxLk1vZGVsUHJpY2USNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKDAQoKTW9kZWxQcmljZRIZChFpbnB1dF9wZXJfbWlsbGlvbhgBIAEoARIaChJvdXRwdXRfcGVyX21pbGxpb24YAiABKAESIAoYY2FjaGVkX2lucHV0X3Blcl9taWxsaW9uGAMgASgBEgwKBHVuaXQYBCABKAkSDgoGcHJpY2VkGAUgASgIIkoKEU1vZGVsQ2FwYWJpbGl0aWVzEhEKCXN0cmVhbWluZxgBIAEoCBINCgV0b29scxgCIAEoCBITCgtqc29uX3NjaGVtYRgDIAEoCCK0AQoKUGxhbkxpbWl0cxIgChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgDSACIAQESIgoVY29uY3VycmVudF9leGVjdXRpb25zGAIgASgDSAGIAQESGwoObW9udGhseV90b2tlbnMYAyABKANIAogBAUIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIYChZfY29uY3VycmVudF9leGVjdXRpb25zQhEKD19tb250aGx5X3Rva2VucyKhAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXdvcmtzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIOCgZzY29wZXMYBSADKAkSDAoEcGxhbhgGIAEoCRIpCgZsaW1pdHMYByABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEcGxhbhgDIAEoCRIpCgZsaW1pdHMYBCABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0Ij4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoIYXBpX2tleXMYASADKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiDwoNV2hvQW1JUmVxdWVzdCKjAQoOV2hvQW1JUmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEiYKB2FwaV9rZXkYAiABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIcChRyZXF1ZXN0c190aGlzX21pbnV0ZRgDIAEoAxIdChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYBCABKAMSGQoRdG9rZW5zX3RoaXNfbW9udGgYBSABKAMysAMKDEFkbWluU2VydmljZRJXCgxDcmVhdGVBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElQKC0xpc3RBcGlLZXlzEiEucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVwoMUmV2b2tlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJFCgZXaG9BbUkSHC5wcm9tcHRnYXRlLnYxLldob0FtSVJlcXVlc3QaHS5wcm9tcHRnYXRlLnYxLldob0FtSVJlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEiGQoXR2V0V2ViaG9va1NlY3JldFJlcXVlc3QiPQoYR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRIOCgZzZWNyZXQYAiABKAki0gEKD0dldFVzYWdlUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoIZ3JvdXBfYnkYAyADKA4yHC5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXBpbmcSDgoGcHJvbXB0GAQgASgJEg0KBW1vZGVsGAUgASgJEhIKCmFwaV9rZXlfaWQYBiABKAkixQEKEEdldFVzYWdlUmVzcG9uc2USLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBXRvdGFsGAMgASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzEikKBmdyb3VwcxgEIAMoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VHcm91cCKsAQoKVXNhZ2VHcm91cBIOCgZwcm9tcHQYASABKAkSEQoJcHJvbXB0X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSEAoIcHJvdmlkZXIYBCABKAkSDQoFbW9kZWwYBSABKAkSCwoDZGF5GAYgASgJEhIKCmFwaV9rZXlfaWQYByABKAkSKAoFc3RhdHMYCCABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMi1gIKClVzYWdlU3RhdHMSEgoKZXhlY3V0aW9ucxgBIAEoAxIRCglmdWxmaWxsZWQYAiABKAMSEAoIcmVqZWN0ZWQYAyABKAMSEQoJY2FuY2VsbGVkGAQgASgDEhIKCmVycm9yX3JhdGUYBSABKAESFAoMaW5wdXRfdG9rZW5zGAYgASgDEhUKDW91dHB1dF90b2tlbnMYByABKAMSGwoTY2FjaGVkX2lucHV0X3Rva2VucxgIIAEoAxIMCgRjb3N0GAkgASgBEhEKCWNvc3RfdW5pdBgKIAEoCRIWCg5sYXRlbmN5X3A1MF9tcxgLIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgMIAEoARISCgpjYWNoZV9oaXRzGA0gASgDEg0KBXJhdGVkGA4gASgDEhkKDG1lYW5fcXVhbGl0eRgPIAEoAUgAiAEBQg8KDV9tZWFuX3F1YWxpdHkiJQoRTGlzdE1vZGVsc1JlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkibgoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KCXByb3ZpZGVycxgBIAMoCzIbLnByb21wdGdhdGUudjEuUHJvdmlkZXJJbmZvEigKBm1vZGVscxgCIAMoCzIYLnByb21wdGdhdGUudjEuTW9kZWxJbmZvIoEBCgxQcm92aWRlckluZm8SDAoEbmFtZRgBIAEoCRIQCghiYXNlX3VybBgCIAEoCRIZChFhY2NlcHRzX2FueV9tb2RlbBgDIAEoCBI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIo4BCglNb2RlbEluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSKAoFcHJpY2UYAyABKAsyGS5wcm9tcHRnYXRlLnYxLk1vZGVsUHJpY2USNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKDAQoKTW9kZWxQcmljZRIZChFpbnB1dF9wZXJfbWlsbGlvbhgBIAEoARIaChJvdXRwdXRfcGVyX21pbGxpb24YAiABKAESIAoYY2FjaGVkX2lucHV0X3Blcl9taWxsaW9uGAMgASgBEgwKBHVuaXQYBCABKAkSDgoGcHJpY2VkGAUgASgIIkoKEU1vZGVsQ2FwYWJpbGl0aWVzEhEKCXN0cmVhbWluZxgBIAEoCBINCgV0b29scxgCIAEoCBITCgtqc29uX3NjaGVtYRgDIAEoCCK0AQoKUGxhbkxpbWl0cxIgChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgDSACIAQESIgoVY29uY3VycmVudF9leGVjdXRpb25zGAIgASgDSAGIAQESGwoObW9udGhseV90b2tlbnMYAyABKANIAogBAUIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIYChZfY29uY3VycmVudF9leGVjdXRpb25zQhEKD19tb250aGx5X3Rva2VucyKhAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXdvcmtzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIOCgZzY29wZXMYBSADKAkSDAoEcGxhbhgGIAEoCRIpCgZsaW1pdHMYByABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEcGxhbhgDIAEoCRIpCgZsaW1pdHMYBCABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0Ij4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoIYXBpX2tleXMYASADKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiDwoNV2hvQW1JUmVxdWVzdCKjAQoOV2hvQW1JUmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEiYKB2FwaV9rZXkYAiABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIcChRyZXF1ZXN0c190aGlzX21pbnV0ZRgDIAEoAxIdChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYBCABKAMSGQoRdG9rZW5zX3RoaXNfbW9udGgYBSABKAMqtAEKDVVzYWdlR3JvdXBpbmcSHgoaVVNBR0VfR1JPVVBJTkdfVU5TUEVDSUZJRUQQABIZChVVU0FHRV9HUk9VUElOR19QUk9NUFQQARIaChZVU0FHRV9HUk9VUElOR19WRVJTSU9OEAISGAoUVVNBR0VfR1JPVVBJTkdfTU9ERUwQAxIWChJVU0FHRV9HUk9VUElOR19EQVkQBBIaChZVU0FHRV9HUk9VUElOR19BUElfS0VZEAUy4gQKDEFkbWluU2VydmljZRJXCgxDcmVhdGVBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElQKC0xpc3RBcGlLZXlzEiEucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVwoMUmV2b2tlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJFCgZXaG9BbUkSHC5wcm9tcHRnYXRlLnYxLldob0FtSVJlcXVlc3QaHS5wcm9tcHRnYXRlLnYxLldob0FtSVJlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USSwoIR2V0VXNhZ2USHi5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVxdWVzdBofLnByb21wdGdhdGUudjEuR2V0VXNhZ2VSZXNwb25zZRJjChBHZXRXZWJob29rU2VjcmV0EiYucHJvbXB0Z2F0ZS52MS5HZXRXZWJob29rU2VjcmV0UmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlQkhaRmdpdGh1Yi5jb20vcHJvbXB0Z2F0ZS9wcm9tcHRnYXRlL2NsaWVudHMvZ28vcHJvbXB0Z2F0ZS92MTtwcm9tcHRnYXRldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * Request for GetWebhookSecret.
+ *
+ * @generated from message promptgate.v1.GetWebhookSecretRequest
+ */
+export type GetWebhookSecretRequest = Message<"promptgate.v1.GetWebhookSecretRequest"> & {
+};
+
+/**
+ * Describes the message promptgate.v1.GetWebhookSecretRequest.
+ * Use `create(GetWebhookSecretRequestSchema)` to create a new message.
+ */
+export const GetWebhookSecretRequestSchema: GenMessage<GetWebhookSecretRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 0);
+
+/**
+ * Response for GetWebhookSecret.
+ *
+ * @generated from message promptgate.v1.GetWebhookSecretResponse
+ */
+export type GetWebhookSecretResponse = Message<"promptgate.v1.GetWebhookSecretResponse"> & {
+  /**
+   * The workspace the secret belongs to.
+   *
+   * @generated from field: string workspace = 1;
+   */
+  workspace: string;
+
+  /**
+   * The HMAC-SHA256 key of X-Promptgate-Signature, "whsec_...".
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message promptgate.v1.GetWebhookSecretResponse.
+ * Use `create(GetWebhookSecretResponseSchema)` to create a new message.
+ */
+export const GetWebhookSecretResponseSchema: GenMessage<GetWebhookSecretResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 1);
+
+/**
+ * Request for GetUsage.
+ *
+ * @generated from message promptgate.v1.GetUsageRequest
+ */
+export type GetUsageRequest = Message<"promptgate.v1.GetUsageRequest"> & {
+  /**
+   * Optional. Start of the window, inclusive (default: 30 days before end_time).
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Optional. End of the window, exclusive (default: now).
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Optional. Dimensions to group by, combined; none gives only the total.
+   *
+   * @generated from field: repeated promptgate.v1.UsageGrouping group_by = 3;
+   */
+  groupBy: UsageGrouping[];
+
+  /**
+   * Optional. Only executions of this prompt (name or id).
+   *
+   * @generated from field: string prompt = 4;
+   */
+  prompt: string;
+
+  /**
+   * Optional. Only executions served by this model.
+   *
+   * @generated from field: string model = 5;
+   */
+  model: string;
+
+  /**
+   * Optional. Only executions made with this API key id.
+   *
+   * @generated from field: string api_key_id = 6;
+   */
+  apiKeyId: string;
+};
+
+/**
+ * Describes the message promptgate.v1.GetUsageRequest.
+ * Use `create(GetUsageRequestSchema)` to create a new message.
+ */
+export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 2);
+
+/**
+ * Response for GetUsage.
+ *
+ * @generated from message promptgate.v1.GetUsageResponse
+ */
+export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
+  /**
+   * The window the figures cover, start inclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The window's end, exclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Every execution in the window that matches the filters.
+   *
+   * @generated from field: promptgate.v1.UsageStats total = 3;
+   */
+  total?: UsageStats | undefined;
+
+  /**
+   * One entry per combination of the grouping dimensions, ordered by them.
+   *
+   * @generated from field: repeated promptgate.v1.UsageGroup groups = 4;
+   */
+  groups: UsageGroup[];
+};
+
+/**
+ * Describes the message promptgate.v1.GetUsageResponse.
+ * Use `create(GetUsageResponseSchema)` to create a new message.
+ */
+export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 3);
+
+/**
+ * The figures of one group; only the requested dimensions are set.
+ *
+ * @generated from message promptgate.v1.UsageGroup
+ */
+export type UsageGroup = Message<"promptgate.v1.UsageGroup"> & {
+  /**
+   * Output only. The prompt name (USAGE_GROUPING_PROMPT or _VERSION).
+   *
+   * @generated from field: string prompt = 1;
+   */
+  prompt: string;
+
+  /**
+   * Output only. The prompt id (USAGE_GROUPING_PROMPT or _VERSION).
+   *
+   * @generated from field: string prompt_id = 2;
+   */
+  promptId: string;
+
+  /**
+   * Output only. The version number (USAGE_GROUPING_VERSION).
+   *
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * Output only. The provider (USAGE_GROUPING_MODEL).
+   *
+   * @generated from field: string provider = 4;
+   */
+  provider: string;
+
+  /**
+   * Output only. The model (USAGE_GROUPING_MODEL).
+   *
+   * @generated from field: string model = 5;
+   */
+  model: string;
+
+  /**
+   * Output only. The UTC day, "YYYY-MM-DD" (USAGE_GROUPING_DAY).
+   *
+   * @generated from field: string day = 6;
+   */
+  day: string;
+
+  /**
+   * Output only. The API key id (USAGE_GROUPING_API_KEY).
+   *
+   * @generated from field: string api_key_id = 7;
+   */
+  apiKeyId: string;
+
+  /**
+   * Output only. The group's figures.
+   *
+   * @generated from field: promptgate.v1.UsageStats stats = 8;
+   */
+  stats?: UsageStats | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.UsageGroup.
+ * Use `create(UsageGroupSchema)` to create a new message.
+ */
+export const UsageGroupSchema: GenMessage<UsageGroup> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 4);
+
+/**
+ * Aggregate figures over a set of executions.
+ *
+ * @generated from message promptgate.v1.UsageStats
+ */
+export type UsageStats = Message<"promptgate.v1.UsageStats"> & {
+  /**
+   * Output only. Finished executions (FULFILLED + REJECTED).
+   *
+   * @generated from field: int64 executions = 1;
+   */
+  executions: bigint;
+
+  /**
+   * Output only. Executions FULFILLED.
+   *
+   * @generated from field: int64 fulfilled = 2;
+   */
+  fulfilled: bigint;
+
+  /**
+   * Output only. Executions REJECTED (cancellations included).
+   *
+   * @generated from field: int64 rejected = 3;
+   */
+  rejected: bigint;
+
+  /**
+   * Output only. Of those rejected, the ones cancelled by their caller.
+   *
+   * @generated from field: int64 cancelled = 4;
+   */
+  cancelled: bigint;
+
+  /**
+   * Output only. rejected / executions (0 when there are none).
+   *
+   * @generated from field: double error_rate = 5;
+   */
+  errorRate: number;
+
+  /**
+   * Output only. Prompt tokens.
+   *
+   * @generated from field: int64 input_tokens = 6;
+   */
+  inputTokens: bigint;
+
+  /**
+   * Output only. Generated tokens.
+   *
+   * @generated from field: int64 output_tokens = 7;
+   */
+  outputTokens: bigint;
+
+  /**
+   * Output only. Prompt tokens served from the provider's cache.
+   *
+   * @generated from field: int64 cached_input_tokens = 8;
+   */
+  cachedInputTokens: bigint;
+
+  /**
+   * Output only. Total cost.
+   *
+   * @generated from field: double cost = 9;
+   */
+  cost: number;
+
+  /**
+   * Output only. The cost's currency, "USD".
+   *
+   * @generated from field: string cost_unit = 10;
+   */
+  costUnit: string;
+
+  /**
+   * Output only. Median end-to-end latency in milliseconds.
+   *
+   * @generated from field: double latency_p50_ms = 11;
+   */
+  latencyP50Ms: number;
+
+  /**
+   * Output only. 95th percentile latency in milliseconds.
+   *
+   * @generated from field: double latency_p95_ms = 12;
+   */
+  latencyP95Ms: number;
+
+  /**
+   * Output only. Executions answered from promptgate's response cache.
+   *
+   * @generated from field: int64 cache_hits = 13;
+   */
+  cacheHits: bigint;
+
+  /**
+   * Output only. Executions with a current actual that carries a quality.
+   *
+   * @generated from field: int64 rated = 14;
+   */
+  rated: bigint;
+
+  /**
+   * Output only. Mean quality (0..1) of the current actuals; unset when none.
+   *
+   * @generated from field: optional double mean_quality = 15;
+   */
+  meanQuality?: number | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.UsageStats.
+ * Use `create(UsageStatsSchema)` to create a new message.
+ */
+export const UsageStatsSchema: GenMessage<UsageStats> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 5);
 
 /**
  * Request for ListModels.
@@ -33,7 +363,7 @@ export type ListModelsRequest = Message<"promptgate.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 0);
+  messageDesc(file_promptgate_v1_admin_service, 6);
 
 /**
  * Response for ListModels.
@@ -61,7 +391,7 @@ export type ListModelsResponse = Message<"promptgate.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 1);
+  messageDesc(file_promptgate_v1_admin_service, 7);
 
 /**
  * A configured provider.
@@ -103,7 +433,7 @@ export type ProviderInfo = Message<"promptgate.v1.ProviderInfo"> & {
  * Use `create(ProviderInfoSchema)` to create a new message.
  */
 export const ProviderInfoSchema: GenMessage<ProviderInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 2);
+  messageDesc(file_promptgate_v1_admin_service, 8);
 
 /**
  * A model a provider serves.
@@ -145,7 +475,7 @@ export type ModelInfo = Message<"promptgate.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 3);
+  messageDesc(file_promptgate_v1_admin_service, 9);
 
 /**
  * USD per million tokens.
@@ -194,7 +524,7 @@ export type ModelPrice = Message<"promptgate.v1.ModelPrice"> & {
  * Use `create(ModelPriceSchema)` to create a new message.
  */
 export const ModelPriceSchema: GenMessage<ModelPrice> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 4);
+  messageDesc(file_promptgate_v1_admin_service, 10);
 
 /**
  * Features of a provider or model.
@@ -229,7 +559,7 @@ export type ModelCapabilities = Message<"promptgate.v1.ModelCapabilities"> & {
  * Use `create(ModelCapabilitiesSchema)` to create a new message.
  */
 export const ModelCapabilitiesSchema: GenMessage<ModelCapabilities> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 5);
+  messageDesc(file_promptgate_v1_admin_service, 11);
 
 /**
  * Limits of a plan or key; an unset field is unlimited.
@@ -264,7 +594,7 @@ export type PlanLimits = Message<"promptgate.v1.PlanLimits"> & {
  * Use `create(PlanLimitsSchema)` to create a new message.
  */
 export const PlanLimitsSchema: GenMessage<PlanLimits> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 6);
+  messageDesc(file_promptgate_v1_admin_service, 12);
 
 /**
  * An API key, without its secret.
@@ -348,7 +678,7 @@ export type ApiKey = Message<"promptgate.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 7);
+  messageDesc(file_promptgate_v1_admin_service, 13);
 
 /**
  * Request for CreateApiKey.
@@ -397,7 +727,7 @@ export type CreateApiKeyRequest = Message<"promptgate.v1.CreateApiKeyRequest"> &
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 8);
+  messageDesc(file_promptgate_v1_admin_service, 14);
 
 /**
  * Response for CreateApiKey.
@@ -425,7 +755,7 @@ export type CreateApiKeyResponse = Message<"promptgate.v1.CreateApiKeyResponse">
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 9);
+  messageDesc(file_promptgate_v1_admin_service, 15);
 
 /**
  * Request for ListApiKeys.
@@ -440,7 +770,7 @@ export type ListApiKeysRequest = Message<"promptgate.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 10);
+  messageDesc(file_promptgate_v1_admin_service, 16);
 
 /**
  * Response for ListApiKeys.
@@ -461,7 +791,7 @@ export type ListApiKeysResponse = Message<"promptgate.v1.ListApiKeysResponse"> &
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 11);
+  messageDesc(file_promptgate_v1_admin_service, 17);
 
 /**
  * Request for RevokeApiKey.
@@ -482,7 +812,7 @@ export type RevokeApiKeyRequest = Message<"promptgate.v1.RevokeApiKeyRequest"> &
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 12);
+  messageDesc(file_promptgate_v1_admin_service, 18);
 
 /**
  * Response for RevokeApiKey.
@@ -503,7 +833,7 @@ export type RevokeApiKeyResponse = Message<"promptgate.v1.RevokeApiKeyResponse">
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 13);
+  messageDesc(file_promptgate_v1_admin_service, 19);
 
 /**
  * Request for WhoAmI.
@@ -518,7 +848,7 @@ export type WhoAmIRequest = Message<"promptgate.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 14);
+  messageDesc(file_promptgate_v1_admin_service, 20);
 
 /**
  * Response for WhoAmI.
@@ -567,7 +897,62 @@ export type WhoAmIResponse = Message<"promptgate.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 15);
+  messageDesc(file_promptgate_v1_admin_service, 21);
+
+/**
+ * A dimension GetUsage groups by.
+ *
+ * @generated from enum promptgate.v1.UsageGrouping
+ */
+export enum UsageGrouping {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: USAGE_GROUPING_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * By prompt (inline executions form a group with an empty prompt).
+   *
+   * @generated from enum value: USAGE_GROUPING_PROMPT = 1;
+   */
+  PROMPT = 1,
+
+  /**
+   * By prompt and version.
+   *
+   * @generated from enum value: USAGE_GROUPING_VERSION = 2;
+   */
+  VERSION = 2,
+
+  /**
+   * By provider and model.
+   *
+   * @generated from enum value: USAGE_GROUPING_MODEL = 3;
+   */
+  MODEL = 3,
+
+  /**
+   * By UTC calendar day.
+   *
+   * @generated from enum value: USAGE_GROUPING_DAY = 4;
+   */
+  DAY = 4,
+
+  /**
+   * By the API key that made the execution.
+   *
+   * @generated from enum value: USAGE_GROUPING_API_KEY = 5;
+   */
+  API_KEY = 5,
+}
+
+/**
+ * Describes the enum promptgate.v1.UsageGrouping.
+ */
+export const UsageGroupingSchema: GenEnum<UsageGrouping> = /*@__PURE__*/
+  enumDesc(file_promptgate_v1_admin_service, 0);
 
 /**
  * AdminService describes and administers the server and its API keys.
@@ -631,6 +1016,31 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * Usage of the workspace's executions in a time window: counts, tokens,
+   * cost, latency percentiles, error rate and mean actual quality, in total
+   * and grouped by prompt, version, model, API key and/or day. Needs the
+   * analytics.read scope.
+   *
+   * @generated from rpc promptgate.v1.AdminService.GetUsage
+   */
+  getUsage: {
+    methodKind: "unary";
+    input: typeof GetUsageRequestSchema;
+    output: typeof GetUsageResponseSchema;
+  },
+  /**
+   * The secret that signs the caller's workspace's batch callbacks
+   * (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
+   * FAILED_PRECONDITION when the server has no webhook secret configured.
+   *
+   * @generated from rpc promptgate.v1.AdminService.GetWebhookSecret
+   */
+  getWebhookSecret: {
+    methodKind: "unary";
+    input: typeof GetWebhookSecretRequestSchema;
+    output: typeof GetWebhookSecretResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_promptgate_v1_admin_service, 0);
