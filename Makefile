@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 PORT ?= 50051
 
-.PHONY: help venv tools generate lint test run clean check-generated
+.PHONY: help venv tools generate lint test run bench clean check-generated
 
 help:
 	@echo "make run       start the server on localhost:$(PORT) (SQLite in ./data, mock provider, demo prompt)"
 	@echo "make test      run the test suite"
 	@echo "make lint      ruff, mypy (strict), buf lint, buf breaking, generated code current"
+	@echo "make bench     benchmark suite (about 3 minutes); writes bench/RESULTS.md"
 	@echo "make generate  regenerate code from proto/"
 
 UV := $(PYTHON) -m uv
@@ -25,6 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(UV) pip install --quiet --python $(PY) -e '.[dev,bench]'
+	@touch $@
 
 # `npm install --no-save` rather than `npm ci`: the registry mirror lacks buf's
 # binaries for other platforms, so the lock file cannot list them and npm ci
@@ -47,8 +52,8 @@ check-generated: generate
 	  || (echo "generated code is stale: run make generate and commit" >&2; exit 1)
 
 lint: tools check-generated
-	$(VENV)/bin/ruff check server tests tools
-	$(VENV)/bin/ruff format --check server tests tools
+	$(VENV)/bin/ruff check server tests tools bench
+	$(VENV)/bin/ruff format --check server tests tools bench
 	$(VENV)/bin/mypy
 	$(BUF) lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
@@ -57,6 +62,9 @@ lint: tools check-generated
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 run: venv
 	$(VENV)/bin/promptgate serve --dev --port $(PORT) --database-url sqlite+aiosqlite:///./data/promptgate.db

@@ -32,11 +32,14 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(10.0, gt=0)
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
     max_concurrent_streams: int = Field(10_000, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    reuse_port: bool = False
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/promptgate.db"
     database_echo: bool = False
     record_batch_max: int = Field(512, ge=1)
+    record_executions: bool = True
 
     # Execution
     max_prompt_chars: int = Field(1_000_000, ge=1)

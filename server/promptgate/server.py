@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import httpx
@@ -51,6 +58,7 @@ from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
+from promptgate.observability.logging import configure_logging
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -84,7 +92,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
             "grpc.http2.min_ping_interval_without_data_ms",
             int(settings.keepalive_min_ping_interval_s * 1000),
         ),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.reuse_port or settings.workers > 1 else 0),
     ]
 
 
@@ -147,7 +155,9 @@ class PromptgateServer:
             self.registry.check,
             resolve_ttl_s=s.resolve_cache_ttl_s,
         )
-        self.recorder = ExecutionRecorder(self.sessions, batch_max=s.record_batch_max)
+        self.recorder = ExecutionRecorder(
+            self.sessions, batch_max=s.record_batch_max, record_all=s.record_executions
+        )
         self.recorder.start()
         self.actuals = ActualsLog(self.sessions)
         self.history = ExecutionHistory(self.sessions, self.actuals)
@@ -314,10 +324,21 @@ class PromptgateServer:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings) -> int:
-    """Run a server until SIGTERM or SIGINT, then shut down gracefully; return 0."""
+async def serve(
+    settings: Settings, *, announce: bool = True, on_ready: Callable[[], None] | None = None
+) -> int:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully; return 0.
+
+    ``announce``: print the address (and in dev mode the key and commands);
+    ``on_ready`` is called once the server is serving.
+    """
     server = PromptgateServer(settings)
     port = await server.start()
+    if on_ready is not None:
+        on_ready()
+    if not announce:
+        log.info("worker %d listening on %s:%d", os.getpid(), settings.host, port)
+        return await _run_until_signal(server, announce)
     address = f"{'localhost' if settings.host in ('127.0.0.1', '::1') else settings.host}:{port}"
     print(f"promptgate listening on {settings.host}:{port}", flush=True)
     if settings.dev:
@@ -330,11 +351,84 @@ async def serve(settings: Settings) -> int:
                 flush=True,
             )
         print(demo.demo_commands(address, server.dev_key), flush=True)
+    return await _run_until_signal(server, announce)
+
+
+async def _run_until_signal(server: PromptgateServer, announce: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
-    print("promptgate stopped", flush=True)
+    if announce:
+        print("promptgate stopped", flush=True)
     return 0
+
+
+def run_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` server processes sharing one port (SO_REUSEPORT).
+
+    The first worker starts alone (it creates the schema and, in dev mode, the
+    key and demo prompt, and prints the address); the others start once it
+    serves. SIGTERM/SIGINT are passed on to every worker, each of which drains
+    and exits as a single server does. If a worker dies, the others are
+    stopped. Returns 0 when every worker exited 0.
+    """
+    port = settings.port or _free_port(settings.host)
+    ctx = multiprocessing.get_context("spawn")
+    common = {"port": port, "workers": 1, "reuse_port": True}
+    ready = ctx.Event()
+    first = ctx.Process(
+        target=_worker_main,
+        args=(settings.model_copy(update=common), True, ready),
+        name="promptgate-worker-0",
+    )
+    children = [first]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    first.start()
+    while not ready.wait(0.1):
+        if first.exitcode is not None or stopping:
+            first.join()
+            return first.exitcode or 0
+    for index in range(1, settings.workers):
+        child = ctx.Process(
+            target=_worker_main,
+            args=(settings.model_copy(update={**common, "dev": False}), False, None),
+            name=f"promptgate-worker-{index}",
+        )
+        children.append(child)
+        child.start()
+    while any(child.exitcode is None for child in children):
+        if not stopping and any(child.exitcode not in (None, 0) for child in children):
+            log.error("a worker exited unexpectedly; stopping the others")
+            forward(signal.SIGTERM, None)
+        time.sleep(0.1)
+    return 0 if all(child.exitcode == 0 for child in children) else 1
+
+
+def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
+    configure_logging(settings.log_level)
+    code = run_loop(serve(settings, announce=announce, on_ready=ready.set if ready else None))
+    sys.exit(code)
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on a new event loop."""
+    return asyncio.run(main)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return int(probe.getsockname()[1])

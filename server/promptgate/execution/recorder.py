@@ -6,6 +6,11 @@ One writer task takes everything queued at that moment (up to
 many executions share one commit (and one fsync) and recording stays off the
 critical path. If a group fails, its records are retried one by one so that
 one bad record cannot lose the others.
+
+With ``record_all=False`` (``PROMPTGATE_RECORD_EXECUTIONS=false``) executions
+without an ``external_id`` are not stored at all (they are counted in
+``skipped``); executions with one still are, because idempotency and batches
+depend on their rows.
 """
 
 from __future__ import annotations
@@ -33,9 +38,13 @@ class _Pending:
 class ExecutionRecorder:
     """Group-commit writer of execution records."""
 
-    def __init__(self, sessions: SessionFactory, *, batch_max: int = 512) -> None:
+    def __init__(
+        self, sessions: SessionFactory, *, batch_max: int = 512, record_all: bool = True
+    ) -> None:
         self._sessions = sessions
         self._batch_max = batch_max
+        self._record_all = record_all
+        self.skipped = 0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -53,6 +62,8 @@ class ExecutionRecorder:
         ``upsert`` replaces an existing row with the same id (an execution
         that was claimed earlier by its external_id).
         """
+        if self._skips(record, upsert):
+            return
         if self._closing:
             raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -62,10 +73,19 @@ class ExecutionRecorder:
 
     def submit(self, record: ExecutionRecord, *, upsert: bool = False) -> None:
         """Queue ``record`` without waiting (used when the caller is being cancelled)."""
+        if self._skips(record, upsert):
+            return
         if self._closing and self._writer is None:
             log.error("execution %s finished after the recorder closed; not recorded", record.id)
             return
         self._queue.put_nowait(_Pending(record, upsert, None))
+
+    def _skips(self, record: ExecutionRecord, upsert: bool) -> bool:
+        """Whether ``record`` is left unstored (recording is off and nothing depends on it)."""
+        if self._record_all or upsert or record.external_id:
+            return False
+        self.skipped += 1
+        return True
 
     async def close(self) -> None:
         """Write everything queued, then stop the writer."""
