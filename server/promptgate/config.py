@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     gemini_models: list[str] = Field(default_factory=list)
     http_connect_timeout_s: float = Field(10.0, gt=0)
     http_max_connections: int = Field(1000, ge=1)
+    http_transport: str = Field("builtin", pattern="^(builtin|httpcore)$")
     prices_file: str | None = None
 
     # Developer mode: seed a demo prompt and print example commands.

@@ -67,6 +67,7 @@ from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
+from promptgate.providers.transport import KeepAliveTransport
 from promptgate.store.engine import create_engine, prepare_schema, session_factory
 
 log = logging.getLogger(__name__)
@@ -113,25 +114,35 @@ class PromptgateServer:
         self.engine = create_engine(s.database_url, echo=s.database_echo)
         await prepare_schema(self.engine)
         self.sessions = session_factory(self.engine)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=s.http_max_connections,
-                max_keepalive_connections=s.http_max_connections,
-            ),
+        timeout = httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s)
+        limits = httpx.Limits(
+            max_connections=s.http_max_connections,
+            max_keepalive_connections=s.http_max_connections,
         )
+        # Webhooks use httpx's own transport; provider calls (the hot path) use
+        # the lean keep-alive transport unless PROMPTGATE_HTTP_TRANSPORT=httpcore.
+        self.http = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self.provider_http = (
+            httpx.AsyncClient(
+                timeout=timeout,
+                transport=KeepAliveTransport(max_connections=s.http_max_connections),
+            )
+            if s.http_transport == "builtin"
+            else httpx.AsyncClient(timeout=timeout, limits=limits)
+        )
+        client = self.provider_http
         providers: dict[str, Provider] = {"mock": MockProvider()}
         if s.openai_enabled:
             providers["openai"] = OpenAIProvider(
-                client=self.http, base_url=s.openai_base_url, api_key=s.openai_api_key
+                client=client, base_url=s.openai_base_url, api_key=s.openai_api_key
             )
         if s.anthropic_enabled:
             providers["anthropic"] = AnthropicProvider(
-                client=self.http, base_url=s.anthropic_base_url, api_key=s.anthropic_api_key
+                client=client, base_url=s.anthropic_base_url, api_key=s.anthropic_api_key
             )
         if s.gemini_enabled:
             providers["gemini"] = GeminiProvider(
-                client=self.http, base_url=s.gemini_base_url, api_key=s.gemini_api_key
+                client=client, base_url=s.gemini_base_url, api_key=s.gemini_api_key
             )
         self.registry = ProviderRegistry(
             providers,
@@ -316,6 +327,7 @@ class PromptgateServer:
         await self.cache.aclose()
         await self.limiter.aclose()
         await self.http.aclose()
+        await self.provider_http.aclose()
         await self.engine.dispose()
         self._stopped.set()
 

@@ -19,11 +19,16 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import SQLModel
 
 from promptgate.errors import Unavailable
 from promptgate.execution.model import ExecutionRecord
-from promptgate.execution.records import to_row
+from promptgate.execution.records import row_values, to_row
 from promptgate.store.engine import SessionFactory
+from promptgate.store.tables import ExecutionRow
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,9 @@ class _Pending:
     record: ExecutionRecord
     upsert: bool
     done: asyncio.Future[None] | None
+
+
+_EXECUTIONS = SQLModel.metadata.tables[ExecutionRow.__tablename__]
 
 
 class ExecutionRecorder:
@@ -138,13 +146,18 @@ class ExecutionRecorder:
             _resolve(pending)
 
     async def _commit(self, group: list[_Pending]) -> None:
+        # New rows go in one multi-row INSERT (SQLAlchemy Core: no ORM objects,
+        # no unit of work); the few that replace a claimed row are merged.
+        fresh: list[dict[str, Any]] = []
         async with self._sessions.write() as session:
             for pending in group:
-                row = to_row(pending.record)
                 if pending.upsert:
-                    await session.merge(row)
+                    await session.merge(to_row(pending.record))
                 else:
-                    session.add(row)
+                    fresh.append(row_values(pending.record))
+            if fresh:
+                connection = await session.connection()
+                await connection.execute(insert(_EXECUTIONS), fresh)
             await session.commit()
         self.commits += 1
         self.written += len(group)
