@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if settings.workers > 1:
             return run_workers(settings)
-        return run_loop(serve(settings))
+        return run_loop(serve(settings), settings.event_loop)
     return asyncio.run(_manage(args, settings))
 
 

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(10.0, gt=0)
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
     max_concurrent_streams: int = Field(10_000, ge=1)
+    max_pending_requests: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1, le=64)
+    event_loop: str = Field("asyncio", pattern="^(asyncio|uvloop)$")
     reuse_port: bool = False
 
     # Storage

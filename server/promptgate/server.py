@@ -93,6 +93,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
             "grpc.http2.min_ping_interval_without_data_ms",
             int(settings.keepalive_min_ping_interval_s * 1000),
         ),
+        # Calls accepted by the transport but not yet picked up by the handler loop;
+        # beyond these limits gRPC cancels new calls (a burst of thousands of
+        # streams would otherwise see CANCELLED).
+        ("grpc.server.max_pending_requests", settings.max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
         ("grpc.so_reuseport", 1 if settings.reuse_port or settings.workers > 1 else 0),
     ]
 
@@ -431,12 +436,22 @@ def run_workers(settings: Settings) -> int:
 
 def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
     configure_logging(settings.log_level)
-    code = run_loop(serve(settings, announce=announce, on_ready=ready.set if ready else None))
+    code = run_loop(
+        serve(settings, announce=announce, on_ready=ready.set if ready else None),
+        settings.event_loop,
+    )
     sys.exit(code)
 
 
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run ``main`` on a new event loop."""
+def run_loop(main: Coroutine[Any, Any, int], kind: str = "asyncio") -> int:
+    """Run ``main`` on a new event loop: asyncio's own, or uvloop's (if installed)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("PROMPTGATE_EVENT_LOOP=uvloop but uvloop is not installed; using asyncio")
+        else:
+            return uvloop.run(main)
     return asyncio.run(main)
 
 
