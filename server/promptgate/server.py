@@ -172,7 +172,10 @@ class PromptgateServer:
             resolve_ttl_s=s.resolve_cache_ttl_s,
         )
         self.recorder = ExecutionRecorder(
-            self.sessions, batch_max=s.record_batch_max, record_all=s.record_executions
+            self.sessions,
+            batch_max=s.record_batch_max,
+            record_all=s.record_executions,
+            sqlite_thread=True,
         )
         self.recorder.start()
         self.actuals = ActualsLog(self.sessions)
