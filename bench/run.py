@@ -70,10 +70,11 @@ class Profile:
     streams_duration_s: float
     load_processes: int
     workers: tuple[int, ...]
+    try_uvloop: bool
 
 
-FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2))
-QUICK = Profile(0.8, 0.2, (8,), 50, 2.0, 1, (1,))
+FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2), True)
+QUICK = Profile(0.8, 0.2, (8,), 50, 1.5, 1, (1,), False)
 
 
 @dataclass
@@ -252,7 +253,13 @@ class Server:
 
 
 def start_promptgate(
-    report: Report, upstream_port: int, database_url: str, *, recording: bool, workers: int
+    report: Report,
+    upstream_port: int,
+    database_url: str,
+    *,
+    recording: bool,
+    workers: int,
+    loop: str = "asyncio",
 ) -> Server:
     """Create the key, start the server, store the prompts; return it."""
     created = subprocess.run(
@@ -282,6 +289,8 @@ def start_promptgate(
         "PROMPTGATE_HTTP_MAX_CONNECTIONS": "4096",
         "PROMPTGATE_LOG_LEVEL": "WARNING",
     }
+    if loop != "asyncio":
+        env["PROMPTGATE_EVENT_LOOP"] = loop
     argv = [
         PROMPTGATE,
         "serve",
@@ -476,7 +485,7 @@ class Bench:
         finally:
             self.upstream.stop()
 
-    def floor(self, answer: bytes, body: bytes, workers: int) -> LoadResult:
+    def floor(self, answer: bytes, body: bytes, workers: int, loop: str) -> LoadResult:
         path = self.workdir / "answer.bin"
         path.write_bytes(answer)
         echo = Proc(
@@ -491,6 +500,7 @@ class Bench:
                 str(path),
                 "--workers",
                 str(workers),
+                *(["--uvloop"] if loop == "uvloop" else []),
             ],
             {},
             r"echo listening on [^:]+:(\d+)",
@@ -504,22 +514,27 @@ class Bench:
     def unary_and_streams(self) -> None:
         assert self.upstream is not None
         up = self.upstream.port
-        for workers in self.p.workers:
+        variants = [(w, "asyncio") for w in self.p.workers]
+        if self.p.try_uvloop and _uvloop_flag():
+            variants.insert(1, (1, "uvloop"))
+        for workers, loop in variants:
             server = start_promptgate(
                 self.report,
                 up,
-                self.sqlite_url(f"unary-w{workers}"),
+                self.sqlite_url(f"unary-w{workers}-{loop}"),
                 recording=True,
                 workers=workers,
+                loop=loop,
             )
             try:
                 time.sleep(0.3 * (workers - 1))
-                floor = self.floor(server.answer, server.execute_body, workers)
+                floor = self.floor(server.answer, server.execute_body, workers, loop)
                 best = self.max_rps(server, server.target, server.execute_body, server.metadata)
                 self.report.add(
                     "unary_max",
                     {
                         "server processes": workers,
+                        "event loop": loop,
                         "floor rps": floor.rps,
                         "floor concurrency": floor.spec.concurrency,
                         "promptgate rps": best.rps,
@@ -531,14 +546,14 @@ class Bench:
                         "p99 ms": best.p99_ms,
                     },
                 )
-                if workers == 1:
+                if workers == 1 and loop == "asyncio":
                     self.latency(server, best.rps)
                     self.streams(server)
             finally:
                 rows = stop_and_count(server)
             self.report.recording.append(
                 {
-                    "run": f"scenarios 1-2, {workers} process(es)",
+                    "run": f"scenarios 1-2, {workers} process(es), {loop}",
                     "store": "SQLite",
                     "recording": "on",
                     "answers": server.answered,
@@ -778,6 +793,15 @@ TITLES = {
 }
 
 
+TARGETS = {
+    "unary_max": "Target: ratio >= 0.40 with the same number of server processes.",
+    "unary_latency": "Target at c=1: added p50 <= 1.0 ms, added p99 <= 5 ms.",
+    "stream_latency": "Target: added time to first delta p50 <= 1 ms.",
+    "stream_load": "Target: 0 errors, server RSS < 1 GiB.",
+    "recording": "Target: cost of recording < 10% on both stores; nothing lost (3b).",
+}
+
+
 def render(report: Report, argv: list[str]) -> str:
     out = [
         "# promptgate benchmark results",
@@ -792,7 +816,7 @@ def render(report: Report, argv: list[str]) -> str:
         "",
     ]
     for key, title in TITLES.items():
-        out += [f"### {title}", "", _table(report.sections.get(key, []))]
+        out += [f"### {title}", "", TARGETS[key], "", _table(report.sections.get(key, []))]
     out += [
         "### 3b. Nothing lost: execution rows after each server stopped vs successful answers",
         "",
