@@ -303,7 +303,12 @@ def start_promptgate(
         "--workers",
         str(workers),
     ]
-    proc = Proc(report, argv, env, r"promptgate listening on [^:]+:(\d+)")
+    ready = (
+        r"promptgate listening on [^:]+:(\d+)"
+        if workers == 1
+        else r"promptgate workers ready: \d+ listening on [^:]+:(\d+)"
+    )
+    proc = Proc(report, argv, env, ready)
     server = Server(proc, proc.port, key, database_url, recording)
     try:
         asyncio.run(_prepare(server))
@@ -527,7 +532,6 @@ class Bench:
                 loop=loop,
             )
             try:
-                time.sleep(0.3 * (workers - 1))
                 floor = self.floor(server.answer, server.execute_body, workers, loop)
                 best = self.max_rps(server, server.target, server.execute_body, server.metadata)
                 self.report.add(

@@ -391,7 +391,8 @@ def run_workers(settings: Settings) -> int:
 
     The first worker starts alone (it creates the schema and, in dev mode, the
     key and demo prompt, and prints the address); the others start once it
-    serves. SIGTERM/SIGINT are passed on to every worker, each of which drains
+    serves, and ``promptgate workers ready: N listening on HOST:PORT`` is
+    printed once all of them do. SIGTERM/SIGINT are passed on to every worker, each of which drains
     and exits as a single server does. If a worker dies, the others are
     stopped. Returns 0 when every worker exited 0.
     """
@@ -421,20 +422,33 @@ def run_workers(settings: Settings) -> int:
         if first.exitcode is not None or stopping:
             first.join()
             return first.exitcode or 0
+    readies = []
     for index in range(1, settings.workers):
+        started = ctx.Event()
         child = ctx.Process(
             target=_worker_main,
-            args=(settings.model_copy(update={**common, "dev": False}), False, None),
+            args=(settings.model_copy(update={**common, "dev": False}), False, started),
             name=f"promptgate-worker-{index}",
         )
         children.append(child)
+        readies.append(started)
         child.start()
+    announced = False
     while any(child.exitcode is None for child in children):
+        if not announced and all(ready.is_set() for ready in readies):
+            announced = True
+            print(
+                f"promptgate workers ready: {settings.workers} listening on {settings.host}:{port}",
+                flush=True,
+            )
         if not stopping and any(child.exitcode not in (None, 0) for child in children):
             log.error("a worker exited unexpectedly; stopping the others")
             forward(signal.SIGTERM, None)
         time.sleep(0.1)
-    return 0 if all(child.exitcode == 0 for child in children) else 1
+    # A worker stopped by the signal before it could install its handlers had
+    # nothing in flight: that is a clean stop too.
+    clean = (0, -signal.SIGTERM) if stopping else (0,)
+    return 0 if all(child.exitcode in clean for child in children) else 1
 
 
 def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
