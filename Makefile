@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 PORT ?= 50051
 
-.PHONY: help venv tools generate lint test run clean check-generated clients check-clients client-tools
+.PHONY: help venv tools generate lint test run bench clean check-generated clients check-clients client-tools
 
 help:
 	@echo "make run       start the server on localhost:$(PORT) (SQLite in ./data, mock provider, demo prompt)"
 	@echo "make test      run the test suite"
 	@echo "make lint      ruff, mypy (strict), buf lint, buf breaking, generated code current"
+	@echo "make bench     benchmark suite (about 3 minutes); writes bench/RESULTS.md"
 	@echo "make generate  regenerate code from proto/"
 	@echo "make clients   regenerate the Python, TypeScript and Go clients in clients/"
 
@@ -26,6 +27,10 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(UV) pip install --quiet --python $(PY) -e '.[dev,bench]'
+	@touch $@
 
 # `npm install --no-save` rather than `npm ci`: the registry mirror lacks buf's
 # binaries for other platforms, so the lock file cannot list them and npm ci
@@ -76,8 +81,8 @@ check-generated: generate
 	  || (echo "generated code is stale: run make generate and commit" >&2; exit 1)
 
 lint: tools check-generated check-clients
-	$(VENV)/bin/ruff check server tests tools clients/python
-	$(VENV)/bin/ruff format --check server tests tools clients/python
+	$(VENV)/bin/ruff check server tests tools bench clients/python
+	$(VENV)/bin/ruff format --check server tests tools bench clients/python
 	$(VENV)/bin/mypy
 	$(BUF) lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
@@ -86,6 +91,9 @@ lint: tools check-generated check-clients
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 run: venv
 	$(VENV)/bin/promptgate serve --dev --port $(PORT) --database-url sqlite+aiosqlite:///./data/promptgate.db

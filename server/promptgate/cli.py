@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--openai-base-url", help="OpenAI or OpenAI-compatible server base URL")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port with SO_REUSEPORT (default 1)",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         default=None,
@@ -75,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "openai_base_url",
         "log_level",
         "dev",
+        "workers",
     }
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k in options and v is not None
@@ -86,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.command == "serve":
-        from promptgate.server import serve
+        from promptgate.server import run_loop, run_workers, serve
 
-        return asyncio.run(serve(settings))
+        if settings.workers > 1:
+            return run_workers(settings)
+        return run_loop(serve(settings), settings.event_loop)
     return asyncio.run(_manage(args, settings))
 
 

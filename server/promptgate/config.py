@@ -32,11 +32,16 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(10.0, gt=0)
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
     max_concurrent_streams: int = Field(10_000, ge=1)
+    max_pending_requests: int = Field(10_000, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    event_loop: str = Field("asyncio", pattern="^(asyncio|uvloop)$")
+    reuse_port: bool = False
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/promptgate.db"
     database_echo: bool = False
     record_batch_max: int = Field(512, ge=1)
+    record_executions: bool = True
 
     # Execution
     max_prompt_chars: int = Field(1_000_000, ge=1)
@@ -102,6 +107,7 @@ class Settings(BaseSettings):
     gemini_models: list[str] = Field(default_factory=list)
     http_connect_timeout_s: float = Field(10.0, gt=0)
     http_max_connections: int = Field(1000, ge=1)
+    http_transport: str = Field("builtin", pattern="^(builtin|httpcore)$")
     prices_file: str | None = None
 
     # Developer mode: seed a demo prompt and print example commands.

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import httpx
@@ -52,6 +59,7 @@ from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.execution.usage import UsageReader
+from promptgate.observability.logging import configure_logging
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -60,6 +68,7 @@ from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
+from promptgate.providers.transport import KeepAliveTransport
 from promptgate.store.engine import create_engine, prepare_schema, session_factory
 
 log = logging.getLogger(__name__)
@@ -85,7 +94,12 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
             "grpc.http2.min_ping_interval_without_data_ms",
             int(settings.keepalive_min_ping_interval_s * 1000),
         ),
-        ("grpc.so_reuseport", 0),
+        # Calls accepted by the transport but not yet picked up by the handler loop;
+        # beyond these limits gRPC cancels new calls (a burst of thousands of
+        # streams would otherwise see CANCELLED).
+        ("grpc.server.max_pending_requests", settings.max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
+        ("grpc.so_reuseport", 1 if settings.reuse_port or settings.workers > 1 else 0),
     ]
 
 
@@ -106,25 +120,35 @@ class PromptgateServer:
         self.engine = create_engine(s.database_url, echo=s.database_echo)
         await prepare_schema(self.engine)
         self.sessions = session_factory(self.engine)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=s.http_max_connections,
-                max_keepalive_connections=s.http_max_connections,
-            ),
+        timeout = httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s)
+        limits = httpx.Limits(
+            max_connections=s.http_max_connections,
+            max_keepalive_connections=s.http_max_connections,
         )
+        # Webhooks use httpx's own transport; provider calls (the hot path) use
+        # the lean keep-alive transport unless PROMPTGATE_HTTP_TRANSPORT=httpcore.
+        self.http = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self.provider_http = (
+            httpx.AsyncClient(
+                timeout=timeout,
+                transport=KeepAliveTransport(max_connections=s.http_max_connections),
+            )
+            if s.http_transport == "builtin"
+            else httpx.AsyncClient(timeout=timeout, limits=limits)
+        )
+        client = self.provider_http
         providers: dict[str, Provider] = {"mock": MockProvider()}
         if s.openai_enabled:
             providers["openai"] = OpenAIProvider(
-                client=self.http, base_url=s.openai_base_url, api_key=s.openai_api_key
+                client=client, base_url=s.openai_base_url, api_key=s.openai_api_key
             )
         if s.anthropic_enabled:
             providers["anthropic"] = AnthropicProvider(
-                client=self.http, base_url=s.anthropic_base_url, api_key=s.anthropic_api_key
+                client=client, base_url=s.anthropic_base_url, api_key=s.anthropic_api_key
             )
         if s.gemini_enabled:
             providers["gemini"] = GeminiProvider(
-                client=self.http, base_url=s.gemini_base_url, api_key=s.gemini_api_key
+                client=client, base_url=s.gemini_base_url, api_key=s.gemini_api_key
             )
         self.registry = ProviderRegistry(
             providers,
@@ -150,7 +174,12 @@ class PromptgateServer:
             self.registry.check,
             resolve_ttl_s=s.resolve_cache_ttl_s,
         )
-        self.recorder = ExecutionRecorder(self.sessions, batch_max=s.record_batch_max)
+        self.recorder = ExecutionRecorder(
+            self.sessions,
+            batch_max=s.record_batch_max,
+            record_all=s.record_executions,
+            sqlite_thread=True,
+        )
         self.recorder.start()
         self.actuals = ActualsLog(self.sessions)
         self.history = ExecutionHistory(self.sessions, self.actuals)
@@ -319,6 +348,7 @@ class PromptgateServer:
         await self.cache.aclose()
         await self.limiter.aclose()
         await self.http.aclose()
+        await self.provider_http.aclose()
         await self.engine.dispose()
         self._stopped.set()
 
@@ -327,10 +357,21 @@ class PromptgateServer:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings) -> int:
-    """Run a server until SIGTERM or SIGINT, then shut down gracefully; return 0."""
+async def serve(
+    settings: Settings, *, announce: bool = True, on_ready: Callable[[], None] | None = None
+) -> int:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully; return 0.
+
+    ``announce``: print the address (and in dev mode the key and commands);
+    ``on_ready`` is called once the server is serving.
+    """
     server = PromptgateServer(settings)
     port = await server.start()
+    if on_ready is not None:
+        on_ready()
+    if not announce:
+        log.info("worker %d listening on %s:%d", os.getpid(), settings.host, port)
+        return await _run_until_signal(server, announce)
     address = f"{'localhost' if settings.host in ('127.0.0.1', '::1') else settings.host}:{port}"
     print(f"promptgate listening on {settings.host}:{port}", flush=True)
     if settings.dev:
@@ -343,11 +384,108 @@ async def serve(settings: Settings) -> int:
                 flush=True,
             )
         print(demo.demo_commands(address, server.dev_key), flush=True)
+    return await _run_until_signal(server, announce)
+
+
+async def _run_until_signal(server: PromptgateServer, announce: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
-    print("promptgate stopped", flush=True)
+    if announce:
+        print("promptgate stopped", flush=True)
     return 0
+
+
+def run_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` server processes sharing one port (SO_REUSEPORT).
+
+    The first worker starts alone (it creates the schema and, in dev mode, the
+    key and demo prompt, and prints the address); the others start once it
+    serves, and ``promptgate workers ready: N listening on HOST:PORT`` is
+    printed once all of them do. SIGTERM/SIGINT are passed on to every worker, each of which drains
+    and exits as a single server does. If a worker dies, the others are
+    stopped. Returns 0 when every worker exited 0.
+    """
+    port = settings.port or _free_port(settings.host)
+    ctx = multiprocessing.get_context("spawn")
+    common = {"port": port, "workers": 1, "reuse_port": True}
+    ready = ctx.Event()
+    first = ctx.Process(
+        target=_worker_main,
+        args=(settings.model_copy(update=common), True, ready),
+        name="promptgate-worker-0",
+    )
+    children = [first]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    first.start()
+    while not ready.wait(0.1):
+        if first.exitcode is not None or stopping:
+            first.join()
+            return first.exitcode or 0
+    readies = []
+    for index in range(1, settings.workers):
+        started = ctx.Event()
+        child = ctx.Process(
+            target=_worker_main,
+            args=(settings.model_copy(update={**common, "dev": False}), False, started),
+            name=f"promptgate-worker-{index}",
+        )
+        children.append(child)
+        readies.append(started)
+        child.start()
+    announced = False
+    while any(child.exitcode is None for child in children):
+        if not announced and all(ready.is_set() for ready in readies):
+            announced = True
+            print(
+                f"promptgate workers ready: {settings.workers} listening on {settings.host}:{port}",
+                flush=True,
+            )
+        if not stopping and any(child.exitcode not in (None, 0) for child in children):
+            log.error("a worker exited unexpectedly; stopping the others")
+            forward(signal.SIGTERM, None)
+        time.sleep(0.1)
+    # A worker stopped by the signal before it could install its handlers had
+    # nothing in flight: that is a clean stop too.
+    clean = (0, -signal.SIGTERM) if stopping else (0,)
+    return 0 if all(child.exitcode in clean for child in children) else 1
+
+
+def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
+    configure_logging(settings.log_level)
+    code = run_loop(
+        serve(settings, announce=announce, on_ready=ready.set if ready else None),
+        settings.event_loop,
+    )
+    sys.exit(code)
+
+
+def run_loop(main: Coroutine[Any, Any, int], kind: str = "asyncio") -> int:
+    """Run ``main`` on a new event loop: asyncio's own, or uvloop's (if installed)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("PROMPTGATE_EVENT_LOOP=uvloop but uvloop is not installed; using asyncio")
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return int(probe.getsockname()[1])

@@ -6,6 +6,11 @@ One writer task takes everything queued at that moment (up to
 many executions share one commit (and one fsync) and recording stays off the
 critical path. If a group fails, its records are retried one by one so that
 one bad record cannot lose the others.
+
+With ``record_all=False`` (``PROMPTGATE_RECORD_EXECUTIONS=false``) executions
+without an ``external_id`` are not stored at all (they are counted in
+``skipped``); executions with one still are, because idempotency and batches
+depend on their rows.
 """
 
 from __future__ import annotations
@@ -13,12 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, make_url
+from sqlmodel import SQLModel
 
 from promptgate.errors import Unavailable
 from promptgate.execution.model import ExecutionRecord
-from promptgate.execution.records import to_row
-from promptgate.store.engine import SessionFactory
+from promptgate.execution.records import row_values, to_row
+from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
+from promptgate.store.tables import ExecutionRow
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +41,32 @@ class _Pending:
     done: asyncio.Future[None] | None
 
 
+_EXECUTIONS = SQLModel.metadata.tables[ExecutionRow.__tablename__]
+
+
 class ExecutionRecorder:
     """Group-commit writer of execution records."""
 
-    def __init__(self, sessions: SessionFactory, *, batch_max: int = 512) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        batch_max: int = 512,
+        record_all: bool = True,
+        sqlite_thread: bool = False,
+    ) -> None:
+        """``sqlite_thread``: on SQLite, write each group from a dedicated thread
+        with its own connection, the whole transaction in one hop."""
         self._sessions = sessions
+        self._sync: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        database = make_url(sessions.url).database or ""
+        if sqlite_thread and sessions.url.startswith("sqlite") and database not in ("", ":memory:"):
+            self._sync = create_sync_sqlite_engine(sessions.url)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="recorder")
         self._batch_max = batch_max
+        self._record_all = record_all
+        self.skipped = 0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -53,6 +84,8 @@ class ExecutionRecorder:
         ``upsert`` replaces an existing row with the same id (an execution
         that was claimed earlier by its external_id).
         """
+        if self._skips(record, upsert):
+            return
         if self._closing:
             raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -62,15 +95,37 @@ class ExecutionRecorder:
 
     def submit(self, record: ExecutionRecord, *, upsert: bool = False) -> None:
         """Queue ``record`` without waiting (used when the caller is being cancelled)."""
+        if self._skips(record, upsert):
+            return
         if self._closing and self._writer is None:
             log.error("execution %s finished after the recorder closed; not recorded", record.id)
             return
         self._queue.put_nowait(_Pending(record, upsert, None))
 
+    def _skips(self, record: ExecutionRecord, upsert: bool) -> bool:
+        """Whether ``record`` is left unstored (recording is off and nothing depends on it)."""
+        if self._record_all or upsert or record.external_id:
+            return False
+        self.skipped += 1
+        return True
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        assert self._sync is not None
+        _insert_rows(self._sync, rows)
+
+    def _release_thread(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._sync is not None:
+            self._sync.dispose()
+            self._sync = None
+
     async def close(self) -> None:
         """Write everything queued, then stop the writer."""
         self._closing = True
         if self._writer is None:
+            self._release_thread()
             return
         await self._queue.join()
         self._writer.cancel()
@@ -83,6 +138,7 @@ class ExecutionRecorder:
             late.append(self._queue.get_nowait())
         if late:
             await self._write(late)
+        self._release_thread()
 
     async def _run(self) -> None:
         while True:
@@ -118,16 +174,33 @@ class ExecutionRecorder:
             _resolve(pending)
 
     async def _commit(self, group: list[_Pending]) -> None:
+        if self._sync is not None and not any(p.upsert for p in group):
+            rows = [row_values(p.record) for p in group]
+            async with self._sessions.write_turn():
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+            self.commits += 1
+            self.written += len(group)
+            return
+        # New rows go in one multi-row INSERT (SQLAlchemy Core: no ORM objects,
+        # no unit of work); the few that replace a claimed row are merged.
+        fresh: list[dict[str, Any]] = []
         async with self._sessions.write() as session:
             for pending in group:
-                row = to_row(pending.record)
                 if pending.upsert:
-                    await session.merge(row)
+                    await session.merge(to_row(pending.record))
                 else:
-                    session.add(row)
+                    fresh.append(row_values(pending.record))
+            if fresh:
+                connection = await session.connection()
+                await connection.execute(insert(_EXECUTIONS), fresh)
             await session.commit()
         self.commits += 1
         self.written += len(group)
+
+
+def _insert_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    with engine.begin() as connection:
+        connection.execute(insert(_EXECUTIONS), rows)
 
 
 def _resolve(pending: _Pending, *, error: bool = False) -> None:

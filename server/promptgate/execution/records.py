@@ -37,7 +37,12 @@ _ATTEMPTS: TypeAdapter[list[Attempt]] = TypeAdapter(list[Attempt])
 
 def to_row(record: ExecutionRecord) -> ExecutionRow:
     """The row that stores ``record``."""
-    return ExecutionRow(
+    return ExecutionRow(**row_values(record))
+
+
+def row_values(record: ExecutionRecord) -> dict[str, Any]:
+    """The column values of the row that stores ``record`` (for a bulk insert)."""
+    return dict(
         id=record.id,
         workspace_id=record.workspace_id,
         external_id=record.external_id or None,

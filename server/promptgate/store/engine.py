@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -49,12 +50,27 @@ class SessionFactory:
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._maker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
         self._gate = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     def __call__(self) -> AsyncSession:
         """A session for reads (or a write that needs no queueing)."""
         return self._maker()
+
+    @property
+    def url(self) -> str:
+        """The database URL (with its password)."""
+        return self._engine.url.render_as_string(hide_password=False)
+
+    @contextlib.asynccontextmanager
+    async def write_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite), for writers that bring their own connection."""
+        if self._gate is None:
+            yield
+            return
+        async with self._gate:
+            yield
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -85,6 +101,18 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_sync_sqlite_engine(url: str) -> Engine:
+    """A blocking (pysqlite) engine on the SQLite file of the async ``url``, same pragmas.
+
+    For a writer thread that does a whole transaction in one hop, rather than
+    one thread hop per statement as aiosqlite does.
+    """
+    parsed = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = sa_create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+    event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
