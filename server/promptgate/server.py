@@ -481,7 +481,7 @@ def run_loop(main: Coroutine[Any, Any, int], kind: str = "asyncio") -> int:
         except ImportError:
             log.warning("PROMPTGATE_EVENT_LOOP=uvloop but uvloop is not installed; using asyncio")
         else:
-            return uvloop.run(main)
+            return int(uvloop.run(main))
     return asyncio.run(main)
 
 
