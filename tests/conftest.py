@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from promptgate.api.v1 import execution_service_pb2_grpc, prompt_service_pb2_grpc
 from promptgate.config import Settings
+from promptgate.providers.transport import KeepAliveTransport, LeanClient
 from promptgate.server import PromptgateServer
 from tests.live import LiveServer, start_live_server
 
@@ -183,3 +185,16 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
     finally:
         server.stop()
+
+
+HTTP_CLIENTS = ("lean", "httpx")
+
+
+def provider_http_client(kind: str, *, ssl_context: Any = None) -> httpx.AsyncClient:
+    """An HTTP client for provider adapters: the server's own (``lean``) or plain httpx."""
+    timeout = httpx.Timeout(5.0)
+    if kind == "lean":
+        return LeanClient(timeout=timeout, transport=KeepAliveTransport(ssl_context=ssl_context))
+    if ssl_context is not None:
+        return httpx.AsyncClient(timeout=timeout, verify=ssl_context)
+    return httpx.AsyncClient(timeout=timeout)

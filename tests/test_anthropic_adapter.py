@@ -41,6 +41,7 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
+from tests.conftest import HTTP_CLIENTS, provider_http_client
 from tests.fake_anthropic import FakeAnthropic
 
 KEY = "sk-ant-test-123"
@@ -67,9 +68,10 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
     assert server.errors == []
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), verify=TLS) as client:
+@pytest.fixture(params=HTTP_CLIENTS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The server's lean client and plain httpx: every wire case holds for both."""
+    async with provider_http_client(request.param, ssl_context=TLS) as client:
         yield client
 
 

@@ -40,6 +40,7 @@ from promptgate.providers.base import (
     TextDelta,
 )
 from promptgate.providers.gemini import GeminiProvider, parse_retry_delay
+from tests.conftest import HTTP_CLIENTS, provider_http_client
 from tests.fake_gemini import _SIGNATURE as SIGNATURE
 from tests.fake_gemini import FakeGemini
 
@@ -67,9 +68,10 @@ async def fake() -> AsyncIterator[FakeGemini]:
     assert server.errors == []
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
+@pytest.fixture(params=HTTP_CLIENTS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The server's lean client and plain httpx: every wire case holds for both."""
+    async with provider_http_client(request.param) as client:
         yield client
 
 

@@ -42,6 +42,7 @@ from promptgate.providers.base import (
 )
 from promptgate.providers.http import SSEParser
 from promptgate.providers.openai import OpenAIProvider, parse_retry_after
+from tests.conftest import HTTP_CLIENTS, provider_http_client
 from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-test-123"
@@ -64,9 +65,10 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
     assert server.errors == []
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
+@pytest.fixture(params=HTTP_CLIENTS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The server's lean client and plain httpx: every wire case holds for both."""
+    async with provider_http_client(request.param) as client:
         yield client
 
 

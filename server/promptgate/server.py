@@ -68,7 +68,7 @@ from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
-from promptgate.providers.transport import KeepAliveTransport
+from promptgate.providers.transport import KeepAliveTransport, LeanClient
 from promptgate.store.engine import create_engine, prepare_schema, session_factory
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class PromptgateServer:
         # the lean keep-alive transport unless PROMPTGATE_HTTP_TRANSPORT=httpcore.
         self.http = httpx.AsyncClient(timeout=timeout, limits=limits)
         self.provider_http = (
-            httpx.AsyncClient(
+            LeanClient(
                 timeout=timeout,
                 transport=KeepAliveTransport(max_connections=s.http_max_connections),
             )

@@ -390,3 +390,61 @@ def _parse_head(raw: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], byte
             raise httpx.RemoteProtocolError(f"invalid header line {line[:80]!r}")
         headers.append((name.strip(), value.strip()))
     return status, reason, headers, version
+
+
+class LeanClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose plain requests skip the client layer.
+
+    A ``POST`` with a body and headers (what the provider adapters send) is
+    built as a bare ``httpx.Request`` and handed straight to the
+    ``KeepAliveTransport``: no URL merging, cookie jar, auth flow, redirect
+    handling or event hooks, which the provider path does not use and which
+    cost as much as the transport itself. Anything else, and any URL that an
+    environment proxy is mounted for, goes through httpx as usual.
+    """
+
+    def __init__(self, *, transport: KeepAliveTransport, **options: Any) -> None:
+        super().__init__(transport=transport, **options)
+        self._lean = transport
+        self._default_headers = list(self.headers.multi_items())
+
+    def build_request(  # type: ignore[override]
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        content: bytes | None = None,
+        headers: httpx.Headers | None = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+        **rest: Any,
+    ) -> httpx.Request:
+        if rest or not isinstance(content, bytes):
+            return super().build_request(
+                method, url, content=content, headers=headers, timeout=timeout, **rest
+            )
+        merged = httpx.Headers(self._default_headers)
+        if headers is not None:
+            merged.update(headers)
+        chosen = self.timeout if timeout is httpx.USE_CLIENT_DEFAULT else timeout
+        return httpx.Request(
+            method,
+            url,
+            content=content,
+            headers=merged,
+            extensions={"timeout": httpx.Timeout(chosen).as_dict()},
+        )
+
+    async def send(
+        self, request: httpx.Request, *, stream: bool = False, **rest: Any
+    ) -> httpx.Response:
+        if rest or self._transport_for_url(request.url) is not self._lean:
+            return await super().send(request, stream=stream, **rest)
+        response = await self._lean.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
