@@ -59,10 +59,12 @@ class ExecutionRecorder:
         with its own connection, the whole transaction in one hop."""
         self._sessions = sessions
         self._sync: Engine | None = None
+        self._inserter: _SqliteInserter | None = None
         self._thread: ThreadPoolExecutor | None = None
         database = make_url(sessions.url).database or ""
         if sqlite_thread and sessions.url.startswith("sqlite") and database not in ("", ":memory:"):
             self._sync = create_sync_sqlite_engine(sessions.url)
+            self._inserter = _SqliteInserter(self._sync)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="recorder")
         self._batch_max = batch_max
         self._record_all = record_all
@@ -110,13 +112,16 @@ class ExecutionRecorder:
         return True
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        assert self._sync is not None
-        _insert_rows(self._sync, rows)
+        assert self._inserter is not None
+        self._inserter.insert(rows)
 
     def _release_thread(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
+        if self._inserter is not None:
+            self._inserter.close()
+            self._inserter = None
         if self._sync is not None:
             self._sync.dispose()
             self._sync = None
@@ -198,9 +203,57 @@ class ExecutionRecorder:
         self.written += len(group)
 
 
-def _insert_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    with engine.begin() as connection:
-        connection.execute(insert(_EXECUTIONS), rows)
+class _SqliteInserter:
+    """Multi-row INSERTs of execution rows on one pysqlite connection (writer thread).
+
+    The statement is compiled once and each value goes through its column
+    type's own bind processor, so rows are stored exactly as SQLAlchemy would
+    store them, without SQLAlchemy's per-execution work (which cost twice the
+    insert itself and held the GIL against the event loop).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = insert(_EXECUTIONS).compile(
+            dialect=dialect, column_keys=[c.name for c in _EXECUTIONS.columns]
+        )
+        self._sql = str(compiled)
+        self._names: list[str] = list(compiled.positiontup or ())
+        columns = {c.name: c for c in _EXECUTIONS.columns}
+        self._processors: list[Any] = [
+            columns[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self._names
+        ]
+        self._engine = engine
+        self._connection: Any = None
+
+    def insert(self, rows: list[dict[str, Any]]) -> None:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        params = [
+            tuple(
+                process(row[name]) if process is not None else row[name]
+                for name, process in zip(self._names, self._processors, strict=True)
+            )
+            for row in rows
+        ]
+        connection = self._connection
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.executemany(self._sql, params)
+            finally:
+                cursor.close()
+            connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
 
 def _resolve(pending: _Pending, *, error: bool = False) -> None:

@@ -407,6 +407,9 @@ class LeanClient(httpx.AsyncClient):
         super().__init__(transport=transport, **options)
         self._lean = transport
         self._default_headers = list(self.headers.multi_items())
+        # Parsing a URL costs more than the rest of building a request; the
+        # adapters send to a handful of URLs.
+        self._urls: dict[str, httpx.URL] = {}
 
     def build_request(  # type: ignore[override]
         self,
@@ -426,6 +429,13 @@ class LeanClient(httpx.AsyncClient):
         if headers is not None:
             merged.update(headers)
         chosen = self.timeout if timeout is httpx.USE_CLIENT_DEFAULT else timeout
+        if isinstance(url, str):
+            parsed = self._urls.get(url)
+            if parsed is None:
+                if len(self._urls) >= 1024:
+                    self._urls.clear()
+                parsed = self._urls[url] = httpx.URL(url)
+            url = parsed
         return httpx.Request(
             method,
             url,
