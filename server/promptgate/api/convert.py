@@ -7,6 +7,7 @@ be UNSPECIFIED); meaning is checked by the domain.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -187,13 +188,29 @@ def python_to_value(data: Any) -> struct_pb2.Value:
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A datetime as a Timestamp (None stays unset)."""
     if when is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when)
-    return ts
+    if when.tzinfo is None:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(when)
+        return ts
+    # Aware datetimes (all of the domain's): plain arithmetic, several times
+    # faster than FromDatetime (which goes through calendar.timegm).
+    elapsed = when - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=elapsed.days * 86_400 + elapsed.seconds, nanos=elapsed.microseconds * 1000
+    )
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    """The current time as a Timestamp."""
+    ns = time.time_ns()
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
 def duration(seconds: float | None) -> duration_pb2.Duration | None:
@@ -923,7 +940,7 @@ def delta_event(execution_id: str, text: str, index: int) -> epb.ExecutePromptSt
     """A STREAMING stream event."""
     return epb.ExecutePromptStreamResponse(
         execution_id=execution_id,
-        time=timestamp(datetime.now().astimezone()),
+        time=now_timestamp(),
         streaming=epb.StreamingEvent(output_index=index, delta=text),
     )
 

@@ -360,7 +360,10 @@ class HttpProvider:
         if seconds is None:
             return default
         connect = seconds if default.connect is None else min(default.connect, seconds)
-        return httpx.Timeout(seconds, connect=connect)
+        # No per-read timeout: every read of the answer is bounded by the call's
+        # deadline (asyncio.timeout_at around each step), which is stricter, and
+        # a second timer per streamed chunk costs more than the chunk.
+        return httpx.Timeout(seconds, connect=connect, read=None)
 
     async def _send(
         self,
