@@ -342,6 +342,8 @@ class _Body(httpx.AsyncByteStream):
 
     async def _read(self, step: Any) -> Any:
         try:
+            if self._timeout is None:  # the caller bounds the read (cheaper: no timer)
+                return await step
             async with asyncio.timeout(self._timeout):
                 return await step
         except TimeoutError:
