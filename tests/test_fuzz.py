@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -183,8 +183,6 @@ def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message
             valid,
             st.tuples(valid, st.lists(one_field(descriptor), min_size=1, max_size=2)).map(_merged),
         )
-    from google.protobuf import message_factory
-
     cls = message_factory.GetMessageClass(descriptor)
     name = descriptor.full_name
     if name == "google.protobuf.Struct":
@@ -206,8 +204,6 @@ def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message
 
 
 def _fields(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
-    from google.protobuf import message_factory
-
     cls = message_factory.GetMessageClass(descriptor)
     parts: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
@@ -235,8 +231,6 @@ def _fields(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
 
 def one_field(descriptor: Descriptor) -> st.SearchStrategy[Message]:
     """Messages of ``descriptor``'s type with one random field set."""
-    from google.protobuf import message_factory
-
     cls = message_factory.GetMessageClass(descriptor)
 
     def single(field: FieldDescriptor) -> st.SearchStrategy[Message]:

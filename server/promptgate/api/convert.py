@@ -744,6 +744,26 @@ def tag_event_to_proto(event: ReleaseTagEvent) -> ppb.ReleaseTagEvent:
 # Executions
 
 
+def _target(
+    request: epb.ExecutePromptRequest | epb.ExecuteBatchRequest | ppb.RenderPromptRequest,
+) -> StoredTarget | InlineTarget:
+    """The stored or inline prompt a request names."""
+    target_kind = request.WhichOneof("target")
+    if target_kind == "prompt":
+        return StoredTarget(request.prompt, request.release_tag, request.version)
+    if target_kind == "inline_prompt":
+        if request.release_tag or request.version:
+            raise InvalidArgument.field(
+                "release_tag", "release_tag and version apply to stored prompts only"
+            )
+        return spec_from_inline(request.inline_prompt)
+    raise InvalidArgument(
+        "set prompt (a stored prompt's id or name) or inline_prompt",
+        reason="INVALID_PROMPT",
+        violations=[FieldViolation("prompt", "set prompt or inline_prompt")],
+    )
+
+
 def execution_request_from_proto(
     request: epb.ExecutePromptRequest | ppb.RenderPromptRequest,
     *,
@@ -752,22 +772,7 @@ def execution_request_from_proto(
     api_key_id: str = "",
 ) -> ExecutionRequest:
     """The domain request of an ExecutePrompt (or RenderPrompt) request."""
-    target_kind = request.WhichOneof("target")
-    target: StoredTarget | InlineTarget
-    if target_kind == "prompt":
-        target = StoredTarget(request.prompt, request.release_tag, request.version)
-    elif target_kind == "inline_prompt":
-        if request.release_tag or request.version:
-            raise InvalidArgument.field(
-                "release_tag", "release_tag and version apply to stored prompts only"
-            )
-        target = spec_from_inline(request.inline_prompt)
-    else:
-        raise InvalidArgument(
-            "set prompt (a stored prompt's id or name) or inline_prompt",
-            reason="INVALID_PROMPT",
-            violations=[FieldViolation("prompt", "set prompt or inline_prompt")],
-        )
+    target = _target(request)
     timeout: float | None = None
     external_id = ""
     metadata: dict[str, Any] = {}
@@ -1056,22 +1061,7 @@ def batch_spec_from_proto(
     request: epb.ExecuteBatchRequest, *, workspace: str, api_key_id: str = ""
 ) -> BatchSpec:
     """The domain batch of an ExecuteBatch request."""
-    target_kind = request.WhichOneof("target")
-    target: StoredTarget | InlineTarget
-    if target_kind == "prompt":
-        target = StoredTarget(request.prompt, request.release_tag, request.version)
-    elif target_kind == "inline_prompt":
-        if request.release_tag or request.version:
-            raise InvalidArgument.field(
-                "release_tag", "release_tag and version apply to stored prompts only"
-            )
-        target = spec_from_inline(request.inline_prompt)
-    else:
-        raise InvalidArgument(
-            "set prompt (a stored prompt's id or name) or inline_prompt",
-            reason="INVALID_PROMPT",
-            violations=[FieldViolation("prompt", "set prompt or inline_prompt")],
-        )
+    target = _target(request)
     items = []
     problems: list[FieldViolation] = []
     for i, item in enumerate(request.items):

@@ -531,12 +531,7 @@ class BatchStore:
         async with self._sessions.write() as session:
             done = await session.exec(
                 update(BatchItemRow)
-                .where(
-                    col(BatchItemRow.batch_id) == batch_id,
-                    col(BatchItemRow.idx) == index,
-                    col(BatchItemRow.state) == ItemState.RUNNING.value,
-                    col(BatchItemRow.claimed_by) == (dead_worker or None),
-                )
+                .where(*_abandoned(batch_id, index, dead_worker))
                 .values(state=ItemState.PENDING.value, claimed_by=None, claimed_at=None)
             )
             await session.commit()
@@ -547,12 +542,7 @@ class BatchStore:
         async with self._sessions.write() as session:
             done = await session.exec(
                 update(BatchItemRow)
-                .where(
-                    col(BatchItemRow.batch_id) == batch_id,
-                    col(BatchItemRow.idx) == index,
-                    col(BatchItemRow.state) == ItemState.RUNNING.value,
-                    col(BatchItemRow.claimed_by) == (dead_worker or None),
-                )
+                .where(*_abandoned(batch_id, index, dead_worker))
                 .values(claimed_by=worker)
             )
             await session.commit()
@@ -750,4 +740,14 @@ def _batch(row: BatchRow) -> Batch:
         error=error_from_json(row.error),
         callback_state=row.callback_state,
         callback_attempts=row.callback_attempts,
+    )
+
+
+def _abandoned(batch_id: str, index: int, dead_worker: str) -> tuple[Any, ...]:
+    """The item, still RUNNING and still claimed by the dead worker."""
+    return (
+        col(BatchItemRow.batch_id) == batch_id,
+        col(BatchItemRow.idx) == index,
+        col(BatchItemRow.state) == ItemState.RUNNING.value,
+        col(BatchItemRow.claimed_by) == (dead_worker or None),
     )

@@ -178,15 +178,7 @@ class Router:
                     if not await self._retry(exc, attempt, policy, deadline):
                         break
                     continue
-                self._health.succeeded(candidate.key)
-                run.attempts.append(
-                    Attempt(
-                        len(run.attempts) + 1,
-                        candidate.provider_name,
-                        candidate.request.model,
-                        time.monotonic() - started,
-                    )
-                )
+                self._succeeded(run, candidate, started)
                 run.served = candidate
                 return response
         assert last is not None

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_
 from sqlalchemy import select as columns
@@ -54,7 +55,11 @@ class UsageQuery:
         now: datetime,
         start: datetime | None,
         end: datetime | None,
-        **rest: object,
+        *,
+        group_by: tuple[Grouping, ...] = (),
+        prompt: str = "",
+        model: str = "",
+        api_key_id: str = "",
     ) -> UsageQuery:
         """A query with the default window filled in and checked."""
         end = end or now
@@ -65,7 +70,7 @@ class UsageQuery:
             raise InvalidArgument.field(
                 "start_time", f"the window may span at most {MAX_WINDOW.days} days"
             )
-        return cls(start=start, end=end, **rest)  # type: ignore[arg-type]
+        return cls(start, end, group_by, prompt, model, api_key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,24 +129,20 @@ class UsageReport:
     groups: list[tuple[GroupKey, UsageStats]]
 
 
-def _key(row: Sequence[object], group_by: tuple[Grouping, ...]) -> GroupKey:
+def _key(row: Sequence[Any], group_by: tuple[Grouping, ...]) -> GroupKey:
+    """The group of a row: the requested dimensions' values, the others empty."""
     (_, prompt_name, prompt_id, version, provider, model, created, api_key_id) = row[:8]
-    values: dict[str, object] = {}
-    for dim in group_by:
-        if dim in (Grouping.PROMPT, Grouping.VERSION):
-            values["prompt"] = prompt_name or ""
-            values["prompt_id"] = prompt_id or ""
-        if dim is Grouping.VERSION:
-            values["version"] = version or 0
-        if dim is Grouping.MODEL:
-            values["provider"] = provider or ""
-            values["model"] = model or ""
-        if dim is Grouping.DAY:
-            assert isinstance(created, datetime)
-            values["day"] = as_utc(created).date().isoformat()
-        if dim is Grouping.API_KEY:
-            values["api_key_id"] = api_key_id or ""
-    return GroupKey(**values)  # type: ignore[arg-type]
+    by_prompt = Grouping.PROMPT in group_by or Grouping.VERSION in group_by
+    by_model = Grouping.MODEL in group_by
+    return GroupKey(
+        prompt=(prompt_name or "") if by_prompt else "",
+        prompt_id=(prompt_id or "") if by_prompt else "",
+        version=(version or 0) if Grouping.VERSION in group_by else 0,
+        provider=(provider or "") if by_model else "",
+        model=(model or "") if by_model else "",
+        day=as_utc(created).date().isoformat() if Grouping.DAY in group_by else "",
+        api_key_id=(api_key_id or "") if Grouping.API_KEY in group_by else "",
+    )
 
 
 _COLUMNS = [

@@ -158,7 +158,7 @@ class TemplateEngine:
             return compiled
         try:
             ast = self._env.parse(source)
-            bounded = not any(True for _ in ast.find_all(_UNBOUNDED))
+            bounded = next(ast.find_all(_UNBOUNDED), None) is None
             template = self._env.from_string(ast)
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidArgument.field(
