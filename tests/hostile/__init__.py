@@ -1,0 +1,1 @@
+"""Hostile suite: one test module per class of attack (see tests/hostile/probe.py)."""
