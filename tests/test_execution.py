@@ -392,17 +392,27 @@ async def test_client_cancel_records_partial_execution(pg: Running) -> None:
 
 async def test_external_id_replays_the_first_result(pg: Running) -> None:
     first = await pg.executions.ExecutePrompt(demo("first", external_id="order-42"))
-    again = await pg.executions.ExecutePrompt(demo("a different question", external_id="order-42"))
+    again = await pg.executions.ExecutePrompt(demo("first", external_id="order-42"))
     assert again.execution_id == first.execution_id
     assert again.replayed and not first.replayed
     assert again.outputs[0].string_value == first.outputs[0].string_value
-    events = await collect(pg.executions.ExecutePromptStream(demo("third", external_id="order-42")))
+    events = await collect(pg.executions.ExecutePromptStream(demo("first", external_id="order-42")))
     assert events[0].initiated.replayed and events[0].execution_id == first.execution_id
     assert events[-1].fulfilled.outputs[0].string_value == first.outputs[0].string_value
     listed = await pg.executions.ListExecutions(epb.ListExecutionsRequest())
     assert [e.id for e in listed.executions] == [first.execution_id]
     by_external = await pg.executions.GetExecution(epb.GetExecutionRequest(external_id="order-42"))
     assert by_external.execution.id == first.execution_id
+
+
+async def test_external_id_with_another_request_is_refused(pg: Running) -> None:
+    first = await pg.executions.ExecutePrompt(demo("first", external_id="order-43"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await pg.executions.ExecutePrompt(demo("a different question", external_id="order-43"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = error_details(caught.value)
+    assert info.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert info.metadata["execution_id"] == first.execution_id
 
 
 async def test_concurrent_requests_with_one_external_id_run_once(pg: Running) -> None:

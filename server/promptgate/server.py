@@ -59,6 +59,7 @@ from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.execution.usage import UsageReader
+from promptgate.ids import new_id
 from promptgate.observability.logging import configure_logging
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
@@ -174,6 +175,8 @@ class PromptgateServer:
             self.registry.check,
             resolve_ttl_s=s.resolve_cache_ttl_s,
         )
+        # Names this process in the store: batch items it claims and executions it runs.
+        self.process_id = new_id("wrk")
         self.recorder = ExecutionRecorder(
             self.sessions,
             batch_max=s.record_batch_max,
@@ -195,7 +198,6 @@ class PromptgateServer:
             templates=self.templates,
             prices=self.prices,
             recorder=self.recorder,
-            history=self.history,
             sessions=self.sessions,
             router=Router(
                 TargetHealth(CooldownSettings(failures=s.cooldown_failures, seconds=s.cooldown_s))
@@ -215,6 +217,8 @@ class PromptgateServer:
                 default_timeout_s=s.default_timeout_s,
                 default_release_tag=s.default_release_tag,
             ),
+            owner=self.process_id,
+            stale_after_s=s.batch_stale_after_s,
         )
         self.dev_key: str | None = None
         if s.dev:
@@ -304,6 +308,7 @@ class PromptgateServer:
                 stale_after_s=s.batch_stale_after_s,
                 webhook_secret=s.webhook_secret or "",
             ),
+            worker_id=self.process_id,
         )
         self.batches = BatchService(
             store,

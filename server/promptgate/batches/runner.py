@@ -95,13 +95,15 @@ class BatchRunner:
         notifier: BatchNotifier,
         sender: WebhookSender,
         settings: RunnerSettings,
+        *,
+        worker_id: str = "",
     ) -> None:
         self._store = store
         self._executor = executor
         self._notifier = notifier
         self._sender = sender
         self._settings = settings
-        self.worker_id = new_id("wrk")
+        self.worker_id = worker_id or new_id("wrk")
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []

@@ -173,6 +173,12 @@ class ExecutionRecord:
     cache_status: str = ""
     """"hit", "miss" or "refresh"; "" when caching was off."""
     api_key_id: str = ""
+    fingerprint: str = ""
+    """A hash of the request, kept with an external_id (see records.request_fingerprint)."""
+    owner: str = ""
+    """The server process that runs the execution (its heartbeat tells if it is alive)."""
+    superseded_key: str = ""
+    """The external_id this attempt had before a retry of a transient failure replaced it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,12 @@ many executions share one commit (and one fsync) and recording stays off the
 critical path. If a group fails, its records are retried one by one so that
 one bad record cannot lose the others.
 
+A record whose write fails is not dropped: its caller is answered at once
+(UNAVAILABLE: the execution is not acknowledged), and the record is kept and
+written again with backoff until the store takes it, so that an execution
+left RUNNING by a store outage ends by itself once the store is back. Records
+still unwritten at shutdown are written one last time, then logged as lost.
+
 With ``record_all=False`` (``PROMPTGATE_RECORD_EXECUTIONS=false``) executions
 without an ``external_id`` are not stored at all (they are counted in
 ``skipped``); executions with one still are, because idempotency and batches
@@ -23,15 +29,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, insert, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 from promptgate.errors import Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
 from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
+from promptgate.store.faults import is_store_fault
 from promptgate.store.tables import ExecutionRow
 
 log = logging.getLogger(__name__)
+
+
+# Backoff between rewrites of records whose write failed.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 5.0
+# Records kept for rewriting at most (about 10 KB each): past this, new
+# failures are logged as lost rather than growing memory without bound.
+MAX_RETRYING = 50_000
+# A failure that is not a store fault (a record the store refuses) is retried
+# this many times before it is logged as lost.
+MAX_REFUSALS = 3
 
 
 @dataclass(slots=True)
@@ -39,6 +58,7 @@ class _Pending:
     record: ExecutionRecord
     upsert: bool
     done: asyncio.Future[None] | None
+    failures: int = 0
 
 
 _EXECUTIONS = SQLModel.metadata.tables[ExecutionRow.__tablename__]
@@ -72,8 +92,11 @@ class ExecutionRecorder:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._retrying: list[_Pending] = []
+        self._rewriter: asyncio.Task[None] | None = None
         self.commits = 0
         self.written = 0
+        self.lost = 0
 
     def start(self) -> None:
         """Start the writer task."""
@@ -133,17 +156,30 @@ class ExecutionRecorder:
             self._release_thread()
             return
         await self._queue.join()
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        self._writer = None
-        # Records submitted by handlers cancelled during shutdown.
-        late = []
+        for task in (self._writer, self._rewriter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._rewriter = None
+        # Records submitted by handlers cancelled during shutdown, and those
+        # whose earlier writes failed: one last try each.
+        late = self._retrying
+        self._retrying = []
         while not self._queue.empty():
             late.append(self._queue.get_nowait())
         if late:
             await self._write(late)
+        for pending in self._retrying:
+            self.lost += 1
+            log.error("execution %s could not be recorded before shutdown", pending.record.id)
+        self._retrying = []
         self._release_thread()
+
+    @property
+    def retrying(self) -> int:
+        """Records whose write failed and that wait to be written again."""
+        return len(self._retrying)
 
     async def _run(self) -> None:
         while True:
@@ -160,23 +196,59 @@ class ExecutionRecorder:
     async def _write(self, group: list[_Pending]) -> None:
         try:
             await self._commit(group)
-        except Exception:  # the writer must outlive any bad record
-            if len(group) == 1:
-                log.exception("recording execution %s failed", group[0].record.id)
-                _resolve(group[0], error=True)
+        except Exception as exc:  # the writer must outlive any bad record
+            if len(group) == 1 or is_store_fault(exc):
+                # One record, or the store itself is failing: keep them all.
+                for pending in group:
+                    self._failed(pending, exc)
                 return
             log.warning("group commit of %d records failed; retrying one by one", len(group))
             for pending in group:
                 try:
                     await self._commit([pending])
-                except Exception:  # the writer must outlive any bad record
-                    log.exception("recording execution %s failed", pending.record.id)
-                    _resolve(pending, error=True)
+                except Exception as one:  # the writer must outlive any bad record
+                    self._failed(pending, one)
                     continue
                 _resolve(pending)
             return
         for pending in group:
             _resolve(pending)
+
+    def _failed(self, pending: _Pending, exc: Exception) -> None:
+        """Answer the waiting caller, and keep the record to write it again later."""
+        _resolve(pending, error=True)
+        record = pending.record
+        if isinstance(exc, IntegrityError) and pending.upsert and record.external_id:
+            # Its RUNNING row was taken over meanwhile (this process looked dead)
+            # and another execution holds the key now: keep this one without it.
+            record.superseded_key, record.external_id = record.external_id, ""
+        elif is_store_fault(exc):
+            log.warning("recording execution %s failed (store unavailable): %s", record.id, exc)
+        else:
+            pending.failures += 1
+            if pending.failures > MAX_REFUSALS:
+                self.lost += 1
+                log.error("execution %s could not be recorded", record.id, exc_info=exc)
+                return
+            log.warning("recording execution %s failed; will retry", record.id, exc_info=exc)
+        if len(self._retrying) >= MAX_RETRYING:
+            self.lost += 1
+            log.error("execution %s could not be recorded (too many waiting)", record.id)
+            return
+        self._retrying.append(pending)
+        if self._rewriter is None or self._rewriter.done():
+            loop = asyncio.get_running_loop()
+            self._rewriter = loop.create_task(self._rewrite(), name="recorder-retry")
+
+    async def _rewrite(self) -> None:
+        """Write failed records again, with backoff, until none is left."""
+        delay = RETRY_INITIAL_S
+        while self._retrying:
+            await asyncio.sleep(delay)
+            group, self._retrying = self._retrying, []
+            for start in range(0, len(group), self._batch_max):
+                await self._write(group[start : start + self._batch_max])
+            delay = min(delay * 2, RETRY_MAX_S) if self._retrying else RETRY_INITIAL_S
 
     async def _commit(self, group: list[_Pending]) -> None:
         if self._sync is not None and not any(p.upsert for p in group):

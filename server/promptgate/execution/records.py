@@ -1,23 +1,29 @@
-"""Execution records in the store: row conversion, lookups and listings."""
+"""Execution records in the store: row conversion, lookups, listings and idempotency keys."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import func
+from pydantic_core import to_jsonable_python
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from promptgate.chat import ChatMessage, FinishReason, FunctionCall, ModelParameters, Usage
-from promptgate.errors import InvalidArgument, NotFound
+from promptgate.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.model import (
     Attempt,
     Cost,
     ExecutionFailure,
     ExecutionRecord,
+    ExecutionRequest,
     ExecutionState,
     FunctionCallOutput,
     JsonOutput,
@@ -27,7 +33,7 @@ from promptgate.execution.model import (
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts.model import InputType, PromptInput
 from promptgate.store.engine import SessionFactory
-from promptgate.store.tables import ExecutionRow, as_utc
+from promptgate.store.tables import BatchWorkerRow, ExecutionRow, as_utc, utcnow
 
 _MESSAGES: TypeAdapter[list[ChatMessage]] = TypeAdapter(list[ChatMessage])
 _CALL: TypeAdapter[FunctionCall] = TypeAdapter(FunctionCall)
@@ -90,6 +96,9 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         raw=record.raw,
         created_at=record.created_at,
         completed_at=record.completed_at,
+        request_fingerprint=record.fingerprint or None,
+        owner=record.owner or None,
+        superseded_key=record.superseded_key or None,
     )
 
 
@@ -139,6 +148,9 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         metadata=dict(row.request_metadata or {}),
         raw=dict(row.raw or {}),
         completed_at=as_utc(row.completed_at) if row.completed_at else None,
+        fingerprint=row.request_fingerprint or "",
+        owner=row.owner or "",
+        superseded_key=row.superseded_key or "",
     )
 
 
@@ -274,3 +286,205 @@ class ExecutionHistory:
         for record in records:
             record.actuals = tuple(actuals.get(record.id, ()))
         return records, next_token
+
+
+def request_fingerprint(request: ExecutionRequest) -> str:
+    """A hash of what ``request`` asks to run, kept with its external_id.
+
+    It covers the target, inputs, model and provider overrides, parameters,
+    response format, tools, raw overrides, routing and cache policy; not the
+    timeout, metadata or which response fields to return, which do not change
+    what runs.
+    """
+    document = {
+        "target": to_jsonable_python(request.target),
+        "inputs": [input_to_json(i) for i in request.inputs],
+        "model": request.model,
+        "provider": request.provider,
+        "parameters": to_jsonable_python(request.parameters),
+        "response_format": to_jsonable_python(request.response_format),
+        "tools": to_jsonable_python(request.tools),
+        "tool_choice": to_jsonable_python(request.tool_choice),
+        "raw_body": request.raw_body,
+        "raw_headers": request.raw_headers,
+        "routing": to_jsonable_python(request.routing),
+        "cache": to_jsonable_python(request.cache),
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    """The external_id contract, as payment APIs have it, over the executions table.
+
+    - The first call with a key inserts a RUNNING row holding the key, the
+      request's fingerprint and this process as its owner, so concurrent
+      repeats see it: they get ABORTED (EXECUTION_IN_PROGRESS) while it runs.
+    - A repeat of the same request after it finished replays the recorded
+      result, without calling the provider again.
+    - The same key with another request is FAILED_PRECONDITION
+      (IDEMPOTENCY_KEY_REUSED).
+    - A transient rejection (see ``outcomes.is_transient``) is not replayed: the
+      repeat runs again as a new execution, which takes the key; the earlier
+      attempt stays recorded with its key in ``superseded_key``.
+    - A RUNNING row whose owner process stopped heartbeating (it crashed) is
+      marked REJECTED (ABANDONED) and the repeat runs again at once.
+
+    Batch items (``request.resume``) own their keys exclusively: their rows are
+    reused rather than replaced, and no fingerprint is checked.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        owner: str,
+        stale_after_s: float,
+        running_limit_s: float,
+        is_transient: Callable[[ExecutionFailure | None], bool],
+    ) -> None:
+        self._sessions = sessions
+        self.owner = owner
+        self._stale_after_s = stale_after_s
+        self._running_limit_s = running_limit_s
+        self._is_transient = is_transient
+
+    async def lookup(
+        self, request: ExecutionRequest, fingerprint: str
+    ) -> tuple[ExecutionRecord | None, ExecutionRecord | None]:
+        """(the recorded result to replay, the earlier execution the new run replaces)."""
+        if not request.external_id or request.fresh:
+            return None, None
+        existing = await self._find(request.workspace_id, request.external_id)
+        if existing is None:
+            return None, None
+        return await self._decide(existing, request, fingerprint)
+
+    async def claim(
+        self,
+        request: ExecutionRequest,
+        record: ExecutionRecord,
+        replaced: ExecutionRecord | None,
+    ) -> bool | ExecutionRecord:
+        """Take the key for ``record`` before it runs.
+
+        Returns True when a row with the record's id now exists (the final
+        write replaces it), False when there is none, or the execution to
+        answer with instead (one that won a race for the key).
+        """
+        if not request.external_id:
+            return False
+        if request.resume:
+            # A batch worker owns this key: it reruns its own earlier attempt in place.
+            if replaced is not None:
+                record.id = replaced.id
+                return True
+            return False
+        record.owner = self.owner
+        for _ in range(3):
+            try:
+                async with self._sessions.write() as session:
+                    if replaced is not None:
+                        if not await _release_key(session, replaced, record.external_id):
+                            await session.rollback()
+                            replaced = None
+                            raise _Raced
+                    session.add(to_row(record))
+                    await session.commit()
+                return True
+            except (IntegrityError, _Raced):
+                existing = await self._find(request.workspace_id, request.external_id)
+                if existing is None:
+                    continue
+                replay, replaced = await self._decide(existing, request, record.fingerprint)
+                if replay is not None:
+                    return replay
+        raise Aborted(
+            f"the external_id {request.external_id!r} is in use by concurrent calls; retry",
+            reason="EXECUTION_IN_PROGRESS",
+            metadata={"external_id": request.external_id},
+        )
+
+    async def _find(self, workspace: str, external_id: str) -> ExecutionRecord | None:
+        query = select(ExecutionRow).where(
+            ExecutionRow.workspace_id == workspace, ExecutionRow.external_id == external_id
+        )
+        async with self._sessions() as session:
+            row = (await session.exec(query)).first()
+        return from_row(row) if row else None
+
+    async def _decide(
+        self, existing: ExecutionRecord, request: ExecutionRequest, fingerprint: str
+    ) -> tuple[ExecutionRecord | None, ExecutionRecord | None]:
+        if request.resume:
+            if existing.state is ExecutionState.RUNNING or (
+                existing.error is not None and existing.error.code == "CANCELLED"
+            ):
+                return None, existing
+            existing.replayed = True
+            return existing, None
+        if existing.fingerprint and fingerprint and existing.fingerprint != fingerprint:
+            raise FailedPrecondition(
+                f"the external_id {existing.external_id!r} was used for a different request",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"external_id": existing.external_id, "execution_id": existing.id},
+            )
+        if existing.state is ExecutionState.RUNNING:
+            if await self._alive(existing):
+                raise Aborted(
+                    f"an execution with external_id {existing.external_id!r} is still running",
+                    reason="EXECUTION_IN_PROGRESS",
+                    metadata={"external_id": existing.external_id, "execution_id": existing.id},
+                )
+            return None, existing  # its server stopped: run it again
+        if existing.state is ExecutionState.REJECTED and self._is_transient(existing.error):
+            return None, existing
+        existing.replayed = True
+        return existing, None
+
+    async def _alive(self, running: ExecutionRecord) -> bool:
+        """Whether the process that runs ``running`` still heartbeats."""
+        if running.owner == self.owner:
+            return True
+        if not running.owner:  # recorded before owners were: judge by age
+            age = (utcnow() - running.created_at).total_seconds()
+            return age <= self._running_limit_s
+        cutoff = utcnow() - timedelta(seconds=self._stale_after_s)
+        async with self._sessions() as session:
+            beat = (
+                await session.exec(
+                    select(BatchWorkerRow.heartbeat_at).where(BatchWorkerRow.id == running.owner)
+                )
+            ).first()
+        return beat is not None and as_utc(beat) >= cutoff
+
+
+class _Raced(Exception):
+    """Another call replaced the same earlier attempt first."""
+
+
+async def _release_key(session: AsyncSession, replaced: ExecutionRecord, key: str) -> bool:
+    """Move ``key`` off the attempt being replaced (ending it if it was left RUNNING)."""
+    values: dict[str, Any] = {"external_id": None, "superseded_key": key}
+    if replaced.state is ExecutionState.RUNNING:
+        values.update(
+            state=ExecutionState.REJECTED.value,
+            finish_reason=FinishReason.ERROR.value,
+            error={
+                "code": "ABANDONED",
+                "message": "the server running this execution stopped before it finished",
+                "provider_status": 0,
+                "retry_after": None,
+            },
+            completed_at=utcnow(),
+        )
+    done = await session.exec(
+        update(ExecutionRow)
+        .where(
+            col(ExecutionRow.id) == replaced.id,
+            col(ExecutionRow.external_id) == key,
+            col(ExecutionRow.state) == replaced.state.value,
+        )
+        .values(**values)
+    )
+    return bool(done.rowcount == 1)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -33,10 +33,19 @@ from promptgate.store.tables import SchemaVersionRow, utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+async def _idempotency_columns(conn: AsyncConnection) -> None:
+    """Version 2: executions remember their request's fingerprint, owner and replaced key."""
+    for column, size in (("request_fingerprint", 64), ("owner", 40), ("superseded_key", 256)):
+        await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {column} VARCHAR({size})"))
+
 
 # Migrations from version N-1 to N, run in order inside one transaction.
-MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {}
+MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
+    2: _idempotency_columns,
+}
 
 
 class SessionFactory:

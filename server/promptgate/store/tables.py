@@ -155,6 +155,12 @@ class ExecutionRow(SQLModel, table=True):
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    # Idempotency (schema version 2): a hash of the request that used the
+    # external_id, the process that runs a RUNNING row, and on an attempt that
+    # a later retry replaced, the external_id it had.
+    request_fingerprint: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, max_length=40)
+    superseded_key: str | None = Field(default=None, max_length=256)
 
 
 class ActualRow(SQLModel, table=True):
