@@ -13,11 +13,10 @@ import asyncio
 import time
 from typing import Any
 
-from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from tests.conftest import Running
 from tests.hostile.probe import while_attacking
-from tests.test_batches import wait_done
+from tests.test_batches import items, wait_done
 from tests.test_webhooks import Receiver, Reply
 
 HUGE_SECONDS = "99999999999"  # over 3000 years
@@ -52,16 +51,7 @@ async def run_batch_with_callback(running: Running, receiver: Receiver) -> epb.B
     """Run a one-item batch calling back ``receiver``; the batch once its callback ended."""
     batch = (
         await running.executions.ExecuteBatch(
-            epb.ExecuteBatchRequest(
-                prompt="demo",
-                items=[
-                    epb.BatchItem(
-                        custom_id="only",
-                        inputs=[pb.PromptInput(name="question", string_value="hook?")],
-                    )
-                ],
-                callback_url=receiver.url,
-            )
+            epb.ExecuteBatchRequest(prompt="demo", items=items(1), callback_url=receiver.url)
         )
     ).batch
     await wait_done(running, batch.id)
