@@ -22,7 +22,7 @@ from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
 from promptgate.auth.model import Scope
-from promptgate.batches.webhooks import SIGNATURE_HEADER, verify
+from promptgate.batches.webhooks.signing import SIGNATURE_HEADER, verify
 from tests.conftest import Running, authed_channel
 from tests.fake_openai import FakeOpenAI
 from tests.test_batches import all_results, wait_done

@@ -20,18 +20,14 @@ import h11
 import httpx
 import pytest
 
-from promptgate.batches.webhooks import (
+from promptgate.batches.webhooks.delivery import (
     EVENT_HEADER,
-    SIGNATURE_HEADER,
     USER_AGENT,
-    CallbackGuard,
     DeliveryAttempt,
-    UnresolvableCallbackHost,
     WebhookSender,
-    encode_body,
-    sign,
-    verify,
 )
+from promptgate.batches.webhooks.guard import CallbackGuard, UnresolvableCallbackHost
+from promptgate.batches.webhooks.signing import SIGNATURE_HEADER, encode_body, sign, verify
 from promptgate.errors import InvalidArgument
 
 NOW = 1_800_000_000.0

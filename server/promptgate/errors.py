@@ -29,8 +29,9 @@ Retry-After, and whether a retry could succeed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from promptgate.backoff import sane_delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,28 +185,10 @@ class ProviderError(PromptgateError):
         self.message = message
         self.code = code or self.default_code
         self.status = status
-        self.retry_after = _sane_delay(retry_after)
+        # Providers are outside promptgate: a delay of 1e300 or NaN must not reach
+        # the arithmetic and encoders that use it. At most a day.
+        self.retry_after = sane_delay(retry_after)
         self.retryable = retryable
-
-
-MAX_RETRY_AFTER_S = 86_400.0
-
-
-def _sane_delay(seconds: float | None) -> float | None:
-    """A provider's retry delay, or None if it is not a number of seconds; at most a day.
-
-    Providers are outside promptgate: a delay of 1e300 or NaN must not reach the
-    arithmetic and encoders that use it.
-    """
-    if seconds is None:
-        return None
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if math.isnan(value) or value < 0:
-        return None
-    return min(value, MAX_RETRY_AFTER_S)
 
 
 class ProviderTimeout(ProviderError):

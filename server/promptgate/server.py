@@ -49,7 +49,8 @@ from promptgate.auth.model import Scope
 from promptgate.batches.runner import BatchNotifier, BatchRunner, RunnerSettings
 from promptgate.batches.service import BatchLimits, BatchService
 from promptgate.batches.store import BatchStore
-from promptgate.batches.webhooks import CallbackGuard, WebhookSender
+from promptgate.batches.webhooks.delivery import WebhookSender
+from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.config import Settings
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.cache import MemoryCache, RedisCache, ResponseCache

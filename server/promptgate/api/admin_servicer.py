@@ -14,7 +14,7 @@ from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.auth.keys import LIMIT_FIELDS, KeyStore
 from promptgate.auth.limits import Limiter
 from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
-from promptgate.batches.webhooks import workspace_secret
+from promptgate.batches.webhooks.signing import workspace_secret
 from promptgate.errors import FailedPrecondition, InvalidArgument
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.usage import Grouping, UsageQuery, UsageReader, UsageStats

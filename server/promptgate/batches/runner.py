@@ -27,7 +27,8 @@ from typing import Any
 
 from promptgate.batches.model import Batch, ItemState
 from promptgate.batches.store import BatchStore, ClaimedItem, ItemOutcome, RunnableBatch
-from promptgate.batches.webhooks import DeliveryAttempt, WebhookSender, workspace_secret
+from promptgate.batches.webhooks.delivery import DeliveryAttempt, WebhookSender
+from promptgate.batches.webhooks.signing import workspace_secret
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import (

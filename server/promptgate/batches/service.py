@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
 from promptgate.batches.runner import BatchNotifier, BatchRunner
 from promptgate.batches.store import BatchStore, error_from_json
-from promptgate.batches.webhooks import CallbackGuard
+from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import ExecutionRequest, StoredTarget

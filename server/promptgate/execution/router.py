@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from promptgate.backoff import full_jitter
 from promptgate.errors import ProviderError, ProviderTimeout
 from promptgate.execution.model import Attempt, ExecutionFailure
 from promptgate.prompts.model import Strategy
@@ -280,8 +281,9 @@ class Router:
         """Wait before retrying the same target; False when it should not be retried."""
         if not exc.retryable or attempt >= policy.max_attempts:
             return False
-        ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** (attempt - 1))
-        delay = self._rng.uniform(0, ceiling)
+        delay = full_jitter(
+            attempt, base_s=policy.initial_backoff_s, cap_s=policy.max_backoff_s, rng=self._rng
+        )
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         if asyncio.get_running_loop().time() + delay >= deadline:

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any, ClassVar, Final
 
 import httpx
 
+from promptgate.backoff import parse_seconds, retry_after_delay, sane_delay
 from promptgate.chat import deep_merge
 from promptgate.errors import (
     ProviderBadResponse,
@@ -248,36 +249,15 @@ def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None
 
     ``Retry-After`` may be delta-seconds (``7``) or an HTTP-date
     (``Wed, 21 Oct 2015 07:28:00 GMT``, counted from ``now``); a date in the
-    past gives 0. Returns None when neither header holds a usable value.
+    past gives 0. At most ``backoff.MAX_DELAY_S`` (a day). Returns None when
+    neither header holds a usable value.
     """
     lowered = {key.lower(): value for key, value in headers.items()}
-    millis = _non_negative(lowered.get("retry-after-ms"))
+    millis = parse_seconds(lowered.get("retry-after-ms"))
     if millis is not None:
-        return millis / 1000.0
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    seconds = _non_negative(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def _non_negative(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
+        return sane_delay(millis / 1000.0)
+    clock = now.timestamp() if now is not None else time.time()
+    return retry_after_delay(lowered.get("retry-after"), now=clock)
 
 
 # ---------------------------------------------------------------------- transport
