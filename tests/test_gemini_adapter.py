@@ -796,7 +796,7 @@ async def test_timeout_is_provider_timeout(provider: GeminiProvider, fake: FakeG
     started = time.monotonic()
     with pytest.raises(ProviderTimeout) as caught:
         await provider.complete(make_request("fake-slow", timeout=0.2))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # well before the 30 s fake delay
     assert caught.value.code == "PROVIDER_TIMEOUT" and caught.value.retryable
     async with asyncio.timeout(2):
         await fake.wait_for_disconnect()  # the abandoned request's connection was closed
@@ -808,7 +808,7 @@ async def test_stream_that_stalls_times_out_after_its_deltas(
     started = time.monotonic()
     events, error = await collect_until_error(provider, make_request("fake-stall", timeout=0.3))
     assert isinstance(error, ProviderTimeout)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # well before the 30 s fake delay
     assert deltas(events) == ["Hello "]
     assert dones(events) == []
     async with asyncio.timeout(2):
