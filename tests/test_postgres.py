@@ -214,11 +214,17 @@ async def test_external_id_replay(start_server: StartServer, postgres_url: str) 
     first = await executions.ExecutePrompt(demo("replay me", external_id="order-1"))
     assert first.state == pb.EXECUTION_STATE_FULFILLED
     assert first.external_id == "order-1" and not first.replayed
-    # A retry with the same key (even with different inputs) returns the first result.
-    again = await executions.ExecutePrompt(demo("something else", external_id="order-1"))
+    # A retry of the same request with the key returns the first result.
+    again = await executions.ExecutePrompt(demo("replay me", external_id="order-1"))
     assert again.replayed and again.execution_id == first.execution_id
     assert again.outputs == first.outputs
-    streamed = [e async for e in executions.ExecutePromptStream(demo("x", external_id="order-1"))]
+    # The key with another request is refused.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await executions.ExecutePrompt(demo("something else", external_id="order-1"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    streamed = [
+        e async for e in executions.ExecutePromptStream(demo("replay me", external_id="order-1"))
+    ]
     assert streamed[0].initiated.replayed
     assert {e.execution_id for e in streamed} == {first.execution_id}
     assert streamed[-1].fulfilled.outputs == first.outputs
@@ -246,7 +252,7 @@ async def test_external_id_replay(start_server: StartServer, postgres_url: str) 
     assert len({r.execution_id for r in done}) == 1
     assert sum(not r.replayed for r in done) == 1
     assert all(r.state == pb.EXECUTION_STATE_FULFILLED for r in done)
-    settled = await executions.ExecutePrompt(demo("race", external_id="order-2"))
+    settled = await executions.ExecutePrompt(demo("race", external_id="order-2", parameters=slow))
     assert settled.replayed and settled.execution_id == done[0].execution_id
 
     rows = await sql(
