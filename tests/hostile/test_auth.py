@@ -207,6 +207,34 @@ class TestBogusKeyFlood:
         assert 0 < flood_reads < self.FLOOD // 4, flood_reads
         print(f"flood of {self.FLOOD} keys: {flood_s:.1f} s, {flood_reads} store queries")
 
+    async def test_revoking_a_key_stops_it_at_once_and_keeps_the_others_cached(
+        self, start_server: Callable[..., Any]
+    ) -> None:
+        running: Running = await start_server(auth_cache_ttl_s=600)
+        kept, revoked = await issue(running), await issue(running)
+        key_reads: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "api_keys" in statement and statement.lstrip().upper().startswith("SELECT"):
+                key_reads.append(statement)
+
+        event.listen(running.server.engine.sync_engine, "before_cursor_execute", count)
+        async with (
+            authed_channel(running.address, kept) as kept_channel,
+            authed_channel(running.address, revoked) as revoked_channel,
+        ):
+            kept_admin = apb_grpc.AdminServiceStub(kept_channel)
+            revoked_admin = apb_grpc.AdminServiceStub(revoked_channel)
+            await kept_admin.WhoAmI(apb.WhoAmIRequest())
+            me = await revoked_admin.WhoAmI(apb.WhoAmIRequest())
+            await kept_admin.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=me.api_key.id))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await revoked_admin.WhoAmI(apb.WhoAmIRequest())
+            assert error_details(caught.value)[0].reason == "INVALID_API_KEY"
+            key_reads.clear()
+            await kept_admin.WhoAmI(apb.WhoAmIRequest())
+            assert key_reads == [], "revoking one key dropped the others from the cache"
+
 
 # Which header carries the key
 
