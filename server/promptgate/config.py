@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Auth and limits
     limits_backend: str = Field("memory", pattern="^(memory|redis)$")
     auth_cache_ttl_s: float = Field(5.0, ge=0)
+    limits_lease_ttl_s: float = Field(30.0, gt=0)
+    limits_redis_prefix: str = "promptgate:limits:"
 
     # Batches
     batch_max_items: int = Field(10_000, ge=1)

@@ -189,7 +189,12 @@ class PromptgateServer:
         self.history = ExecutionHistory(self.sessions, self.actuals)
         self.keys = KeyStore(self.sessions, cache_ttl_s=s.auth_cache_ttl_s)
         self.limiter: Limiter = (
-            RedisLimiter(s.redis_url, self.history.month_tokens)
+            RedisLimiter(
+                s.redis_url,
+                self.history.month_tokens,
+                prefix=s.limits_redis_prefix,
+                lease_ttl_s=s.limits_lease_ttl_s,
+            )
             if s.limits_backend == "redis"
             else MemoryLimiter(self.history.month_tokens)
         )

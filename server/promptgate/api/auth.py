@@ -2,7 +2,12 @@
 
 Health and reflection stay open. Every other call needs a key, sent as
 ``authorization: Bearer <key>`` or ``x-api-key: <key>``; the key's workspace
-becomes the call's workspace. Each method needs a scope (see ``scopes_for``).
+becomes the call's workspace. Neither header takes precedence (see
+``credential``): an empty or whitespace-only header counts as absent, an
+``authorization`` header that is not ``Bearer <key>`` is refused
+(INVALID_AUTHORIZATION), and two headers naming different keys are refused
+(CONFLICTING_CREDENTIALS), so a bad header never masks a good one nor the
+other way round. Each method needs a scope (see ``scopes_for``).
 Every answered call carries ``x-ratelimit-limit``, ``x-ratelimit-remaining``
 and ``x-ratelimit-reset`` (unix seconds) as initial metadata; executions
 also hold one of the key's concurrent-execution slots and need token quota.
@@ -10,6 +15,7 @@ also hold one of the key's concurrent-execution slots and need token quota.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import time
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from promptgate.auth.keys import KeyStore
-from promptgate.auth.limits import Limiter, Window
+from promptgate.auth.limits import Lease, Limiter, Window
 from promptgate.auth.model import ApiKey, Scope
 from promptgate.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 
@@ -56,16 +62,43 @@ def scopes_for(method: str) -> tuple[Scope, ...]:
     return (Scope.ADMIN,)
 
 
-def _token(metadata: Any) -> str:
-    values = {key.lower(): value for key, value in metadata or ()}
-    explicit = values.get("x-api-key")
-    if explicit:
-        return str(explicit).strip()
-    header = str(values.get("authorization", "")).strip()
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return ""
+def credential(metadata: Any) -> str:
+    """The API key a call's metadata carries; "" when it carries none.
+
+    Every ``x-api-key`` and ``authorization`` header counts, none wins: empty
+    or whitespace-only values (and ``Bearer`` with nothing after it) are
+    absent; an ``authorization`` value that is not ``Bearer <key>`` raises
+    UNAUTHENTICATED (INVALID_AUTHORIZATION); headers naming different keys
+    raise UNAUTHENTICATED (CONFLICTING_CREDENTIALS). The same key in both is
+    fine. Error messages never echo what was sent.
+    """
+    keys: set[str] = set()
+    for name, value in metadata or ():
+        name = name.lower()
+        if name not in ("x-api-key", "authorization") or not isinstance(value, str):
+            continue
+        value = value.strip()
+        if not value:
+            continue
+        if name == "authorization":
+            scheme, _, value = value.partition(" ")
+            if scheme.lower() != "bearer":
+                raise Unauthenticated(
+                    "the authorization header must read 'Bearer <key>' "
+                    "(or send the key as 'x-api-key: <key>')",
+                    reason="INVALID_AUTHORIZATION",
+                )
+            value = value.strip()
+            if not value:
+                continue
+        keys.add(value)
+    if len(keys) > 1:
+        raise Unauthenticated(
+            "the call carries different API keys (in authorization and x-api-key, "
+            "or repeated headers); send one key",
+            reason="CONFLICTING_CREDENTIALS",
+        )
+    return keys.pop() if keys else ""
 
 
 def rate_headers(window: Window) -> tuple[tuple[str, str], ...]:
@@ -123,7 +156,7 @@ class AuthInterceptor(_ServerInterceptor):
         return handler
 
     async def _admit(self, context: Context, needed: tuple[Scope, ...]) -> ApiKey:
-        token = _token(context.invocation_metadata())
+        token = credential(context.invocation_metadata())
         if not token:
             raise Unauthenticated(
                 "send an API key as 'authorization: Bearer <key>' or 'x-api-key: <key>'",
@@ -152,17 +185,15 @@ class AuthInterceptor(_ServerInterceptor):
     def _unary(self, behavior: Any, needed: tuple[Scope, ...], execution: bool) -> Any:
         async def guarded(request: Any, context: Context) -> Any:
             key = await self._admit(context, needed)
-            token = CURRENT_KEY.set(key)
+            # gRPC runs each call in a task of its own: the value dies with it.
+            CURRENT_KEY.set(key)
+            if not execution:
+                return await behavior(request, context)
+            lease = await self._limiter.begin(key)
             try:
-                if not execution:
-                    return await behavior(request, context)
-                await self._limiter.begin(key)
-                try:
-                    return await behavior(request, context)
-                finally:
-                    await self._limiter.end(key)
+                return await behavior(request, context)
             finally:
-                CURRENT_KEY.reset(token)
+                await self._limiter.end(lease)
 
         return guarded
 
@@ -172,18 +203,20 @@ class AuthInterceptor(_ServerInterceptor):
 
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             key = await self._admit(context, needed)
-            token = CURRENT_KEY.set(key)
+            # Set, never reset: the call's task holds the value and dies with it,
+            # while a generator's finally may run in another context (the loop's
+            # finalizer closes a stream whose client went away), where
+            # ContextVar.reset raises.
+            CURRENT_KEY.set(key)
+            lease: Lease | None = await self._limiter.begin(key) if execution else None
             try:
-                if execution:
-                    await self._limiter.begin(key)
-                try:
-                    async for response in behavior(request, context):
+                # Closed here, not whenever the garbage collector gets to it.
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
                         yield response
-                finally:
-                    if execution:
-                        await self._limiter.end(key)
             finally:
-                CURRENT_KEY.reset(token)
+                if lease is not None:
+                    await self._limiter.end(lease)
 
         return guarded
 

@@ -2,23 +2,38 @@
 
 A key reads ``pgk_<id>.<secret>``: the id finds the stored key, the secret is
 checked against its SHA-256 in constant time. Only the hash is stored; the
-whole key is shown once, when it is created. Authenticated keys are cached
-for a few seconds so the hot path does not read the store on every call;
-revocations made on this server clear the cache at once, those made on
-another replica take effect within ``cache_ttl_s``.
+whole key is shown once, when it is created.
+
+Authentication is built to shrug off floods of bogus keys:
+
+- a token that does not match ``KEY_PATTERN`` is refused before any hashing,
+  cache or store work;
+- keys whose secret checked out are cached (LRU + TTL, by key id) for
+  ``cache_ttl_s``; only a right secret enters that cache, so bogus keys can
+  never evict a valid one, and a wrong secret for a cached id costs no read;
+- misses (no such id, wrong secret) go to a small cache of their own, so a
+  repeated bogus key costs no store read and distinct ones only evict misses;
+- store reads are batched: the ids awaiting a lookup are read in one query,
+  one query at a time, so a flood costs the store one query per batch and
+  holds at most one pool connection.
+
+Revocations made on this server drop the key's cache entry at once; those
+made on another replica take effect within ``cache_ttl_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
-import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+from cachetools import TTLCache
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -38,18 +53,90 @@ KEY_PATTERN = re.compile(r"^pgk_([0-9a-z]{26})\.([A-Za-z0-9_-]{20,128})$")
 WORKSPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LIMIT_FIELDS = ("requests_per_minute", "concurrent_executions", "monthly_tokens")
 
+KEY_CACHE_SIZE = 10_000
+"""Keys with a checked secret kept in memory (least recently used go first)."""
+MISS_CACHE_SIZE = 4_096
+"""Refused well-formed tokens remembered, so that repeating one costs no store read."""
+LOOKUP_BATCH = 256
+"""Key ids read from the store in one query at most."""
+
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class _CheckedKey(NamedTuple):
+    secret_sha256: str
+    key: ApiKey
+
+
+class _KeyRowReader:
+    """Reads key rows by id; ids asked for while a query runs go together in the next.
+
+    One query at a time, at most ``batch`` ids each: a flood of distinct ids
+    costs the store one query per batch rather than one per id, and holds at
+    most one pool connection, leaving the rest to the calls being served.
+    """
+
+    def __init__(self, sessions: SessionFactory, batch: int = LOOKUP_BATCH) -> None:
+        self._sessions = sessions
+        self._batch = batch
+        self._waiting: dict[str, list[asyncio.Future[ApiKeyRow | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def get(self, key_id: str) -> ApiKeyRow | None:
+        """The row of ``key_id``, or None if there is none."""
+        future: asyncio.Future[ApiKeyRow | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key_id, []).append(future)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_waiting())
+        return await future
+
+    async def _read_waiting(self) -> None:
+        while self._waiting:
+            batch = {
+                key_id: self._waiting.pop(key_id)
+                for key_id in list(itertools.islice(self._waiting, self._batch))
+            }
+            # A caller that gave up (cancelled) needs no read.
+            batch = {k: fs for k, fs in batch.items() if not all(f.done() for f in fs)}
+            if not batch:
+                continue
+            try:
+                async with self._sessions() as session:
+                    rows = await session.exec(
+                        select(ApiKeyRow).where(col(ApiKeyRow.id).in_(list(batch)))
+                    )
+                    found = {row.id: row for row in rows.all()}
+            except asyncio.CancelledError:
+                for futures in (*batch.values(), *self._waiting.values()):
+                    for future in futures:
+                        future.cancel()
+                self._waiting.clear()
+                raise
+            except Exception as exc:  # the waiters report it; the next batch may succeed
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for key_id, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found.get(key_id))
+
+
 class KeyStore:
-    """Creates, lists, revokes and authenticates keys."""
+    """Creates, lists, revokes and authenticates keys (see the module docstring)."""
 
     def __init__(self, sessions: SessionFactory, *, cache_ttl_s: float = 5.0) -> None:
         self._sessions = sessions
-        self._ttl = cache_ttl_s
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._rows = _KeyRowReader(sessions)
+        self._checked: TTLCache[str, _CheckedKey] = TTLCache(KEY_CACHE_SIZE, cache_ttl_s)
+        self._misses: TTLCache[tuple[str, str], bool] = TTLCache(MISS_CACHE_SIZE, cache_ttl_s)
+        # Bumped by every revocation here: a lookup that overlapped one does not
+        # cache what it read, which may predate the revocation.
+        self._revocations = 0
 
     # Workspaces
 
@@ -149,42 +236,43 @@ class KeyStore:
                 row.revoked_at = utcnow()
                 session.add(row)
                 await session.commit()
-        self._cache.clear()
+        # Only this key's entry: the other keys stay cached.
+        self._revocations += 1
+        self._checked.pop(key_id, None)
         return _key(row)
 
     async def authenticate(self, token: str) -> ApiKey:
         """The live key ``token`` names; UNAUTHENTICATED (INVALID_API_KEY) otherwise."""
-        now = time.monotonic()
-        digest = _hash(token)
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            key = cached[1]
-        else:
-            key = await self._lookup(token)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, key)
-        if key is None:
-            raise _invalid()
-        if key.revoked_at is not None or (
-            key.expires_at is not None and key.expires_at <= utcnow()
-        ):
-            raise _invalid()
-        return key
-
-    async def _lookup(self, token: str) -> ApiKey | None:
-        match = KEY_PATTERN.match(token)
+        match = KEY_PATTERN.fullmatch(token)
         if match is None:
-            return None
+            raise _invalid()
         key_id, secret = match.groups()
-        async with self._sessions() as session:
-            row = await session.get(ApiKeyRow, key_id)
-        if row is None:
-            hmac.compare_digest(_hash(secret), _hash(secret))  # same work either way
-            return None
-        if not hmac.compare_digest(row.secret_sha256, _hash(secret)):
-            return None
-        return _key(row)
+        digest = _hash(secret)
+        checked = self._checked.get(key_id)
+        if checked is not None:
+            # Secrets never change: a different one is wrong without asking the store.
+            if not hmac.compare_digest(checked.secret_sha256, digest):
+                raise _invalid()
+            return _live(checked.key)
+        if (key_id, digest) in self._misses:
+            raise _invalid()
+        revocations = self._revocations
+        row = await self._rows.get(key_id)
+        stored = row.secret_sha256 if row is not None else digest
+        matches = hmac.compare_digest(stored, digest)  # the same work whether the id exists
+        if row is None or not matches:
+            self._misses[(key_id, digest)] = True
+            raise _invalid()
+        key = _key(row)
+        if revocations == self._revocations:
+            self._checked[key_id] = _CheckedKey(row.secret_sha256, key)
+        return _live(key)
+
+
+def _live(key: ApiKey) -> ApiKey:
+    if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= utcnow()):
+        raise _invalid()
+    return key
 
 
 def _invalid() -> Unauthenticated:

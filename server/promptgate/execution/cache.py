@@ -6,7 +6,8 @@ answer and workspaces never see each other's. Values are the provider's
 answer (text, function calls, finish reason, model) without usage: a cached
 execution is recorded with zero provider usage and zero cost.
 
-Two stores: ``MemoryCache`` (an LRU in this process, the default) and
+Two stores: ``MemoryCache`` (an LRU with per-entry TTL in this process, the
+default) and
 ``RedisCache`` (shared by replicas, entries expire by Redis TTL).
 """
 
@@ -15,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from cachetools import TLRUCache
 from pydantic import TypeAdapter
 
 from promptgate.chat import FinishReason, FunctionCall
@@ -100,31 +100,30 @@ class ResponseCache(Protocol):
         ...
 
 
+class _Entry(NamedTuple):
+    ttl_s: float
+    data: str
+
+
+def _expiry(_key: str, entry: _Entry, now: float) -> float:
+    return now + entry.ttl_s
+
+
 class MemoryCache:
-    """An LRU of at most ``max_entries`` answers in this process."""
+    """At most ``max_entries`` answers in this process: each expires after its
+    own TTL, and the least recently used go first when full."""
 
     name = "memory"
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._max = max_entries
+        self._entries: TLRUCache[str, _Entry] = TLRUCache(max_entries, _expiry)
 
     async def get(self, key: str) -> CachedAnswer | None:
         entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, data = entry
-        if time.monotonic() >= expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return CachedAnswer.loads(data)
+        return None if entry is None else CachedAnswer.loads(entry.data)
 
     async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
-        self._entries[key] = (time.monotonic() + ttl_s, answer.dumps())
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        self._entries[key] = _Entry(ttl_s, answer.dumps())
 
     async def aclose(self) -> None:
         self._entries.clear()
