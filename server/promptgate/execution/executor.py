@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-import jsonschema
 from sqlalchemy.exc import IntegrityError
 
 from promptgate.chat import (
@@ -74,6 +73,7 @@ from promptgate.prompts.model import (
     Strategy,
 )
 from promptgate.prompts.render import render_messages
+from promptgate.prompts.schemas import check_output
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import (
     ModelCheck,
@@ -255,7 +255,7 @@ class Executor:
             async with asyncio.timeout_at(deadline):
                 cached = await self._cached(plan)
                 if cached is not None:
-                    self._fulfil_cached(plan, cached, request, started)
+                    await self._fulfil_cached(plan, cached, request, started)
                 else:
                     try:
                         response = await self._router.complete(
@@ -263,7 +263,7 @@ class Executor:
                         )
                     finally:
                         _apply_run(record, run)
-                    self._fulfil(plan, response, request, started)
+                    await self._fulfil(plan, response, request, started)
                     await self._store_cached(plan)
         except TimeoutError:
             self._reject(record, self._timeout_failure(request), started)
@@ -304,7 +304,7 @@ class Executor:
             async with asyncio.timeout_at(deadline):
                 cached = await self._cached(plan)
             if cached is not None:
-                self._fulfil_cached(plan, cached, request, started)
+                await self._fulfil_cached(plan, cached, request, started)
                 if cached.text:
                     record.time_to_first_token = time.monotonic() - started
                     yield Delta(cached.text, 0)
@@ -322,7 +322,7 @@ class Executor:
                             ) from None
                         if isinstance(event, StreamDone):
                             _apply_run(record, run)
-                            self._fulfil(plan, event.response, request, started)
+                            await self._fulfil(plan, event.response, request, started)
                             break
                         if not event.text:
                             continue
@@ -378,7 +378,7 @@ class Executor:
         )
         await self._cache.put(plan.cache_key, answer, plan.cache_ttl_s)
 
-    def _fulfil_cached(
+    async def _fulfil_cached(
         self, plan: _Plan, cached: CachedAnswer, request: ExecutionRequest, started: float
     ) -> None:
         response = ProviderResponse(
@@ -387,7 +387,7 @@ class Executor:
             function_calls=cached.function_calls,
             finish_reason=cached.finish_reason,
         )
-        self._fulfil(plan, response, request, started)
+        await self._fulfil(plan, response, request, started)
         record = plan.record
         record.cache_hit = True
         record.cache_status = "hit"
@@ -661,7 +661,7 @@ class Executor:
 
     # Outcomes
 
-    def _fulfil(
+    async def _fulfil(
         self,
         plan: _Plan,
         response: ProviderResponse,
@@ -674,20 +674,13 @@ class Executor:
         fmt = plan.request.response_format
         if response.text or not response.function_calls:
             if fmt is not None and fmt.type is not ResponseFormatType.TEXT:
-                try:
-                    value = json.loads(response.text)
-                except json.JSONDecodeError as exc:
-                    failure = ExecutionFailure(
-                        "SCHEMA_VALIDATION_FAILED", f"the output is not valid JSON: {exc.msg}"
-                    )
+                # Bounded parsing; a costly validation leaves the event loop.
+                value, problem = await check_output(response.text, fmt.json_schema)
+                if problem:
+                    failure = ExecutionFailure("SCHEMA_VALIDATION_FAILED", problem)
                     outputs.append(TextOutput(response.text))
                 else:
-                    problem = _schema_problem(fmt.json_schema, value)
-                    if problem:
-                        failure = ExecutionFailure("SCHEMA_VALIDATION_FAILED", problem)
-                        outputs.append(TextOutput(response.text))
-                    else:
-                        outputs.append(JsonOutput(value))
+                    outputs.append(JsonOutput(value))
             else:
                 outputs.append(TextOutput(response.text))
         outputs.extend(FunctionCallOutput(call) for call in response.function_calls)
@@ -778,17 +771,6 @@ def _failure(exc: ProviderError) -> ExecutionFailure:
         provider_status=exc.status,
         retry_after=exc.retry_after,
     )
-
-
-def _schema_problem(schema: dict[str, Any] | None, value: Any) -> str:
-    if not schema:
-        return ""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is None:
-        return ""
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"the output does not match its JSON schema at {where}: {error.message}"
 
 
 def _estimated_usage(record: ExecutionRecord, partial: str) -> Usage:
