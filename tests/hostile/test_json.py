@@ -318,3 +318,71 @@ async def test_costly_validation_leaves_the_event_loop(pg: Running) -> None:
         pb.EXECUTION_STATE_REJECTED,
     ] * 2
     assert "at 19999/n" in answers[1].error.message
+
+
+@pytest.fixture
+async def raw_openai() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An OpenAI-shaped HTTP server answering each request with the next queued body."""
+    bodies: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        body = bodies.pop(0)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", bodies
+    finally:
+        server.close()
+
+
+def completion(message: str) -> bytes:
+    """A chat completion whose ``message`` object is spliced in as raw JSON text."""
+    return (
+        '{"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini", "choices": '
+        f'[{{"index": 0, "finish_reason": "stop", "message": {message}}}], '
+        '"usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    ).encode()
+
+
+async def test_unreadable_provider_bodies_are_rejected_and_recorded(
+    start_server: Any, raw_openai: tuple[str, list[bytes]]
+) -> None:
+    """Provider bodies too deep, with NaN or huge numbers: PROVIDER_BAD_RESPONSE, recorded."""
+    base_url, bodies = raw_openai
+    running = await start_server(openai_base_url=base_url, openai_api_key="sk-test")
+    request = epb.ExecutePromptRequest(
+        inline_prompt=pb.InlinePrompt(model="gpt-4o-mini", prompt="hi")
+    )
+    for body in [
+        completion('{"role": "assistant", "content": ' + nested(3000) + "}"),
+        completion('{"role": "assistant", "content": "x", "n": NaN}'),
+        completion('{"role": "assistant", "content": "x", "n": ' + "7" * 5000 + "}"),
+    ]:
+        bodies.append(body)
+        answer = await running.executions.ExecutePrompt(request)
+        assert answer.state == pb.EXECUTION_STATE_REJECTED
+        assert answer.error.code == "PROVIDER_BAD_RESPONSE", answer.error
+        assert await recorded_state(running, answer.execution_id) == pb.EXECUTION_STATE_REJECTED
+    # Tool-call arguments too deep to carry back are kept as text only.
+    arguments = json.dumps({"a": json.loads(nested(40))})
+    call = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    bodies.append(completion(json.dumps({"role": "assistant", "tool_calls": [call]})))
+    answer = await running.executions.ExecutePrompt(request)
+    assert answer.state == pb.EXECUTION_STATE_FULFILLED, answer.error
+    function_call = answer.outputs[0].function_call
+    assert function_call.arguments_json == arguments
+    assert not function_call.HasField("arguments")
