@@ -201,7 +201,7 @@ class Executor:
             async with asyncio.timeout_at(deadline):
                 cached = await self._cached(plan)
                 if cached is not None:
-                    self._outcomes.fulfil_cached(plan, cached, request, started)
+                    await self._outcomes.fulfil_cached(plan, cached, request, started)
                 else:
                     try:
                         response = await self._router.complete(
@@ -209,7 +209,7 @@ class Executor:
                         )
                     finally:
                         apply_run(record, run)
-                    self._outcomes.fulfil(plan, response, request, started)
+                    await self._outcomes.fulfil(plan, response, request, started)
                     await self._store_cached(plan)
         except TimeoutError:
             self._outcomes.reject(record, self._outcomes.timeout_failure(request), started)
@@ -252,7 +252,7 @@ class Executor:
             async with asyncio.timeout_at(deadline):
                 cached = await self._cached(plan)
             if cached is not None:
-                self._outcomes.fulfil_cached(plan, cached, request, started)
+                await self._outcomes.fulfil_cached(plan, cached, request, started)
                 if cached.text:
                     record.time_to_first_token = time.monotonic() - started
                     yield Delta(cached.text, 0)
@@ -270,7 +270,7 @@ class Executor:
                             ) from None
                         if isinstance(event, StreamDone):
                             apply_run(record, run)
-                            self._outcomes.fulfil(plan, event.response, request, started)
+                            await self._outcomes.fulfil(plan, event.response, request, started)
                             break
                         if not event.text:
                             continue

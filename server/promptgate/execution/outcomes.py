@@ -9,12 +9,8 @@ replaying (see ``is_transient``).
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
-from typing import Any
-
-import jsonschema
 
 from promptgate.chat import FinishReason, ResponseFormatType, Usage
 from promptgate.errors import ProviderError
@@ -33,6 +29,7 @@ from promptgate.execution.model import (
 from promptgate.execution.planning import ExecutorLimits, Plan
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.router import RouteRun
+from promptgate.prompts.schemas import check_output
 from promptgate.providers.base import ProviderResponse
 from promptgate.store.tables import utcnow
 
@@ -73,7 +70,7 @@ class Outcomes:
         self._prices = prices
         self._limits = limits
 
-    def fulfil(
+    async def fulfil(
         self, plan: Plan, response: ProviderResponse, request: ExecutionRequest, started: float
     ) -> None:
         """The provider answered: outputs (parsed and checked for JSON formats), usage, cost."""
@@ -83,20 +80,13 @@ class Outcomes:
         fmt = plan.request.response_format
         if response.text or not response.function_calls:
             if fmt is not None and fmt.type is not ResponseFormatType.TEXT:
-                try:
-                    value = json.loads(response.text)
-                except json.JSONDecodeError as exc:
-                    failure = ExecutionFailure(
-                        "SCHEMA_VALIDATION_FAILED", f"the output is not valid JSON: {exc.msg}"
-                    )
+                # Bounded parsing; a costly validation leaves the event loop.
+                value, problem = await check_output(response.text, fmt.json_schema)
+                if problem:
+                    failure = ExecutionFailure("SCHEMA_VALIDATION_FAILED", problem)
                     outputs.append(TextOutput(response.text))
                 else:
-                    problem = _schema_problem(fmt.json_schema, value)
-                    if problem:
-                        failure = ExecutionFailure("SCHEMA_VALIDATION_FAILED", problem)
-                        outputs.append(TextOutput(response.text))
-                    else:
-                        outputs.append(JsonOutput(value))
+                    outputs.append(JsonOutput(value))
             else:
                 outputs.append(TextOutput(response.text))
         outputs.extend(FunctionCallOutput(call) for call in response.function_calls)
@@ -114,7 +104,7 @@ class Outcomes:
         else:
             record.state = ExecutionState.FULFILLED
 
-    def fulfil_cached(
+    async def fulfil_cached(
         self, plan: Plan, cached: CachedAnswer, request: ExecutionRequest, started: float
     ) -> None:
         """A cache hit: the cached answer, no usage, no cost."""
@@ -124,7 +114,7 @@ class Outcomes:
             function_calls=cached.function_calls,
             finish_reason=cached.finish_reason,
         )
-        self.fulfil(plan, response, request, started)
+        await self.fulfil(plan, response, request, started)
         record = plan.record
         record.cache_hit = True
         record.cache_status = "hit"
@@ -188,17 +178,6 @@ def failure_of(exc: ProviderError) -> ExecutionFailure:
         provider_status=exc.status,
         retry_after=exc.retry_after,
     )
-
-
-def _schema_problem(schema: dict[str, Any] | None, value: Any) -> str:
-    if not schema:
-        return ""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is None:
-        return ""
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"the output does not match its JSON schema at {where}: {error.message}"
 
 
 def _estimated_usage(record: ExecutionRecord, partial: str) -> Usage:

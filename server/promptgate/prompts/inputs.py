@@ -7,11 +7,11 @@ each as a field violation naming the variable.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
+from promptgate import jsontext
 from promptgate.chat import ChatMessage
 from promptgate.errors import FieldViolation, InvalidArgument
 from promptgate.prompts.model import InputType, InputVariable, PromptInput
@@ -83,12 +83,9 @@ def coerce(variable: InputVariable, item: PromptInput) -> Any:
     if expected is InputType.JSON:
         if got is InputType.STRING:
             try:
-                return json.loads(item.value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{label} but its string is not valid JSON: {exc.msg} "
-                    f"at line {exc.lineno} column {exc.colno}"
-                ) from None
+                return jsontext.loads(item.value)
+            except jsontext.JsonTextError as exc:
+                raise ValueError(f"{label} but its string is not valid JSON: {exc}") from None
         if got is InputType.CHAT_HISTORY:
             raise ValueError(f"{label} but got a CHAT_HISTORY value")
         return item.value

@@ -11,8 +11,6 @@ import math
 import re
 from collections.abc import Callable
 
-import jsonschema
-
 from promptgate.chat import (
     ResponseFormat,
     ResponseFormatType,
@@ -32,6 +30,7 @@ from promptgate.prompts.model import (
     Routing,
     Strategy,
 )
+from promptgate.prompts.schemas import schema_problems
 from promptgate.prompts.templates import TemplateEngine
 
 MAX_ATTEMPTS = 10
@@ -196,16 +195,16 @@ def cache_problems(cache: CachePolicy | None, field: str) -> list[FieldViolation
 
 
 def response_format_problems(fmt: ResponseFormat | None, field: str) -> list[FieldViolation]:
-    """Problems of a response format: a json_schema format needs a valid JSON Schema."""
+    """Problems of a response format: a json_schema format needs a usable JSON Schema.
+
+    See ``promptgate.prompts.schemas``: RE2 patterns, local references only,
+    bounded size and work.
+    """
     if fmt is None or fmt.type is not ResponseFormatType.JSON_SCHEMA:
         return []
     if not fmt.json_schema:
         return [FieldViolation(f"{field}.json_schema", "required for TYPE_JSON_SCHEMA")]
-    try:
-        jsonschema.validators.validator_for(fmt.json_schema).check_schema(fmt.json_schema)
-    except jsonschema.SchemaError as exc:
-        return [FieldViolation(f"{field}.json_schema", f"not a valid JSON Schema: {exc.message}")]
-    return []
+    return schema_problems(fmt.json_schema, f"{field}.json_schema")
 
 
 def tool_problems(
@@ -229,14 +228,7 @@ def tool_problems(
             )
         names.add(tool.name)
         if tool.parameters:
-            try:
-                jsonschema.validators.validator_for(tool.parameters).check_schema(tool.parameters)
-            except jsonschema.SchemaError as exc:
-                problems.append(
-                    FieldViolation(
-                        f"{field}.tools[{i}].parameters", f"not a valid JSON Schema: {exc.message}"
-                    )
-                )
+            problems.extend(schema_problems(tool.parameters, f"{field}.tools[{i}].parameters"))
     if (
         choice is not None
         and choice.mode is ToolChoiceMode.FUNCTION

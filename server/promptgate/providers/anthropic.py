@@ -101,6 +101,7 @@ from typing import Any, Final, cast
 
 import httpx
 
+from promptgate import jsontext
 from promptgate.chat import (
     ChatMessage,
     FinishReason,
@@ -669,8 +670,8 @@ def _error_detail(body: bytes, request_id: str | None) -> str:
     detail = ""
     if body.strip():
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
+            data = jsontext.loads(body)
+        except jsontext.JsonTextError:
             data = None
         if isinstance(data, dict) and data.get("error") is not None:
             detail = _describe_error(data["error"])

@@ -84,6 +84,7 @@ from urllib.parse import quote
 
 import httpx
 
+from promptgate import jsontext
 from promptgate.chat import (
     ChatMessage,
     FinishReason,
@@ -399,8 +400,8 @@ def _function_response(content: str) -> dict[str, Any]:
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = jsontext.loads(text)
+    except jsontext.JsonTextError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -636,8 +637,8 @@ def _error_from_body(body: bytes) -> _GoogleError | None:
     if not body.strip():
         return None
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = jsontext.loads(body)
+    except jsontext.JsonTextError:
         return None
     if isinstance(data, list) and data:
         data = data[0]

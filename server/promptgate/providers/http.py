@@ -17,7 +17,8 @@ the same transport: JSON request bodies, JSON or server-sent-event answers,
   small readers and formatters for answers and error messages.
 - ``HttpProvider``: the base class of the adapters, holding their transport:
   building a request (protected headers, per-request timeouts), sending it and
-  reading its body under one deadline, decoding JSON, and mapping httpx errors
+  reading its body under one deadline, decoding JSON (bounded by
+  ``promptgate.jsontext``: too deep, huge numbers or NaN are unreadable), and mapping httpx errors
   to ``ProviderTimeout``, ``ProviderBadResponse``, ``StreamInterrupted`` or
   ``ProviderError``. URLs, headers, payloads, answers and error bodies stay in
   each adapter.
@@ -37,6 +38,7 @@ from typing import Any, ClassVar, Final
 
 import httpx
 
+from promptgate import jsontext
 from promptgate.backoff import parse_seconds, retry_after_delay, sane_delay
 from promptgate.chat import deep_merge
 from promptgate.errors import (
@@ -99,8 +101,8 @@ def is_json(response: httpx.Response) -> bool:
 def parse_arguments(arguments_json: str) -> dict[str, Any] | None:
     """A function call's arguments as an object; None if they are not a JSON object."""
     try:
-        value = json.loads(arguments_json)
-    except (ValueError, RecursionError):
+        value = jsontext.loads(arguments_json)
+    except jsontext.JsonTextError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -417,8 +419,8 @@ class HttpProvider:
     def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
         """A JSON body, or ``ProviderBadResponse``."""
         try:
-            return json.loads(content)
-        except (ValueError, RecursionError) as exc:
+            return jsontext.loads(content)
+        except jsontext.JsonTextError as exc:
             raise ProviderBadResponse(
                 f"{self.name}: the response is not JSON: {exc}; body: {snippet(content)!r}",
                 status=response.status_code,
@@ -427,8 +429,8 @@ class HttpProvider:
     def _decode_event(self, data: str, response: httpx.Response) -> dict[str, Any]:
         """A server-sent event's data as a JSON object, or ``ProviderBadResponse``."""
         try:
-            event = json.loads(data)
-        except (ValueError, RecursionError) as exc:
+            event = jsontext.loads(data)
+        except jsontext.JsonTextError as exc:
             raise ProviderBadResponse(
                 f"{self.name}: a stream event is not JSON: {snippet(data)!r}",
                 status=response.status_code,

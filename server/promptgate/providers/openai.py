@@ -35,6 +35,7 @@ from typing import Any, Final, cast
 
 import httpx
 
+from promptgate import jsontext
 from promptgate.chat import (
     ChatMessage,
     FinishReason,
@@ -559,8 +560,8 @@ def _stream_error(name: str, error: Any) -> ProviderError:
 def _error_kind(body: bytes) -> str:
     """The ``error.code`` (or ``error.type``) of an OpenAI error body, if any."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = jsontext.loads(body)
+    except jsontext.JsonTextError:
         return ""
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
@@ -574,8 +575,8 @@ def _error_detail(body: bytes) -> str:
     if not body.strip():
         return ""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = jsontext.loads(body)
+    except jsontext.JsonTextError:
         return snippet(body)
     if isinstance(data, dict):
         for key in ("error", "detail", "message"):
