@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,11 @@ from typing import Any
 from sqlalchemy import Engine, insert, make_url
 from sqlmodel import SQLModel
 
-from promptgate.errors import Unavailable
+from promptgate.errors import STORE_RETRY_AFTER_S, Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
 from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
+from promptgate.store.faults import store_fault
 from promptgate.store.tables import ExecutionRow
 
 log = logging.getLogger(__name__)
@@ -260,8 +262,14 @@ def _resolve(pending: _Pending, *, error: bool = False) -> None:
     if pending.done is None or pending.done.done():
         return
     if error:
-        pending.done.set_exception(
-            Unavailable("the execution could not be recorded", reason="RECORDING_FAILED")
+        # Called from the writer's except blocks: the exception being handled
+        # says whether the store is down (STORE_UNAVAILABLE) or this record
+        # could not be written (RECORDING_FAILED); either is worth a retry.
+        cause = sys.exc_info()[1]
+        message = "the execution could not be recorded"
+        failure = (store_fault(cause, message) if cause is not None else None) or Unavailable(
+            message, reason="RECORDING_FAILED", retry_after=STORE_RETRY_AFTER_S
         )
+        pending.done.set_exception(failure)
     else:
         pending.done.set_result(None)
