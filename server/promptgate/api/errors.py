@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from promptgate.api.edge import check_request
 from promptgate.errors import (
     InvalidArgument,
     ProviderError,
@@ -242,12 +243,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _refuse_undecodable(request: Any) -> None:
+def _admit(request: Any) -> None:
+    """Refuse an undecodable body, or strings the edge does not accept (``api.edge``)."""
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
             "the request body is not a valid protobuf message for this method",
             reason="INVALID_REQUEST",
         )
+    check_request(request)
 
 
 def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -271,7 +274,7 @@ def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[A
 def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            _refuse_undecodable(request)
+            _admit(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -290,7 +293,7 @@ def _guard_stream(behavior: StreamBehavior) -> StreamBehavior:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            _refuse_undecodable(request)
+            _admit(request)
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:
