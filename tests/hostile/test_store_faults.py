@@ -32,7 +32,7 @@ from tests.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.postgres
 
 CUT_S = 3.0
-# Each RPC is called this often, so ~20 calls/s in all while the store is cut.
+# Each RPC is called this often, so ~24 calls/s in all while the store is cut.
 INTERVAL_S = 0.25
 # After the proxy is back, every RPC must have succeeded within this time
 # (pool connections are re-established on their next use): generous for CI.
@@ -99,9 +99,14 @@ def _calls(running: Running, execution_id: str) -> dict[str, Callable[[], Awaita
         model="mock-1",
         messages=[pb.PromptTemplateMessage(role=pb.MESSAGE_ROLE_USER, template="Say hi")],
     )
+    # An inline prompt needs no catalog read: its only store access is the recording.
+    inline = epb.ExecutePromptRequest(
+        inline_prompt=pb.InlinePrompt(model="mock-1", prompt="Say hi"),
+    )
     timeout = 10.0
     return {
         "ExecutePrompt": lambda: running.executions.ExecutePrompt(demo, timeout=timeout),
+        "ExecutePrompt(inline)": lambda: running.executions.ExecutePrompt(inline, timeout=timeout),
         "GetExecution": lambda: running.executions.GetExecution(
             epb.GetExecutionRequest(execution_id=execution_id), timeout=timeout
         ),
