@@ -14,7 +14,8 @@ maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
     │   ├── Unauthenticated          UNAUTHENTICATED    (MISSING_AUTHORIZATION, INVALID_API_KEY)
     │   ├── PermissionDenied         PERMISSION_DENIED  (INSUFFICIENT_PERMISSIONS)
     │   ├── ResourceExhausted        RESOURCE_EXHAUSTED (RATE_LIMIT_EXCEEDED, ...)
-    │   ├── Unavailable              UNAVAILABLE        (SHUTTING_DOWN)
+    │   ├── Unavailable              UNAVAILABLE        (SHUTTING_DOWN, RECORDING_FAILED)
+    │   │   └── StoreUnavailable     UNAVAILABLE        (STORE_UNAVAILABLE)
     │   └── Unimplemented            UNIMPLEMENTED      (NOT_IMPLEMENTED)
     └── ProviderError                the execution failed: a REJECTED response
         ├── ProviderTimeout          the provider did not answer in time
@@ -22,7 +23,10 @@ maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
         └── ProviderBadResponse      the provider answered something unreadable
 
 ``RequestError`` carries a stable ``reason`` (google.rpc.ErrorInfo.reason) and
-optional field violations (google.rpc.BadRequest). ``ProviderError`` carries the
+optional field violations (google.rpc.BadRequest); ``ResourceExhausted`` and an
+``Unavailable`` with a ``retry_after`` also say when to retry (google.rpc.RetryInfo).
+``StoreUnavailable`` is what a database outage becomes (``promptgate.store.faults``
+classifies the driver's exceptions), never INTERNAL. ``ProviderError`` carries the
 ``code`` recorded on the rejected execution, the provider's HTTP status and its
 Retry-After, and whether a retry could succeed.
 """
@@ -154,10 +158,47 @@ class ResourceExhausted(RequestError):
 
 
 class Unavailable(RequestError):
-    """The server cannot take the request now; retrying later may succeed."""
+    """The server cannot take the request now; retrying later may succeed.
+
+    ``retry_after`` (seconds), when set, is sent to the caller as RetryInfo.
+    """
 
     status = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = sane_delay(retry_after)
+
+
+STORE_RETRY_AFTER_S = 1.0
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot serve the request now (unreachable, restarting, locked).
+
+    A store outage is transient from the caller's point of view: it is told to
+    retry after ``retry_after`` seconds, and calls succeed again by themselves
+    once the database is back.
+    """
+
+    default_reason = "STORE_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str = "the database is unavailable; retry later",
+        *,
+        reason: str | None = None,
+        retry_after: float = STORE_RETRY_AFTER_S,
+    ) -> None:
+        super().__init__(message, reason=reason, retry_after=retry_after)
 
 
 class Unimplemented(RequestError):

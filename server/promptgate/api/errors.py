@@ -4,7 +4,9 @@ A ``RequestError`` becomes its status code with google.rpc details:
 ErrorInfo (reason = the error code, domain "promptgate", metadata) and, for
 bad fields, BadRequest field violations. Anything unexpected becomes INTERNAL
 with a reference id that is also logged with the traceback; callers never see
-a stack trace or an exception's text.
+a stack trace or an exception's text. A database outage is the exception:
+it becomes UNAVAILABLE (STORE_UNAVAILABLE) with RetryInfo. Messages and
+details are bounded (``status_for``), whatever the request echoed into them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from promptgate.api.edge import check_request
 from promptgate.errors import (
     InvalidArgument,
     ProviderError,
@@ -26,6 +29,7 @@ from promptgate.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from promptgate.store.faults import describe, store_fault
 
 log = logging.getLogger(__name__)
 
@@ -33,42 +37,98 @@ DOMAIN = "promptgate"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+# What one error may put into the response trailers. grpc refuses trailers
+# over 8-16 KiB on the client side (it then reports RESOURCE_EXHAUSTED instead
+# of the real status), and grpc-message is percent-encoded (up to 3 bytes per
+# byte) next to the serialized google.rpc.Status (base64: 4/3): a 1,000-byte
+# message and 1,536 bytes of details stay under 7 KiB in the worst case.
+MAX_MESSAGE_BYTES = 1000
+MAX_DETAIL_VALUE_BYTES = 256
+MAX_DETAILS_BYTES = 1536
+_ELLIPSIS = "…"
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, ending in an ellipsis if cut."""
+    # "replace": a lone surrogate (e.g. from a provider's JSON) cannot be serialized.
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode()
+    return data[: limit - len(_ELLIPSIS.encode())].decode("utf-8", "ignore") + _ELLIPSIS
+
+
+def _pack(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def _error_info(error: RequestError) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo(reason=bounded(error.reason, 63), domain=DOMAIN)
+    size = info.ByteSize()
+    for key, value in error.metadata.items():
+        key, value = bounded(key, 63), bounded(value, MAX_DETAIL_VALUE_BYTES)
+        size += len(key.encode()) + len(value.encode()) + 8
+        if size > MAX_DETAILS_BYTES // 2:
+            break  # the rest would crowd out the other details
+        info.metadata[key] = value
+    return info
+
+
+def _bad_request(error: RequestError, budget: int) -> error_details_pb2.BadRequest:
+    bad = error_details_pb2.BadRequest()
+    for i, v in enumerate(error.violations):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=bounded(v.field, MAX_DETAIL_VALUE_BYTES),
+            description=bounded(v.description, MAX_DETAIL_VALUE_BYTES),
+        )
+        if bad.ByteSize() + violation.ByteSize() + 64 > budget:
+            bad.field_violations.add(
+                field="…", description=f"{len(error.violations) - i} more violations not shown"
+            )
+            break
+        bad.field_violations.append(violation)
+    return bad
+
+
 def status_for(error: RequestError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
-    """The status code, message and google.rpc.Status for ``error``."""
+    """The status code, message and google.rpc.Status for ``error``.
+
+    Everything that may echo caller input is bounded (the message, each
+    ErrorInfo metadata value, each field violation, the details in all), so a
+    huge id in a request cannot turn its NOT_FOUND into a trailer that the
+    client refuses.
+    """
     code = grpc.StatusCode[error.status]
-    details: list[Any] = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    ]
+    message = bounded(error.message, MAX_MESSAGE_BYTES)
+    details: list[Any] = [_error_info(error)]
+    retry_after: float | None = None
     if isinstance(error, ResourceExhausted):
+        retry_after = error.retry_after
+    elif isinstance(error, Unavailable):
+        retry_after = error.retry_after
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(max(error.retry_after, 0.0) * 1e9))
+        delay.FromNanoseconds(int(max(retry_after, 0.0) * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if isinstance(error, ResourceExhausted):
         details.append(
             error_details_pb2.QuotaFailure(
                 violations=[
                     error_details_pb2.QuotaFailure.Violation(
-                        subject=error.quota_subject, description=error.quota_description
+                        subject=bounded(error.quota_subject, MAX_DETAIL_VALUE_BYTES),
+                        description=bounded(error.quota_description, MAX_DETAIL_VALUE_BYTES),
                     )
                 ]
             )
         )
     if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
-    status = status_pb2.Status(code=code.value[0], message=error.message)
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return code, error.message, status
+        used = sum(d.ByteSize() for d in details)
+        details.append(_bad_request(error, MAX_DETAILS_BYTES - used))
+    status = status_pb2.Status(
+        code=code.value[0], message=message, details=[_pack(d) for d in details]
+    )
+    return code, message, status
 
 
 def _internal_status(reference: str) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
@@ -86,7 +146,17 @@ def _internal_status(reference: str) -> tuple[grpc.StatusCode, str, status_pb2.S
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    """Abort the call with the status for ``exc`` (raises AbortError)."""
+    """Abort the call with the status for ``exc`` (raises AbortError).
+
+    A database outage (see ``promptgate.store.faults``) is UNAVAILABLE
+    (STORE_UNAVAILABLE) with a retry delay, logged as one warning line: during
+    an outage every call fails alike, and a traceback each would drown the log.
+    """
+    if not isinstance(exc, RequestError):
+        fault = store_fault(exc)
+        if fault is not None:
+            log.warning("store unavailable: %s", describe(exc))
+            exc = fault
     if isinstance(exc, RequestError):
         code, message, status = status_for(exc)
     else:
@@ -173,12 +243,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _refuse_undecodable(request: Any) -> None:
+def _admit(request: Any) -> None:
+    """Refuse an undecodable body, or strings the edge does not accept (``api.edge``)."""
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
             "the request body is not a valid protobuf message for this method",
             reason="INVALID_REQUEST",
         )
+    check_request(request)
 
 
 def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -202,7 +274,7 @@ def _refuse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[A
 def _guard_unary(behavior: UnaryBehavior) -> UnaryBehavior:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            _refuse_undecodable(request)
+            _admit(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -221,7 +293,7 @@ def _guard_stream(behavior: StreamBehavior) -> StreamBehavior:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            _refuse_undecodable(request)
+            _admit(request)
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:

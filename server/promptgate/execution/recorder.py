@@ -32,11 +32,11 @@ from sqlalchemy import Engine, insert, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from promptgate.errors import Unavailable
+from promptgate.errors import STORE_RETRY_AFTER_S, Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
 from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
-from promptgate.store.faults import is_store_fault
+from promptgate.store.faults import describe, is_store_fault, store_fault
 from promptgate.store.tables import ExecutionRow
 
 log = logging.getLogger(__name__)
@@ -216,14 +216,16 @@ class ExecutionRecorder:
 
     def _failed(self, pending: _Pending, exc: Exception) -> None:
         """Answer the waiting caller, and keep the record to write it again later."""
-        _resolve(pending, error=True)
+        _resolve(pending, error=exc)
         record = pending.record
         if isinstance(exc, IntegrityError) and pending.upsert and record.external_id:
             # Its RUNNING row was taken over meanwhile (this process looked dead)
             # and another execution holds the key now: keep this one without it.
             record.superseded_key, record.external_id = record.external_id, ""
         elif is_store_fault(exc):
-            log.warning("recording execution %s failed (store unavailable): %s", record.id, exc)
+            log.warning(
+                "recording execution %s failed (store unavailable): %s", record.id, describe(exc)
+            )
         else:
             pending.failures += 1
             if pending.failures > MAX_REFUSALS:
@@ -328,12 +330,16 @@ class _SqliteInserter:
             self._connection = None
 
 
-def _resolve(pending: _Pending, *, error: bool = False) -> None:
+def _resolve(pending: _Pending, *, error: BaseException | None = None) -> None:
     if pending.done is None or pending.done.done():
         return
-    if error:
-        pending.done.set_exception(
-            Unavailable("the execution could not be recorded", reason="RECORDING_FAILED")
+    if error is not None:
+        # The store is down (STORE_UNAVAILABLE) or this record could not be
+        # written (RECORDING_FAILED); either is worth a retry.
+        message = "the execution could not be recorded"
+        failure = store_fault(error, message) or Unavailable(
+            message, reason="RECORDING_FAILED", retry_after=STORE_RETRY_AFTER_S
         )
+        pending.done.set_exception(failure)
     else:
         pending.done.set_result(None)
