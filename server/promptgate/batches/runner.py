@@ -231,10 +231,12 @@ class BatchRunner:
             for a in await self._store.abandoned(self._settings.stale_after_s)
             if a[3] != self.worker_id
         ]
+        # Taken before the read: an item whose task ends during the read is not a stray.
+        known = {*self._items, *self._unwritten}
         stray = [
             key
             for key in await self._store.running_on(self.worker_id)
-            if key not in self._items and key not in self._unwritten
+            if key not in known and key not in self._items and key not in self._unwritten
         ]
         if not abandoned and not stray:
             return
