@@ -171,6 +171,8 @@ class BatchService:
                     return
                 if self._notifier.closed:  # shutting down: the client resumes elsewhere
                     return
+                if position < batch.last_seq:
+                    continue  # events committed between our two reads: read them now
                 await changes.wait(mark, batch.last_seq)
 
     async def _events_after(
