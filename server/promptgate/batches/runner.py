@@ -32,8 +32,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
+from promptgate.batches.callbacks import CallbackDeliveries
 from promptgate.batches.faults import Backoff, FaultLog, is_store_fault
 from promptgate.batches.model import Batch, ItemState
 from promptgate.batches.notifier import BatchNotifier
@@ -44,7 +44,7 @@ from promptgate.batches.store import (
     RunnableBatch,
     item_external_id,
 )
-from promptgate.batches.webhooks import DeliveryAttempt, WebhookSender, workspace_secret
+from promptgate.batches.webhooks import WebhookSender
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import (
@@ -57,7 +57,7 @@ from promptgate.ids import new_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchNotifier", "BatchRunner", "RunnerSettings", "callback_payload"]
+__all__ = ["BatchNotifier", "BatchRunner", "RunnerSettings"]
 
 # Request errors that mean the batch's target itself is gone: the batch FAILS.
 FATAL_REASONS = {"PROMPT_ARCHIVED", "PROMPT_NOT_FOUND", "VERSION_NOT_FOUND"}
@@ -91,7 +91,9 @@ class BatchRunner:
         self._store = store
         self._executor = executor
         self._notifier = notifier
-        self._sender = sender
+        self._callbacks = CallbackDeliveries(
+            store, sender, settings.webhook_secret, stale_after_s=settings.stale_after_s
+        )
         self._settings = settings
         self.worker_id = new_id("wrk")
         self._wake = asyncio.Event()
@@ -99,7 +101,6 @@ class BatchRunner:
         self._loops: list[asyncio.Task[None]] = []
         self._items: dict[_Key, asyncio.Task[None]] = {}
         self._shutdown_cancelled: set[_Key] = set()
-        self._deliveries: set[asyncio.Task[None]] = set()
         self._batches: dict[str, RunnableBatch] = {}
         self._deliveries_due = False
         self._outcomes: asyncio.Queue[_Queued] = asyncio.Queue()
@@ -139,11 +140,12 @@ class BatchRunner:
                 task.cancel()  # may cancel a CancelBatch; the item is then requeued
         if self._items:
             await asyncio.wait(list(self._items.values()))
-        for task in [*self._loops, *self._deliveries]:
+        for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self._deliveries]:
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._callbacks.stop()
         with contextlib.suppress(Exception):
             await self._store.retire(self.worker_id)
 
@@ -170,7 +172,7 @@ class BatchRunner:
                     # Other replicas' cancels and webhooks: checked on a timer, not per item.
                     self._deliveries_due = False
                     await self._check_cancelled()
-                    await self._start_deliveries()
+                    await self._callbacks.start_due(self.worker_id)
                     next_upkeep = now + self._settings.poll_interval_s
                 await self._claim()
             except Exception as exc:  # the loop outlives any failure; the next turn retries
@@ -456,83 +458,3 @@ class BatchRunner:
                 finished.rejected,
                 finished.cancelled,
             )
-
-    # Webhooks
-
-    async def _start_deliveries(self) -> None:
-        while not self._stopping:
-            batch_id = await self._store.claim_callback(
-                self.worker_id, self._settings.stale_after_s
-            )
-            if batch_id is None:
-                return
-            task = asyncio.get_running_loop().create_task(self._deliver(batch_id))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-
-    async def _deliver(self, batch_id: str) -> None:
-        """Deliver a batch's webhook; if the store fails meanwhile, deliver it again later.
-
-        (Sent at least once: receivers tell repeats apart by the batch id.)
-        """
-        backoff = Backoff(cap_s=10.0)
-        while True:
-            try:
-                await self._deliver_once(batch_id)
-                return
-            except Exception as exc:
-                if not is_store_fault(exc):
-                    raise
-                self._faults.warn("delivering batch webhooks", exc)
-            await backoff.sleep()
-
-    async def _deliver_once(self, batch_id: str) -> None:
-        batch = await self._store.callback_batch(batch_id)
-
-        async def record(attempt: DeliveryAttempt) -> None:
-            await self._store.record_callback_attempt(
-                batch_id, attempt.attempt, attempt.status_code, attempt.error, attempt.duration_s
-            )
-
-        result = await self._sender.deliver(
-            batch.callback_url,
-            "batch.completed",
-            callback_payload(batch),
-            workspace_secret(self._settings.webhook_secret, batch.workspace_id),
-            on_attempt=record,
-        )
-        await self._store.callback_done(batch_id, result.delivered)
-        if not result.delivered:
-            log.warning(
-                "batch %s webhook not delivered after %d attempts: %s",
-                batch_id,
-                result.attempts,
-                result.last_error or result.last_status,
-            )
-
-
-def callback_payload(batch: Batch) -> dict[str, Any]:
-    """The JSON summary POSTed to a batch's callback URL."""
-    return {
-        "type": "batch.completed",
-        "batch": {
-            "id": batch.id,
-            "display_name": batch.display_name,
-            "state": batch.state.value,
-            "counts": {
-                "total": batch.total,
-                "succeeded": batch.succeeded,
-                "rejected": batch.rejected,
-                "cancelled": batch.cancelled,
-                "pending": batch.pending,
-            },
-            "prompt_id": batch.prompt_id,
-            "version": batch.version,
-            "metadata": batch.metadata,
-            "create_time": batch.created_at.isoformat(),
-            "end_time": batch.ended_at.isoformat() if batch.ended_at else None,
-            "error": (
-                {"code": batch.error.code, "message": batch.error.message} if batch.error else None
-            ),
-        },
-    }
