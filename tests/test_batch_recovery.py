@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
@@ -272,3 +273,62 @@ async def test_own_grpc_port_is_refused_even_with_private_networks(start_server:
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_items_left_running_without_a_task_are_resolved_by_the_worker_itself(
+    start_server: Any,
+) -> None:
+    """A live worker's own stray items (its write of them was lost) do not stay RUNNING."""
+    running: Running = await start_server(
+        batch_heartbeat_s=0.2, batch_stale_after_s=1.0, batch_poll_interval_s=0.1
+    )
+    created = (
+        await running.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                prompt="demo",
+                items=[
+                    epb.BatchItem(
+                        custom_id=f"s{i}",
+                        inputs=[pb.PromptInput(name="question", string_value=f"stray {i}")],
+                    )
+                    for i in range(2)
+                ],
+            )
+        )
+    ).batch
+    await wait_done(running, created.id)
+    before = {r.index: r for r in await all_results(running, created.id)}
+    # As if the outcome writes were lost: both items RUNNING and claimed by this
+    # (live) worker, which has no task for them. Item 0's execution is recorded,
+    # item 1's is not.
+    worker = running.server.runner.worker_id
+    async with running.server.sessions.write() as session:
+        connection = await session.connection()
+        await connection.execute(
+            text(
+                "UPDATE batch_items SET state = 'RUNNING', claimed_by = :worker,"
+                " execution_id = NULL, finished_at = NULL, seq = NULL WHERE batch_id = :batch"
+            ),
+            {"worker": worker, "batch": created.id},
+        )
+        await connection.execute(
+            text("DELETE FROM executions WHERE external_id = :key"), {"key": f"{created.id}/1"}
+        )
+        await connection.execute(
+            text(
+                "UPDATE batches SET state = 'RUNNING', succeeded = 0, ended_at = NULL"
+                " WHERE id = :batch"
+            ),
+            {"batch": created.id},
+        )
+        await session.commit()
+
+    final = await wait_done(running, created.id, limit_s=30)
+    after = {r.index: r for r in await all_results(running, created.id)}
+    assert final.state == epb.BATCH_STATE_SUCCEEDED
+    assert final.counts.succeeded == 2
+    # Item 0 finished with its recorded execution, item 1 ran again.
+    assert after[0].execution_id == before[0].execution_id
+    assert after[1].state == epb.BATCH_ITEM_STATE_FULFILLED
+    assert after[1].execution_id and after[1].execution_id != before[1].execution_id
+    assert after[1].outputs[0].string_value.endswith("stray 1")

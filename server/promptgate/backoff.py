@@ -23,6 +23,7 @@ arguments), so nothing here blocks or sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from datetime import UTC
@@ -112,3 +113,28 @@ def retry_after_delay(value: str | None, *, now: float, cap_s: float = MAX_DELAY
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return sane_delay(seconds, cap_s=cap_s)
+
+
+class Backoff:
+    """Delays for retrying one piece of work until it succeeds: ``base_s`` doubling up
+    to ``cap_s``, each drawn from its upper half (never near zero, so a failing
+    store is not hammered)."""
+
+    def __init__(self, base_s: float = 0.1, cap_s: float = 2.0) -> None:
+        self._base = base_s
+        self._cap = cap_s
+        self._next = base_s
+
+    def reset(self) -> None:
+        """Start again from the shortest delay (the last try worked)."""
+        self._next = self._base
+
+    def next_delay(self) -> float:
+        """The next delay (and double the one after)."""
+        delay = self._next
+        self._next = min(self._cap, self._next * 2)
+        return delay * random.uniform(0.5, 1.0)
+
+    async def sleep(self) -> None:
+        """Wait the next delay."""
+        await asyncio.sleep(self.next_delay())

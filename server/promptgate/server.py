@@ -46,7 +46,8 @@ from promptgate.api.v1 import (
 from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Limiter, MemoryLimiter, RedisLimiter
 from promptgate.auth.model import Scope
-from promptgate.batches.runner import BatchNotifier, BatchRunner, RunnerSettings
+from promptgate.batches.notifier import BatchNotifier
+from promptgate.batches.runner import BatchRunner, RunnerSettings
 from promptgate.batches.service import BatchLimits, BatchService
 from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.delivery import WebhookSender
@@ -288,7 +289,8 @@ class PromptgateServer:
 
     def _build_batches(self, port: int) -> None:
         s = self.settings
-        self.notifier = BatchNotifier()
+        store = BatchStore(self.sessions)
+        self.notifier = BatchNotifier(store.last_seq, poll_s=s.batch_poll_interval_s)
         guard = CallbackGuard(
             allow_private_networks=s.webhook_allow_private_networks,
             listen_addresses=[(s.host, port)],
@@ -301,7 +303,6 @@ class PromptgateServer:
             backoff_max_s=s.webhook_backoff_max_s,
             timeout_s=s.webhook_timeout_s,
         )
-        store = BatchStore(self.sessions)
         self.runner = BatchRunner(
             store,
             self.executor,
@@ -329,7 +330,6 @@ class PromptgateServer:
                 default_concurrency=s.batch_default_concurrency,
                 max_concurrency=s.batch_max_concurrency,
                 default_release_tag=s.default_release_tag,
-                watch_poll_s=s.batch_poll_interval_s,
                 webhooks_enabled=bool(s.webhook_secret),
             ),
         )

@@ -8,9 +8,18 @@ process dies after an execution was recorded but before the item was marked,
 the retry replays the recorded execution instead of calling the provider
 again.
 
-Crash recovery: every worker heartbeats into the store. Items claimed by a
-worker whose heartbeat is stale go back to the queue once; an item that was
-running in two workers that died is REJECTED (``ITEM_ABANDONED``).
+Crash recovery: every worker heartbeats into the store. An item claimed by a
+worker whose heartbeat is stale is finished with its execution if that was
+recorded (FULFILLED or REJECTED); otherwise it goes back to the queue once,
+and an item that was running in two workers that died is REJECTED
+(``ITEM_ABANDONED``). As a safety net, each worker also resolves the same way
+any item the store says it is running but for which it has no task.
+
+Store faults (the database restarting, a dropped connection) never stop the
+runner: its loops carry on, an item whose execution could not be recorded is
+run again (a recorded one is replayed, not re-sent), and outcome writes are
+retried with backoff until they land. When the store is back, work resumes
+by itself; faults are logged as one warning line now and then.
 
 Shutdown: claiming stops, running items get the grace period to finish, the
 rest are cancelled and put back in the queue for the next start.
@@ -22,27 +31,40 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
+from promptgate.backoff import Backoff
+from promptgate.batches.callbacks import CallbackDeliveries
+from promptgate.batches.faults import FaultLog, is_store_fault
 from promptgate.batches.model import Batch, ItemState
-from promptgate.batches.store import BatchStore, ClaimedItem, ItemOutcome, RunnableBatch
-from promptgate.batches.webhooks.delivery import DeliveryAttempt, WebhookSender
-from promptgate.batches.webhooks.signing import workspace_secret
+from promptgate.batches.notifier import BatchNotifier
+from promptgate.batches.store import (
+    BatchStore,
+    ClaimedItem,
+    ItemOutcome,
+    RunnableBatch,
+    item_external_id,
+)
+from promptgate.batches.webhooks.delivery import WebhookSender
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import (
     ExecutionFailure,
+    ExecutionRecord,
     ExecutionRequest,
-    ExecutionState,
     StoredTarget,
 )
 from promptgate.ids import new_id
 
 log = logging.getLogger(__name__)
 
+__all__ = ["BatchNotifier", "BatchRunner", "RunnerSettings"]
+
 # Request errors that mean the batch's target itself is gone: the batch FAILS.
 FATAL_REASONS = {"PROMPT_ARCHIVED", "PROMPT_NOT_FOUND", "VERSION_NOT_FOUND"}
+
+_Key = tuple[str, int]
+_Queued = tuple[ItemOutcome, "asyncio.Future[bool] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,36 +76,6 @@ class RunnerSettings:
     heartbeat_s: float = 2.0
     stale_after_s: float = 10.0
     webhook_secret: str = ""
-
-
-class BatchNotifier:
-    """Wakes WatchBatch streams in this process when a batch changes."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self.closed = False
-
-    def close(self) -> None:
-        """Shutdown: wake every watcher for good, so watch streams end."""
-        self.closed = True
-        for event in self._events.values():
-            event.set()
-        self._events.clear()
-
-    def notify(self, batch_id: str) -> None:
-        """Something happened to ``batch_id``."""
-        event = self._events.pop(batch_id, None)
-        if event is not None:
-            event.set()
-
-    async def wait(self, batch_id: str, seconds: float) -> None:
-        """Return when ``batch_id`` changes or after ``seconds``."""
-        if self.closed:
-            return
-        event = self._events.setdefault(batch_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await event.wait()
 
 
 class BatchRunner:
@@ -102,18 +94,21 @@ class BatchRunner:
         self._store = store
         self._executor = executor
         self._notifier = notifier
-        self._sender = sender
+        self._callbacks = CallbackDeliveries(
+            store, sender, settings.webhook_secret, stale_after_s=settings.stale_after_s
+        )
         self._settings = settings
         self.worker_id = worker_id or new_id("wrk")
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
-        self._items: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._shutdown_cancelled: set[tuple[str, int]] = set()
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._items: dict[_Key, asyncio.Task[None]] = {}
+        self._shutdown_cancelled: set[_Key] = set()
         self._batches: dict[str, RunnableBatch] = {}
         self._deliveries_due = False
-        self._outcomes: asyncio.Queue[tuple[ItemOutcome, asyncio.Future[None]]] = asyncio.Queue()
+        self._outcomes: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._unwritten: set[_Key] = set()  # outcomes queued or being written
+        self._faults = FaultLog(log)
 
     async def start(self) -> None:
         """Register this worker and start the loops."""
@@ -148,11 +143,12 @@ class BatchRunner:
                 task.cancel()  # may cancel a CancelBatch; the item is then requeued
         if self._items:
             await asyncio.wait(list(self._items.values()))
-        for task in [*self._loops, *self._deliveries]:
+        for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self._deliveries]:
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._callbacks.stop()
         with contextlib.suppress(Exception):
             await self._store.retire(self.worker_id)
 
@@ -163,8 +159,8 @@ class BatchRunner:
             await asyncio.sleep(self._settings.heartbeat_s)
             try:
                 await self._store.heartbeat(self.worker_id)
-            except Exception:
-                log.exception("batch worker heartbeat failed")
+            except Exception as exc:
+                self._warn("batch worker heartbeat", exc)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,27 +175,36 @@ class BatchRunner:
                     # Other replicas' cancels and webhooks: checked on a timer, not per item.
                     self._deliveries_due = False
                     await self._check_cancelled()
-                    await self._start_deliveries()
+                    await self._callbacks.start_due(self.worker_id)
                     next_upkeep = now + self._settings.poll_interval_s
                 await self._claim()
-            except Exception:
-                log.exception("batch runner iteration failed")
+            except Exception as exc:  # the loop outlives any failure; the next turn retries
+                self._warn("batch runner iteration", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.poll_interval_s):
                     await self._wake.wait()
             self._wake.clear()
 
+    def _warn(self, what: str, exc: Exception) -> None:
+        """One warning line for a store fault; a traceback for anything else."""
+        if is_store_fault(exc):
+            self._faults.warn(what, exc)
+        else:
+            log.exception("%s failed", what)
+
     async def _claim(self) -> None:
         free = self._settings.concurrency - len(self._items)
         if free <= 0 or self._stopping:
             return
-        for batch_id in await self._store.runnable():
-            claimed = await self._store.claim(batch_id, self.worker_id, free)
-            if not claimed:
-                continue
+        runnable = await self._store.runnable()
+        self._batches = {b: self._batches[b] for b in runnable if b in self._batches}
+        loop = asyncio.get_running_loop()
+        for batch_id in runnable:
+            # The target first: claimed items must get their task without another
+            # store call in between that could fail and strand them.
             batch = self._batches.get(batch_id) or await self._store.runnable_batch(batch_id)
             self._batches[batch_id] = batch
-            loop = asyncio.get_running_loop()
+            claimed = await self._store.claim(batch_id, self.worker_id, free)
             for item in claimed:
                 key = (batch_id, item.index)
                 task = loop.create_task(
@@ -211,7 +216,7 @@ class BatchRunner:
             if free <= 0:
                 return
 
-    def _forget(self, key: tuple[str, int]) -> Callable[[asyncio.Task[None]], None]:
+    def _forget(self, key: _Key) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._items.pop(key, None)
             self._shutdown_cancelled.discard(key)
@@ -225,22 +230,77 @@ class BatchRunner:
             self.cancel_local(batch_id)
 
     async def _recover(self) -> None:
-        for batch_id, index, attempts, dead in await self._store.abandoned(
-            self._settings.stale_after_s
-        ):
-            if dead == self.worker_id:
+        """Resolve the items no task runs: dead workers' items and this worker's strays."""
+        abandoned = [
+            a
+            for a in await self._store.abandoned(self._settings.stale_after_s)
+            if a[3] != self.worker_id
+        ]
+        # Taken before the read: an item whose task ends during the read is not a stray.
+        known = {*self._items, *self._unwritten}
+        stray = [
+            key
+            for key in await self._store.running_on(self.worker_id)
+            if key not in known and key not in self._items and key not in self._unwritten
+        ]
+        if not abandoned and not stray:
+            return
+        recorded = await self._recorded([(b, i) for b, i, _, _ in abandoned] + stray)
+        for batch_id, index, attempts, dead in abandoned:
+            outcome = recorded.get((batch_id, index))
+            if outcome is None and attempts < 2:
+                if await self._store.requeue(batch_id, index, dead):
+                    log.info("batch %s item %d requeued after its worker stopped", batch_id, index)
+                    self._wake.set()
                 continue
-            if attempts >= 2:
-                if await self._store.adopt(batch_id, index, dead, self.worker_id):
-                    log.warning("batch %s item %d abandoned twice; rejecting it", batch_id, index)
-                    failure = ExecutionFailure(
-                        "ITEM_ABANDONED",
-                        "the item was running on a server that stopped, twice; it was not retried again",
-                    )
-                    await self._finish(batch_id, index, ItemState.REJECTED, "", failure)
-            elif await self._store.requeue(batch_id, index, dead):
-                log.info("batch %s item %d requeued after its worker stopped", batch_id, index)
+            if not await self._store.adopt(batch_id, index, dead, self.worker_id):
+                continue
+            if outcome is None:
+                log.warning("batch %s item %d abandoned twice; rejecting it", batch_id, index)
+                failure = ExecutionFailure(
+                    "ITEM_ABANDONED",
+                    "the item was running on a server that stopped, twice; it was not retried again",
+                )
+                outcome = ItemOutcome(batch_id, index, ItemState.REJECTED, "", failure)
+            else:
+                log.info(
+                    "batch %s item %d: its worker stopped after recording execution %s; "
+                    "finishing the item with it",
+                    batch_id,
+                    index,
+                    outcome.execution_id,
+                )
+            self._submit(outcome)
+        for batch_id, index in stray:
+            outcome = recorded.get((batch_id, index))
+            if outcome is not None:
+                log.warning(
+                    "batch %s item %d was left running without a task; finishing it with "
+                    "its recorded execution %s",
+                    batch_id,
+                    index,
+                    outcome.execution_id,
+                )
+                self._submit(outcome)
+            else:
+                log.warning(
+                    "batch %s item %d was left running without a task; requeueing it",
+                    batch_id,
+                    index,
+                )
+                await self._store.release(batch_id, index, self.worker_id)
                 self._wake.set()
+
+    async def _recorded(self, keys: list[_Key]) -> dict[_Key, ItemOutcome]:
+        """The outcomes recorded executions give these items (only those recorded final)."""
+        by_batch: dict[str, list[int]] = {}
+        for batch_id, index in keys:
+            by_batch.setdefault(batch_id, []).append(index)
+        found: dict[_Key, ItemOutcome] = {}
+        for batch_id, indexes in by_batch.items():
+            for index, outcome in (await self._store.recorded_outcomes(batch_id, indexes)).items():
+                found[(batch_id, index)] = outcome
+        return found
 
     # Items
 
@@ -255,7 +315,7 @@ class BatchRunner:
             workspace_id=batch.workspace_id,
             target=batch.inline or StoredTarget(prompt=batch.prompt_id, version=batch.version),
             inputs=item.inputs,
-            external_id=f"{batch.id}/{item.index}",
+            external_id=item_external_id(batch.id, item.index),
             metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
             parameters=parameters,
             api_key_id=batch.api_key_id,
@@ -264,74 +324,128 @@ class BatchRunner:
         )
         started: list[str] = []
         try:
-            record = await self._executor.execute(request, on_started=started.append)
+            record = await self._execute(request, started)
         except asyncio.CancelledError:
             # Shielded: the item's outcome must be written even if cancelled again.
             if key in self._shutdown_cancelled:
-                await asyncio.shield(self._store.release(batch.id, item.index, self.worker_id))
+                with contextlib.suppress(Exception):  # else the next start's recovery requeues it
+                    await asyncio.shield(self._store.release(batch.id, item.index, self.worker_id))
             else:
                 # The execution (if it started) is recorded CANCELLED under this id.
                 execution_id = started[0] if started else ""
                 failure = ExecutionFailure("CANCELLED", "the batch was cancelled")
-                await asyncio.shield(
-                    self._finish(batch.id, item.index, ItemState.CANCELLED, execution_id, failure)
+                outcome = ItemOutcome(
+                    batch.id, item.index, ItemState.CANCELLED, execution_id, failure
                 )
+                await asyncio.shield(self._finish(outcome))
             raise
         except RequestError as exc:
             failure = ExecutionFailure(exc.reason, exc.message)
-            await self._finish(batch.id, item.index, ItemState.REJECTED, "", failure)
+            outcome = ItemOutcome(batch.id, item.index, ItemState.REJECTED, "", failure)
+            await self._finish(outcome)
             if exc.reason in FATAL_REASONS:
-                finished = await self._store.fail(batch.id, failure)
-                self._after_finish(batch.id, finished)
-                self.cancel_local(batch.id)
+                await self._fail_batch(batch.id, failure)
             return
         except Exception as exc:
             log.exception("batch %s item %d failed unexpectedly", batch.id, item.index)
             failure = ExecutionFailure("INTERNAL_ERROR", f"the item failed: {type(exc).__name__}")
-            await self._finish(batch.id, item.index, ItemState.REJECTED, "", failure)
+            await self._finish(ItemOutcome(batch.id, item.index, ItemState.REJECTED, "", failure))
             return
-        if record.state is ExecutionState.FULFILLED:
-            state = ItemState.FULFILLED
-        elif record.error is not None and record.error.code == "CANCELLED":
-            state = ItemState.CANCELLED
-        else:
-            state = ItemState.REJECTED
-        await self._finish(batch.id, item.index, state, record.id, record.error)
+        await self._finish(ItemOutcome.of(batch.id, item.index, record))
 
-    async def _finish(
-        self,
-        batch_id: str,
-        index: int,
-        state: ItemState,
-        execution_id: str,
-        error: ExecutionFailure | None,
-    ) -> None:
-        """Record an item's outcome, together with others finishing at the same time."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outcomes.put_nowait((ItemOutcome(batch_id, index, state, execution_id, error), done))
-        await done
+    async def _execute(self, request: ExecutionRequest, started: list[str]) -> ExecutionRecord:
+        """Run the item's execution; while the store is out of reach, try again later.
+
+        After a store fault the execution may or may not have been recorded, so
+        later tries look for it: a recorded one is replayed, not sent again.
+        """
+        backoff = Backoff()
+        while True:
+            try:
+                return await self._executor.execute(request, on_started=started.append)
+            except Exception as exc:
+                if not is_store_fault(exc):
+                    raise
+                self._faults.warn("running batch items", exc)
+            request = replace(request, fresh=False)
+            started.clear()
+            await backoff.sleep()
+
+    async def _fail_batch(self, batch_id: str, failure: ExecutionFailure) -> None:
+        """The batch's target is gone: fail it (a later item retries if this does not land)."""
+        try:
+            finished = await self._store.fail(batch_id, failure)
+        except Exception as exc:
+            self._warn(f"failing batch {batch_id}", exc)
+            return
+        self._after_finish(batch_id, finished)
+        self.cancel_local(batch_id)
+
+    async def _finish(self, outcome: ItemOutcome) -> bool:
+        """Record an item's outcome, together with others finishing at the same time.
+
+        Returns once it is written (False if it could not be, for a reason other
+        than a store fault: the worker's self-check then resolves the item).
+        """
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._submit(outcome, done)
+        return await done
+
+    def _submit(self, outcome: ItemOutcome, done: asyncio.Future[bool] | None = None) -> None:
+        """Queue an outcome for the writer, without waiting for it."""
+        self._unwritten.add((outcome.batch_id, outcome.index))
+        self._outcomes.put_nowait((outcome, done))
 
     async def _write_outcomes(self) -> None:
-        """Group commit of item outcomes (one transaction for all finished meanwhile)."""
+        """Group commit of item outcomes, retried with backoff until they land."""
+        backoff = Backoff()
+        retry: list[_Queued] = []
         while True:
-            group = [await self._outcomes.get()]
+            group = retry or [await self._outcomes.get()]
             while not self._outcomes.empty():
                 group.append(self._outcomes.get_nowait())
-            try:
-                finished = await self._store.finish([o for o, _ in group], self.worker_id)
-            except Exception as exc:
-                log.exception("recording %d batch item outcomes failed", len(group))
-                for _, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for outcome, done in group:
-                self._notifier.notify(outcome.batch_id)
-                if not done.done():
-                    done.set_result(None)
-            for batch in finished:
-                self._after_finish(batch.id, batch)
-            self._wake.set()
+            retry = await self._write_group(group)
+            if retry:
+                await backoff.sleep()
+            else:
+                backoff.reset()
+
+    async def _write_group(self, group: list[_Queued]) -> list[_Queued]:
+        """Write ``group`` in one transaction; return what must be tried again."""
+        try:
+            finished = await self._store.finish([o for o, _ in group], self.worker_id)
+        except Exception as exc:
+            if is_store_fault(exc):
+                # Safe to repeat: an outcome that did land is skipped the next time.
+                self._faults.warn("recording batch item outcomes", exc)
+                return group
+            if len(group) == 1:
+                outcome = group[0][0]
+                log.exception(
+                    "recording the outcome of batch %s item %d failed",
+                    outcome.batch_id,
+                    outcome.index,
+                )
+                self._settle(group, written=False)
+                return []
+            # One bad outcome must not hold the others back.
+            retry: list[_Queued] = []
+            for queued in group:
+                retry.extend(await self._write_group([queued]))
+            return retry
+        self._settle(group, written=True)
+        for outcome, _ in group:
+            self._notifier.notify(outcome.batch_id)
+        for batch in finished:
+            self._after_finish(batch.id, batch)
+        self._wake.set()
+        return []
+
+    def _settle(self, group: list[_Queued], *, written: bool) -> None:
+        for outcome, done in group:
+            self._unwritten.discard((outcome.batch_id, outcome.index))
+            if done is not None and not done.done():
+                done.set_result(written)
 
     def _after_finish(self, batch_id: str, finished: Batch | None) -> None:
         self._notifier.notify(batch_id)
@@ -347,67 +461,3 @@ class BatchRunner:
                 finished.rejected,
                 finished.cancelled,
             )
-
-    # Webhooks
-
-    async def _start_deliveries(self) -> None:
-        while not self._stopping:
-            batch_id = await self._store.claim_callback(
-                self.worker_id, self._settings.stale_after_s
-            )
-            if batch_id is None:
-                return
-            task = asyncio.get_running_loop().create_task(self._deliver(batch_id))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-
-    async def _deliver(self, batch_id: str) -> None:
-        batch = await self._store.callback_batch(batch_id)
-
-        async def record(attempt: DeliveryAttempt) -> None:
-            await self._store.record_callback_attempt(
-                batch_id, attempt.attempt, attempt.status_code, attempt.error, attempt.duration_s
-            )
-
-        result = await self._sender.deliver(
-            batch.callback_url,
-            "batch.completed",
-            callback_payload(batch),
-            workspace_secret(self._settings.webhook_secret, batch.workspace_id),
-            on_attempt=record,
-        )
-        await self._store.callback_done(batch_id, result.delivered)
-        if not result.delivered:
-            log.warning(
-                "batch %s webhook not delivered after %d attempts: %s",
-                batch_id,
-                result.attempts,
-                result.last_error or result.last_status,
-            )
-
-
-def callback_payload(batch: Batch) -> dict[str, Any]:
-    """The JSON summary POSTed to a batch's callback URL."""
-    return {
-        "type": "batch.completed",
-        "batch": {
-            "id": batch.id,
-            "display_name": batch.display_name,
-            "state": batch.state.value,
-            "counts": {
-                "total": batch.total,
-                "succeeded": batch.succeeded,
-                "rejected": batch.rejected,
-                "cancelled": batch.cancelled,
-                "pending": batch.pending,
-            },
-            "prompt_id": batch.prompt_id,
-            "version": batch.version,
-            "metadata": batch.metadata,
-            "create_time": batch.created_at.isoformat(),
-            "end_time": batch.ended_at.isoformat() if batch.ended_at else None,
-            "error": (
-                {"code": batch.error.code, "message": batch.error.message} if batch.error else None
-            ),
-        },
-    }

@@ -8,11 +8,13 @@ batch is PENDING and the runner picks it up at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
-from promptgate.batches.runner import BatchNotifier, BatchRunner
+from promptgate.batches.notifier import BatchNotifier
+from promptgate.batches.runner import BatchRunner
 from promptgate.batches.store import BatchStore, error_from_json
 from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
@@ -36,7 +38,6 @@ class BatchLimits:
     default_concurrency: int = 16
     max_concurrency: int = 256
     default_release_tag: str = "production"
-    watch_poll_s: float = 0.5
     webhooks_enabled: bool = False
 
 
@@ -62,6 +63,7 @@ class BatchService:
         self._history = history
         self._guard = guard
         self._limits = limits
+        self._reads: dict[tuple[str, str, int], asyncio.Future[tuple[Batch, list[BatchEvent]]]] = {}
 
     async def create(self, spec: BatchSpec) -> Batch:
         """Check and store a batch; it starts running in the background."""
@@ -143,29 +145,65 @@ class BatchService:
     async def watch(
         self, workspace: str, batch_id: str, after: int
     ) -> AsyncGenerator[BatchEvent, None]:
-        """Progress and item results after event ``after``, until the batch finishes."""
+        """Progress and item results after event ``after``, until the batch finishes.
+
+        While nothing happens the stream costs nothing: it waits on the
+        notifier, which wakes it when this process changes the batch and, for
+        changes made by other replicas, from one shared poll of the batch's
+        ``last_seq``. A position past the last event gets nothing until newer
+        events exist (or the batch finishes).
+        """
         if after < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         position = after
         batch, _ = await self._store.events_after(workspace, batch_id, position, limit=0)
         yield BatchEvent(seq=position, progress=batch)
-        while True:
-            batch, events = await self._store.events_after(workspace, batch_id, position)
-            rows = [item for _, item in events if item is not None]
-            results = {r.index: r for r in await self._item_results(workspace, rows)}
-            for event, item in events:
-                position = event.seq
-                if item is not None:
-                    yield BatchEvent(seq=event.seq, item=results[item.idx])
-                else:
-                    yield BatchEvent(seq=event.seq, progress=batch)
-            if events:
-                continue
-            if batch.state.terminal and position >= batch.last_seq:
-                return
-            if self._notifier.closed:  # shutting down: the client resumes elsewhere
-                return
-            await self._notifier.wait(batch_id, self._limits.watch_poll_s)
+        with self._notifier.watch(batch_id) as changes:
+            while True:
+                mark = changes.mark()
+                batch, events = await self._events_after(workspace, batch_id, position)
+                for event in events:
+                    position = event.seq
+                    yield event
+                if events:
+                    continue
+                if batch.state.terminal and position >= batch.last_seq:
+                    return
+                if self._notifier.closed:  # shutting down: the client resumes elsewhere
+                    return
+                if position < batch.last_seq:
+                    continue  # events committed between our two reads: read them now
+                await changes.wait(mark, batch.last_seq)
+
+    async def _events_after(
+        self, workspace: str, batch_id: str, position: int
+    ) -> tuple[Batch, list[BatchEvent]]:
+        """The batch and its events after ``position``, read once for all watchers there.
+
+        A change wakes every watcher of the batch at once; those at the same
+        position share one read instead of each querying the store.
+        """
+        key = (workspace, batch_id, position)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_events(workspace, batch_id, position))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        # Shielded: one watcher leaving must not cancel the others' read.
+        return await asyncio.shield(read)
+
+    async def _read_events(
+        self, workspace: str, batch_id: str, position: int
+    ) -> tuple[Batch, list[BatchEvent]]:
+        batch, events = await self._store.events_after(workspace, batch_id, position)
+        rows = [item for _, item in events if item is not None]
+        results = {r.index: r for r in await self._item_results(workspace, rows)}
+        return batch, [
+            BatchEvent(seq=event.seq, item=results[item.idx])
+            if item is not None
+            else BatchEvent(seq=event.seq, progress=batch)
+            for event, item in events
+        ]
 
     async def _check_items(self, spec: BatchSpec) -> None:
         problems: list[FieldViolation] = []

@@ -24,8 +24,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from promptgate.batches.model import Batch, BatchSpec, BatchState, ItemState
 from promptgate.chat import ModelParameters
 from promptgate.errors import FailedPrecondition, InvalidArgument, NotFound
-from promptgate.execution.model import ExecutionFailure, InlineTarget
-from promptgate.execution.records import input_from_json, input_to_json
+from promptgate.execution.model import (
+    ExecutionFailure,
+    ExecutionRecord,
+    ExecutionState,
+    InlineTarget,
+)
+from promptgate.execution.records import from_row, input_from_json, input_to_json
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts.model import PromptInput, ResolvedPrompt, spec_from_json, spec_to_json
 from promptgate.store.engine import SessionFactory
@@ -35,6 +40,7 @@ from promptgate.store.tables import (
     BatchItemRow,
     BatchRow,
     BatchWorkerRow,
+    ExecutionRow,
     as_utc,
     utcnow,
 )
@@ -42,6 +48,8 @@ from promptgate.store.tables import (
 _PARAMS: TypeAdapter[ModelParameters] = TypeAdapter(ModelParameters)
 ACTIVE = (BatchState.PENDING.value, BatchState.RUNNING.value)
 UNFINISHED = (ItemState.PENDING.value, ItemState.RUNNING.value)
+# Sequence numbers are 32-bit integers on PostgreSQL: no event is numbered above this.
+MAX_SEQ = 2**31 - 1
 
 
 class ClaimedItem:
@@ -89,6 +97,22 @@ class ItemOutcome:
     state: ItemState
     execution_id: str = ""
     error: ExecutionFailure | None = None
+
+    @classmethod
+    def of(cls, batch_id: str, index: int, record: ExecutionRecord) -> ItemOutcome:
+        """How an item whose execution ended as ``record`` ends."""
+        if record.state is ExecutionState.FULFILLED:
+            state = ItemState.FULFILLED
+        elif record.error is not None and record.error.code == "CANCELLED":
+            state = ItemState.CANCELLED
+        else:
+            state = ItemState.REJECTED
+        return cls(batch_id, index, state, record.id, record.error)
+
+
+def item_external_id(batch_id: str, index: int) -> str:
+    """The idempotency key an item's execution runs (and is recorded) under."""
+    return f"{batch_id}/{index}"
 
 
 class BatchStore:
@@ -194,6 +218,7 @@ class BatchStore:
         one before, and the batch must be at least as new as the last event (a
         terminal progress event must carry the terminal state).
         """
+        after = min(after, MAX_SEQ)  # a position past any event: nothing (yet) after it
         async with self._sessions() as session:
             events = list(
                 (
@@ -218,6 +243,13 @@ class BatchStore:
         return _batch(batch), [
             (e, items.get(e.item_idx) if e.item_idx is not None else None) for e in events
         ]
+
+    async def last_seq(self, batch_id: str) -> int | None:
+        """The number of the batch's latest event (None if there is no such batch)."""
+        async with self._sessions() as session:
+            return (
+                await session.exec(select(BatchRow.last_seq).where(BatchRow.id == batch_id))
+            ).first()
 
     # Work
 
@@ -525,6 +557,52 @@ class BatchStore:
                 )
             )
             return [(b, i, a, w or "") for b, i, a, w in rows.all()]
+
+    async def running_on(self, worker: str) -> list[tuple[str, int]]:
+        """(batch, index) of the items RUNNING and claimed by ``worker``."""
+        async with self._sessions() as session:
+            rows = await session.exec(
+                select(BatchItemRow.batch_id, BatchItemRow.idx).where(
+                    BatchItemRow.claimed_by == worker,
+                    BatchItemRow.state == ItemState.RUNNING.value,
+                )
+            )
+            return [(b, i) for b, i in rows.all()]
+
+    async def recorded_outcomes(
+        self, batch_id: str, indexes: Sequence[int]
+    ) -> dict[int, ItemOutcome]:
+        """The outcomes of those items whose execution was recorded final, by index.
+
+        An item's execution is the one with external_id ``<batch id>/<index>``
+        in the batch's workspace. FULFILLED and REJECTED are final; one that
+        was cancelled (a shutdown) is not: the item may run again.
+        """
+        if not indexes:
+            return {}
+        keys = {item_external_id(batch_id, i): i for i in indexes}
+        async with self._sessions() as session:
+            workspace = (
+                await session.exec(select(BatchRow.workspace_id).where(BatchRow.id == batch_id))
+            ).first()
+            if workspace is None:
+                return {}
+            rows = await session.exec(
+                select(ExecutionRow).where(
+                    ExecutionRow.workspace_id == workspace,
+                    col(ExecutionRow.external_id).in_(list(keys)),
+                    col(ExecutionRow.state).in_(
+                        (ExecutionState.FULFILLED.value, ExecutionState.REJECTED.value)
+                    ),
+                )
+            )
+            records = [from_row(row) for row in rows.all()]
+        outcomes = {}
+        for record in records:
+            outcome = ItemOutcome.of(batch_id, keys[record.external_id], record)
+            if outcome.state is not ItemState.CANCELLED:
+                outcomes[outcome.index] = outcome
+        return outcomes
 
     async def requeue(self, batch_id: str, index: int, dead_worker: str) -> bool:
         """Give an abandoned item back to the queue; False if another worker did first."""

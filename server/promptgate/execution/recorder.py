@@ -32,6 +32,7 @@ from sqlalchemy import Engine, insert, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
+from promptgate.backoff import Backoff
 from promptgate.errors import STORE_RETRY_AFTER_S, Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
@@ -244,13 +245,12 @@ class ExecutionRecorder:
 
     async def _rewrite(self) -> None:
         """Write failed records again, with backoff, until none is left."""
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
         while self._retrying:
-            await asyncio.sleep(delay)
+            await backoff.sleep()
             group, self._retrying = self._retrying, []
             for start in range(0, len(group), self._batch_max):
                 await self._write(group[start : start + self._batch_max])
-            delay = min(delay * 2, RETRY_MAX_S) if self._retrying else RETRY_INITIAL_S
 
     async def _commit(self, group: list[_Pending]) -> None:
         if self._sync is not None and not any(p.upsert for p in group):
