@@ -1,6 +1,6 @@
 """The benchmark suite: promptgate against its floor and its upstream, in one run.
 
-    python -m bench.run                 # everything, about 3 minutes; writes bench/RESULTS.md
+    python -m bench.run                 # everything, about 5 minutes; writes bench/RESULTS.md
     python -m bench.run --quick         # a few-seconds smoke of every scenario
 
 Processes, all on loopback: the upstream (``bench.upstream``, an
@@ -17,6 +17,10 @@ ExecutePrompt with a fixed answer of the real size) and the load generator
    upstream directly; 2,000 concurrent streams paced 50 ms (errors, RSS, CPU).
 3. Recording on and off, on SQLite and PostgreSQL; rows counted afterwards
    must equal the successful answers.
+4. Hostile callers (``bench.hostile``): while each attack class runs (regex
+   and remote ``$ref`` in schemas, template bombs, huge integers, deep JSON,
+   bogus keys, idle watchers), the latency of a Health/Check and of a normal
+   ExecutePrompt probing every 20 ms, against the same probe with no attack.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import loadgen
+from bench.hostile import Scenario, Timing
 from bench.loadgen import LoadResult, LoadSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +76,11 @@ class Profile:
     load_processes: int
     workers: tuple[int, ...]
     try_uvloop: bool
+    hostile: Timing
 
 
-FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2), True)
-QUICK = Profile(0.8, 0.2, (8,), 50, 1.5, 1, (1,), False)
+FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2), True, Timing(4.0, 5.0, 10.0, 240.0))
+QUICK = Profile(0.8, 0.2, (8,), 50, 1.5, 1, (1,), False, Timing(0.3, 1.0, 5.0, 60.0))
 
 
 @dataclass
@@ -101,7 +107,10 @@ class Proc:
 
     def __init__(self, report: Report, argv: list[str], env: dict[str, str], ready: str) -> None:
         shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-        report.commands.append((shown + " " if shown else "") + shlex.join(_short(argv)))
+        command = (shown + " " if shown else "") + shlex.join(_short(argv))
+        if command not in report.commands:
+            report.commands.append(command)
+        self.argv, self.env, self.ready = argv, env, ready
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
@@ -382,6 +391,13 @@ async def _prepare(server: Server) -> None:
         server.answered += 1
 
 
+def restart_promptgate(report: Report, server: Server) -> Server:
+    """Start ``server``'s process again (after it was killed): same port, database and key."""
+    old = server.proc
+    proc = Proc(report, old.argv, old.env, old.ready)
+    return replace(server, proc=proc, port=proc.port)
+
+
 def stop_and_count(server: Server) -> int:
     """Stop ``server`` (it flushes its records) and count the execution rows."""
     code = server.proc.stop()
@@ -487,6 +503,7 @@ class Bench:
         try:
             self.unary_and_streams()
             self.recording()
+            self.hostile()
         finally:
             self.upstream.stop()
 
@@ -719,6 +736,20 @@ class Bench:
                 },
             )
 
+    def hostile(self) -> None:
+        """Scenario 4: probe latency while each attack runs (see bench.hostile)."""
+        assert self.upstream is not None
+        upstream_port = self.upstream.port
+
+        def start() -> Server:
+            url = self.sqlite_url("hostile")
+            return start_promptgate(self.report, upstream_port, url, recording=True, workers=1)
+
+        def restart(server: Server) -> Server:
+            return restart_promptgate(self.report, server)
+
+        Scenario(self.report, self.p.hostile, start, restart, PYTHON, str(ROOT)).run()
+
 
 def _uvloop_flag() -> list[str]:
     try:
@@ -794,6 +825,8 @@ TITLES = {
     "stream_latency": "2a. Streaming (32 chunks, no pacing): time to first delta / last event",
     "stream_load": "2b. Concurrent streams (32 chunks, 50 ms latency, 50 ms apart)",
     "recording": "3. Recording on vs off (same load, 1 server process)",
+    "hostile": "4. Hostile callers: probe latency (Health/Check and ExecutePrompt, each every "
+    "20 ms) while each attack runs",
 }
 
 
@@ -803,6 +836,10 @@ TARGETS = {
     "stream_latency": "Target: added time to first delta p50 <= 1 ms.",
     "stream_load": "Target: 0 errors, server RSS < 1 GiB.",
     "recording": "Target: cost of recording < 10% on both stores; nothing lost (3b).",
+    "hostile": "Target: probe p99 < 50 ms for both calls during every attack, no probe failure, "
+    "no INTERNAL among the attack's codes, 0 $ref fetches. Attack calls: 2 callers in a closed "
+    "loop (10 s deadline each), in-flight calls cut at the window's end; the server is "
+    "restarted after an attack it does not recover from.",
 }
 
 
@@ -847,7 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
-    parser.add_argument("--only", choices=["unary", "recording"], help="run one part of the suite")
+    parser.add_argument(
+        "--only", choices=["unary", "recording", "hostile"], help="run one part of the suite"
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     report = Report(started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
@@ -855,10 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="promptgate-bench-") as workdir:
         bench = Bench(profile, Path(workdir), report)
-        if args.only == "unary":
-            bench.recording = lambda: None  # type: ignore[method-assign]
-        elif args.only == "recording":
-            bench.unary_and_streams = lambda: None  # type: ignore[method-assign]
+        parts = ("unary_and_streams", "recording", "hostile")
+        wanted = {"unary": "unary_and_streams"}.get(args.only or "", args.only)
+        for part in parts:
+            if wanted and part != wanted:
+                setattr(bench, part, lambda: None)
         bench.run()
     report.notes.append(f"suite time: {time.monotonic() - started:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
