@@ -15,8 +15,9 @@ too late. Each such operation is estimated first and refused past
 - the methods of ``str`` that grow text (``replace``, ``center``, ``join``...);
 - filters (see ``promptgate.prompts.filters``) and printing (``values``).
 
-One render may also build only so much in all (``budget``, a multiple of
-``max_chars``), so a loop cannot pile up values that are each under the limit.
+One render may also build only so much in all (a budget of ``BUDGET_FACTOR``
+bytes per character of ``max_chars``), so a loop cannot pile up values that
+are each under the limit.
 Printing follows ``promptgate.prompts.values``: JSON as JSON, 21.0 as ``21``,
 booleans as ``true``/``false``; objects without a data form are refused.
 """
@@ -56,8 +57,9 @@ from promptgate.prompts.values import (
 
 V = TypeVar("V")
 
-# One render may build this many times max_chars in all (garbage included).
-BUDGET_FACTOR = 32
+# One render may build this many bytes per character of max_chars in all
+# (garbage included): room for a few values at the limit, not for a loop of them.
+BUDGET_FACTOR = 64
 # lipsum() makes placeholder text; more than this is no placeholder.
 MAX_LIPSUM_PARAGRAPHS = 20
 MAX_LIPSUM_WORDS = 200
@@ -78,11 +80,11 @@ _STR_METHODS = frozenset(
 
 
 def _size_of(value: Any) -> int:
-    """What a value costs against the budget: characters, or 8 per item."""
+    """About the bytes a value holds: its characters, or a pointer and a small object per item."""
     if isinstance(value, str):
-        return len(value)
+        return len(value) if value.isascii() else 4 * len(value)  # isascii() is O(1)
     if isinstance(value, list | tuple | dict):
-        return 8 * len(value)
+        return 40 * len(value)
     return 0
 
 
@@ -97,7 +99,7 @@ class _Budget:
         self.left -= size
         if self.left < 0:
             raise TemplateLimitError(
-                f"the template builds more than {self.limit} characters of values in one render"
+                f"the template builds more than {self.limit} bytes of values in one render"
             )
 
 

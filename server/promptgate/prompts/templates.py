@@ -189,11 +189,13 @@ class TemplateEngine:
                 finally:
                     run.end()
             except _Interrupted:
-                raise InvalidArgument.field(
-                    field,
-                    f"the template took longer than {self._timeout_s:g} s to {doing}",
-                    reason="INVALID_PROMPT",
-                ) from None
+                pass
+            # Raised outside the handler, so it does not hold the interrupted frames.
+            raise InvalidArgument.field(
+                field,
+                f"the template took longer than {self._timeout_s:g} s to {doing}",
+                reason="INVALID_PROMPT",
+            )
 
         future = asyncio.wrap_future(self._pool.submit(work))
         try:
@@ -222,19 +224,8 @@ class TemplateEngine:
                         )
                     parts.append(part)
                 return "".join(parts)
-        except jinja2.UndefinedError as exc:
-            raise InvalidArgument.field(
-                field, f"undefined in template: {exc.message}", reason="INVALID_INPUT"
-            ) from None
-        except TemplateLimitError as exc:
-            raise InvalidArgument.field(
-                field, f"the template exceeds a limit: {exc}", reason="INVALID_PROMPT"
-            ) from None
-        except SecurityError as exc:
-            raise InvalidArgument.field(
-                field, f"unsafe template operation: {exc}", reason="INVALID_PROMPT"
-            ) from None
         except (
+            SecurityError,
             TypeError,
             ValueError,
             ArithmeticError,
@@ -243,9 +234,27 @@ class TemplateEngine:
             MemoryError,
             jinja2.TemplateError,
         ) as exc:
-            raise InvalidArgument.field(
-                field, f"template failed to render: {exc}", reason="INVALID_INPUT"
-            ) from None
+            error = _render_error(exc, field)
+        # Raised outside the handler, so it does not hold the failed render's
+        # frames (and the values they built) as its __context__.
+        raise error
+
+
+def _render_error(exc: BaseException, field: str) -> InvalidArgument:
+    """What a failed render tells the caller."""
+    if isinstance(exc, jinja2.UndefinedError):
+        return InvalidArgument.field(
+            field, f"undefined in template: {exc.message}", reason="INVALID_INPUT"
+        )
+    if isinstance(exc, TemplateLimitError):
+        return InvalidArgument.field(
+            field, f"the template exceeds a limit: {exc}", reason="INVALID_PROMPT"
+        )
+    if isinstance(exc, SecurityError):
+        return InvalidArgument.field(
+            field, f"unsafe template operation: {exc}", reason="INVALID_PROMPT"
+        )
+    return InvalidArgument.field(field, f"template failed to render: {exc}", reason="INVALID_INPUT")
 
 
 class _WorkerRun:
