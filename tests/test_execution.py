@@ -107,7 +107,7 @@ async def test_inline_prompt_with_typed_inputs(pg: Running) -> None:
     rendered = await pg.prompts.RenderPrompt(
         ppb.RenderPromptRequest(inline_prompt=request.inline_prompt, inputs=request.inputs)
     )
-    assert [m.content for m in rendered.messages] == ["Be brief.", "Ada has 3.0 items; vip=True"]
+    assert [m.content for m in rendered.messages] == ["Be brief.", "Ada has 3 items; vip=true"]
     response = await pg.executions.ExecutePrompt(request)
     assert response.state == pb.EXECUTION_STATE_FULFILLED
     assert response.meta.prompt_id == "" and response.meta.prompt_version == 0

@@ -113,6 +113,8 @@ class Planner:
         version = 0
         if isinstance(target, InlineTarget):
             spec = target.spec
+            # Compiled off the event loop, so validation below hits the cache.
+            await self._templates.prepare(m.template for m in spec.messages)
             validate_spec(
                 spec,
                 self._templates,

@@ -159,6 +159,8 @@ class PromptCatalog:
         release_tags: Sequence[str],
     ) -> PromptVersion:
         """Validate ``spec`` and store it as the prompt's next version; move tags to it."""
+        # Compiled off the event loop, so validation below hits the cache.
+        await self._templates.prepare(m.template for m in spec.messages)
         validate_spec(spec, self._templates, field="version", check_model=self._check_model)
         for i, tag in enumerate(release_tags):
             _check_tag(tag, f"release_tags[{i}]")

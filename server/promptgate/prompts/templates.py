@@ -1,19 +1,19 @@
-"""Jinja2 templates in a sandbox, compiled once per source text, rendered within bounds.
+"""The template engine: prompt templates compiled once, rendered within bounds.
 
-Templates run in ``SandboxedEnvironment`` (no attribute access to internals,
-no unsafe calls) with ``StrictUndefined`` (a missing variable is an error, not
-an empty string). Compiled templates are cached by source: versions are
-immutable, so a version's templates compile once per process.
+Templates run in ``BoundedSandbox`` (``promptgate.prompts.sandbox``): an
+immutable sandbox with ``StrictUndefined`` (a missing variable is an error,
+not an empty string) in which no value may grow past ``max_chars``. Values
+print as a prompt author expects (``promptgate.prompts.values``).
 
-Templates come from callers, so rendering must not stall or exhaust the
-server. No single value may grow past ``max_chars`` (string and list
-multiplication, filters and method calls are checked) and huge powers are
-refused. A template without loops, macros or call blocks then does work
-proportional to its inputs and renders inline on the event loop (the common
-case, and the fast one). A template with them can loop for a very long time
-(``range`` allows 100,000 per loop, and loops nest), so it renders on a
-worker thread with a time limit: past ``timeout_s`` the thread is
-interrupted and the call fails with INVALID_ARGUMENT.
+Templates come from callers, so neither compiling nor rendering may stall the
+server. Before anything else the source is scanned for size and nesting
+(``promptgate.prompts.source_limits``); then it compiles on a worker thread
+with a time limit, and stays cached by source (versions are immutable, so a
+version's templates compile once per process; a cache hit stays on the event
+loop). A template that ``renders_inline`` (no loops, calls or arithmetic, few
+operations) renders on the event loop, the common and fast case; any other
+renders on a worker thread with the same time limit: past ``timeout_s`` the
+thread is interrupted and the call fails with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -21,83 +21,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
+from cachetools import LRUCache
 from jinja2 import StrictUndefined, meta, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
 
 from promptgate.errors import InvalidArgument
+from promptgate.prompts.sandbox import BoundedSandbox
+from promptgate.prompts.source_limits import (
+    SourceLimitError,
+    check_depth,
+    renders_inline,
+    scan_source,
+)
+from promptgate.prompts.values import TemplateLimitError
 
-MAX_EXPONENT = 128
-_UNBOUNDED = (nodes.For, nodes.Macro, nodes.CallBlock)
+T = TypeVar("T")
 
 
-class _RenderInterrupted(BaseException):
-    """Raised inside a worker thread whose render ran out of time."""
-
-
-def _too_big(value: Any, limit: int) -> bool:
-    return isinstance(value, str | bytes | list | tuple | dict) and len(value) > limit
-
-
-class _BoundedSandbox(SandboxedEnvironment):
-    """The sandbox, with no value larger than ``max_chars`` and no huge powers."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def __init__(self, max_chars: int, **options: Any) -> None:
-        super().__init__(**options)
-        self.max_chars = max_chars
-        self.filters = {name: self._checked(f) for name, f in self.filters.items()}
-
-    def _checked(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            return self._bounded(function(*args, **kwargs))
-
-        return checked
-
-    def _bounded(self, value: Any) -> Any:
-        if _too_big(value, self.max_chars):
-            raise SecurityError(f"a value in the template exceeds {self.max_chars} items")
-        return value
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            if (
-                isinstance(left, int | float)
-                and isinstance(right, int | float)
-                and abs(left) > 1
-                and abs(right) > MAX_EXPONENT
-            ):
-                raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
-        elif operator == "*":
-            for items, times in ((left, right), (right, left)):
-                if (
-                    isinstance(items, str | bytes | list | tuple)
-                    and isinstance(times, int)
-                    and len(items) * times > self.max_chars
-                ):
-                    raise SecurityError(f"a value in the template exceeds {self.max_chars} items")
-        return super().call_binop(context, operator, left, right)
-
-    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return self._bounded(super().call(context, obj, *args, **kwargs))
+class _Interrupted(BaseException):
+    """Raised inside a worker thread whose job ran out of time."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     template: jinja2.Template
-    bounded: bool  # no loops, macros or call blocks: work follows the inputs' size
+    variables: frozenset[str]
+    inline: bool  # provably cheap: renders on the event loop
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A template that does not compile, kept so it is not compiled again."""
+
+    message: str
+
+    def error(self, field: str) -> InvalidArgument:
+        return InvalidArgument.field(field, self.message, reason="INVALID_PROMPT")
 
 
 class TemplateEngine:
@@ -111,143 +77,155 @@ class TemplateEngine:
         timeout_s: float = 1.0,
         workers: int = 2,
     ) -> None:
-        self._env = _BoundedSandbox(
+        self._env = BoundedSandbox(
             max_chars,
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
             cache_size=0,
         )
-        self._cache: OrderedDict[str, _Compiled] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: LRUCache[str, _Compiled | _Refused] = LRUCache(maxsize=cache_size)
         self._max_chars = max_chars
         self._timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="template")
 
     def close(self) -> None:
-        """Stops the worker threads (renders still running are interrupted)."""
+        """Stops the worker threads (jobs still running are interrupted)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def prepare(self, sources: Iterable[str]) -> None:
+        """Compile ``sources`` on a worker thread ahead of ``check`` and ``render``.
+
+        A template's refusal (syntax, limits) is kept for ``check`` to report.
+        """
+        for source in sources:
+            with contextlib.suppress(InvalidArgument):
+                await self._compiled(source, "")
 
     def check(self, source: str, field: str) -> set[str]:
         """Validate a template; return the variables it uses.
 
-        Raises InvalidArgument (INVALID_PROMPT) naming ``field`` on a syntax error.
+        Raises InvalidArgument (INVALID_PROMPT) naming ``field`` on a syntax
+        error or a template past the source limits. A template ``prepare``
+        compiled is a cache hit; any other is parsed here, which the source
+        limits keep cheap.
         """
-        try:
-            ast = self._env.parse(source)
-            return set(meta.find_undeclared_variables(ast))
-        except jinja2.TemplateSyntaxError as exc:
-            raise InvalidArgument.field(
-                field,
-                f"template syntax error on line {exc.lineno}: {exc.message}",
-                reason="INVALID_PROMPT",
-            ) from None
-        except (jinja2.TemplateError, RecursionError, ValueError, TypeError) as exc:
-            raise InvalidArgument.field(
-                field, f"the template cannot be compiled: {exc}", reason="INVALID_PROMPT"
-            ) from None
+        entry = self._cache.get(source)
+        if entry is None:
+            parsed = self._parsed(source)
+            if isinstance(parsed, _Refused):
+                raise parsed.error(field)
+            return set(meta.find_undeclared_variables(parsed))
+        if isinstance(entry, _Refused):
+            raise entry.error(field)
+        return set(entry.variables)
 
-    def compile(self, source: str, field: str) -> jinja2.Template:
-        """The compiled template for ``source`` (cached)."""
-        return self._compiled(source, field).template
-
-    def _compiled(self, source: str, field: str) -> _Compiled:
-        compiled = self._cache.get(source)
-        if compiled is not None:
-            self._cache.move_to_end(source)
-            return compiled
+    def _parsed(self, source: str) -> nodes.Template | _Refused:
         try:
+            scan_source(self._env, source)
             ast = self._env.parse(source)
-            bounded = next(ast.find_all(_UNBOUNDED), None) is None
-            template = self._env.from_string(ast)
+            check_depth(ast)
+            return ast
         except jinja2.TemplateSyntaxError as exc:
-            raise InvalidArgument.field(
-                field,
-                f"template syntax error on line {exc.lineno}: {exc.message}",
-                reason="INVALID_PROMPT",
-            ) from None
-        except (jinja2.TemplateError, RecursionError, ValueError, TypeError) as exc:
-            raise InvalidArgument.field(
-                field, f"the template cannot be compiled: {exc}", reason="INVALID_PROMPT"
-            ) from None
-        compiled = _Compiled(template, bounded)
-        self._cache[source] = compiled
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return compiled
+            return _Refused(f"template syntax error on line {exc.lineno}: {exc.message}")
+        except SourceLimitError as exc:
+            return _Refused(f"the template is too complex: {exc}")
+        except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+            return _Refused(f"the template cannot be compiled: {exc}")
+
+    def _compile(self, source: str) -> _Compiled | _Refused:
+        parsed = self._parsed(source)
+        if isinstance(parsed, _Refused):
+            return parsed
+        try:
+            template = self._env.from_string(parsed)
+        except (
+            jinja2.TemplateError,
+            SyntaxError,  # Python's compiler, past limits the scan should have caught
+            RecursionError,
+            MemoryError,
+            ValueError,
+            TypeError,
+        ) as exc:
+            return _Refused(f"the template cannot be compiled: {exc}")
+        variables = frozenset(meta.find_undeclared_variables(parsed))
+        return _Compiled(template, variables, renders_inline(parsed))
+
+    async def _compiled(self, source: str, field: str) -> _Compiled:
+        entry = self._cache.get(source)
+        if entry is None:
+            # A compile that runs out of time is not kept: under load it may pass later.
+            entry = await self._in_worker(lambda: self._compile(source), field, "compile")
+            self._cache[source] = entry
+        if isinstance(entry, _Refused):
+            raise entry.error(field)
+        return entry
 
     async def render(self, source: str, values: dict[str, Any], field: str) -> str:
         """Render ``source`` with ``values``; template errors become InvalidArgument."""
-        compiled = self._compiled(source, field)
-        if compiled.bounded:
+        compiled = await self._compiled(source, field)
+        if compiled.inline:
             return self._render(compiled.template, values, field)
-        return await self._render_in_worker(compiled.template, values, field)
+        return await self._in_worker(
+            lambda: self._render(compiled.template, values, field), field, "render"
+        )
 
-    async def _render_in_worker(
-        self, template: jinja2.Template, values: dict[str, Any], field: str
-    ) -> str:
+    async def _in_worker(self, job: Callable[[], T], field: str, doing: str) -> T:
+        """Run ``job`` on a worker thread, interrupted ``timeout_s`` after it starts."""
+        loop = asyncio.get_running_loop()
         run = _WorkerRun()
+        deadline: list[asyncio.TimerHandle] = []
 
-        def work() -> str:
+        def start_clock() -> None:
+            deadline.append(loop.call_later(self._timeout_s, run.interrupt))
+
+        def work() -> T:
             try:
                 run.begin()
                 try:
-                    return self._render(template, values, field, stream=True)
+                    # The clock starts when the job does, not while it waits for a thread.
+                    loop.call_soon_threadsafe(start_clock)
+                    return job()
                 finally:
                     run.end()
-            except _RenderInterrupted:
-                raise InvalidArgument.field(
-                    field,
-                    f"the template took longer than {self._timeout_s:g} s to render",
-                    reason="INVALID_PROMPT",
-                ) from None
+            except _Interrupted:
+                pass
+            # Raised outside the handler, so it does not hold the interrupted frames.
+            raise InvalidArgument.field(
+                field,
+                f"the template took longer than {self._timeout_s:g} s to {doing}",
+                reason="INVALID_PROMPT",
+            )
 
         future = asyncio.wrap_future(self._pool.submit(work))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
-        except TimeoutError:
-            run.interrupt()
-            return await future  # the worker unwinds at its next bytecode and raises
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
             run.interrupt()
             with contextlib.suppress(InvalidArgument):
                 await asyncio.shield(future)
             raise
+        finally:
+            for handle in deadline:
+                handle.cancel()
 
-    def _oversized(self, field: str, size: int) -> InvalidArgument:
-        return InvalidArgument.field(
-            field,
-            f"the rendered prompt has {size} characters or more, "
-            f"more than the limit of {self._max_chars}",
-            reason="INVALID_PROMPT",
-        )
-
-    def _render(
-        self, template: jinja2.Template, values: dict[str, Any], field: str, stream: bool = False
-    ) -> str:
+    def _render(self, template: jinja2.Template, values: dict[str, Any], field: str) -> str:
         try:
-            if not stream:
-                text = template.render(values)
-            else:
+            with self._env.rendering():
                 parts, size = [], 0
                 for part in template.generate(values):
                     size += len(part)
                     if size > self._max_chars:
-                        raise self._oversized(field, size)
+                        raise InvalidArgument.field(
+                            field,
+                            f"the rendered prompt has {size} characters or more, "
+                            f"more than the limit of {self._max_chars}",
+                            reason="INVALID_PROMPT",
+                        )
                     parts.append(part)
-                text = "".join(parts)
-            if len(text) > self._max_chars:
-                raise self._oversized(field, len(text))
-            return text
-        except jinja2.UndefinedError as exc:
-            raise InvalidArgument.field(
-                field, f"undefined in template: {exc.message}", reason="INVALID_INPUT"
-            ) from None
-        except SecurityError as exc:
-            raise InvalidArgument.field(
-                field, f"unsafe template operation: {exc}", reason="INVALID_PROMPT"
-            ) from None
+                return "".join(parts)
         except (
+            SecurityError,
             TypeError,
             ValueError,
             ArithmeticError,
@@ -256,13 +234,31 @@ class TemplateEngine:
             MemoryError,
             jinja2.TemplateError,
         ) as exc:
-            raise InvalidArgument.field(
-                field, f"template failed to render: {exc}", reason="INVALID_INPUT"
-            ) from None
+            error = _render_error(exc, field)
+        # Raised outside the handler, so it does not hold the failed render's
+        # frames (and the values they built) as its __context__.
+        raise error
+
+
+def _render_error(exc: BaseException, field: str) -> InvalidArgument:
+    """What a failed render tells the caller."""
+    if isinstance(exc, jinja2.UndefinedError):
+        return InvalidArgument.field(
+            field, f"undefined in template: {exc.message}", reason="INVALID_INPUT"
+        )
+    if isinstance(exc, TemplateLimitError):
+        return InvalidArgument.field(
+            field, f"the template exceeds a limit: {exc}", reason="INVALID_PROMPT"
+        )
+    if isinstance(exc, SecurityError):
+        return InvalidArgument.field(
+            field, f"unsafe template operation: {exc}", reason="INVALID_PROMPT"
+        )
+    return InvalidArgument.field(field, f"template failed to render: {exc}", reason="INVALID_INPUT")
 
 
 class _WorkerRun:
-    """One render on a worker thread, which the event loop may interrupt.
+    """One job on a worker thread, which the event loop may interrupt.
 
     The interrupt is an asynchronous exception raised in the worker at its next
     bytecode; ``end`` takes back one that comes too late, so it never reaches
@@ -273,9 +269,12 @@ class _WorkerRun:
         self._lock = threading.Lock()
         self._thread: int | None = None
         self._running = False
+        self._interrupted = False
 
     def begin(self) -> None:
         with self._lock:
+            if self._interrupted:  # cancelled before a thread took it
+                raise _Interrupted
             self._thread = threading.get_ident()
             self._running = True
 
@@ -287,7 +286,8 @@ class _WorkerRun:
 
     def interrupt(self) -> None:
         with self._lock:
+            self._interrupted = True
             if self._running and self._thread is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self._thread), ctypes.py_object(_RenderInterrupted)
+                    ctypes.c_ulong(self._thread), ctypes.py_object(_Interrupted)
                 )
