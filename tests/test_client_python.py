@@ -67,7 +67,7 @@ def test_typed_inputs_from_plain_values(client: pc.Client) -> None:
     }
     response = client.execute(inline, inputs=inputs)
     assert response.state == common_pb2.EXECUTION_STATE_FULFILLED, response.error
-    assert pc.output_text(response.outputs) == "Mock reply to: text|2.5|True|two"
+    assert pc.output_text(response.outputs) == "Mock reply to: text|2.5|true|two"
 
 
 def test_chat_history_input(client: pc.Client) -> None:
