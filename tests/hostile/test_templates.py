@@ -156,6 +156,21 @@ SIZE_BOMBS = {
 }
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ {}[('x' * 999999,) * 999999] }}",  # a missing key whose repr is a terabyte
+        "{{ {}.get('k', 'x' * 999999)[('y' * 999999,) * 999999] }}",
+    ],
+)
+async def test_an_error_message_never_spells_out_a_huge_value(pg: Running, template: str) -> None:
+    answers, probe = await while_attacking(pg, attack(pg, template))
+    for reason, details, fields in answers:
+        assert reason in ("INVALID_INPUT", "INVALID_PROMPT"), details
+        assert fields and len(details) < 2000, len(details)
+    probe.assert_responsive()
+
+
 @pytest.mark.parametrize("template", list(SIZE_BOMBS.values()), ids=list(SIZE_BOMBS))
 async def test_values_past_the_limit_are_refused_before_they_are_built(
     pg: Running, template: str

@@ -152,7 +152,7 @@ class Planner:
             spec,
             values,
             self._templates,
-            field=model_field if isinstance(target, InlineTarget) else "inputs",
+            field="inline_prompt" if isinstance(target, InlineTarget) else "inputs",
             max_chars=self._limits.max_prompt_chars,
         )
         base = ProviderRequest(

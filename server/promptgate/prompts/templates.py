@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import jinja2
 from cachetools import LRUCache
-from jinja2 import StrictUndefined, meta, nodes
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 
 from promptgate.errors import InvalidArgument
@@ -40,7 +40,7 @@ from promptgate.prompts.source_limits import (
     renders_inline,
     scan_source,
 )
-from promptgate.prompts.values import TemplateLimitError
+from promptgate.prompts.values import BoundedUndefined, TemplateLimitError
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ class TemplateEngine:
     ) -> None:
         self._env = BoundedSandbox(
             max_chars,
-            undefined=StrictUndefined,
+            undefined=BoundedUndefined,
             autoescape=False,
             keep_trailing_newline=True,
             cache_size=0,

@@ -15,10 +15,12 @@ print, and must be refused before ``json.dumps`` makes it.
 from __future__ import annotations
 
 import json
+import reprlib
 from typing import Any
 
-from jinja2 import Undefined
+from jinja2 import StrictUndefined, Undefined
 from jinja2.exceptions import SecurityError
+from jinja2.utils import missing, object_type_repr
 
 # Integers past this many bits are refused: they only come from arithmetic on
 # purpose-built inputs, and their multiplication and printing are super-linear.
@@ -158,3 +160,31 @@ def text_size(value: Any) -> int:
     if isinstance(value, int):
         return value.bit_length() * 3 // 10 + 2
     return 330  # a double in %f notation: 309 digits at most, and a sign and a point
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel = 3
+
+
+class BoundedUndefined(StrictUndefined):
+    """``StrictUndefined`` whose error message shows at most a short repr of the key.
+
+    Jinja's own message holds the full ``repr`` of a missing key: for a key
+    built by the template (a tuple of a million long strings) that single
+    C-level call would build terabytes while holding the GIL.
+    """
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:
+            return self._undefined_hint
+        name = _SHORT.repr(self._undefined_name)
+        if self._undefined_obj is missing:
+            return f"{name} is undefined"
+        owner = object_type_repr(self._undefined_obj)
+        if not isinstance(self._undefined_name, str):
+            return f"{owner} has no element {name}"
+        return f"{owner!r} has no attribute {name}"
