@@ -220,7 +220,7 @@ async def test_completion_webhook_is_signed_retried_and_recorded(start_server: A
                 break
             await asyncio.sleep(0.05)
         assert got.callback_state == "DELIVERED" and got.callback_attempts == 2
-        attempts = await running.server.batches._store.callback_attempts(batch.id)
+        attempts = await running.server.batches._store.callbacks.callback_attempts(batch.id)
         assert [(a.attempt, a.status_code) for a in attempts] == [(1, 503), (2, 200)]
     finally:
         await receiver.close()

@@ -76,7 +76,7 @@ async def test_hostile_retry_after_values_are_capped_and_delivery_ends(start_ser
         assert got.callback_state == "DELIVERED"
         assert got.callback_attempts == len(HOSTILE_RETRY_AFTER) + 1
         assert len(receiver.requests) == len(HOSTILE_RETRY_AFTER) + 1
-        attempts = await running.server.batches._store.callback_attempts(got.id)
+        attempts = await running.server.batches._store.callbacks.callback_attempts(got.id)
         assert [a.status_code for a in attempts] == [503] * len(HOSTILE_RETRY_AFTER) + [200]
         assert elapsed < BOUND_S
         probe.assert_responsive()

@@ -42,7 +42,7 @@ class CallbackDeliveries:
     async def start_due(self, worker_id: str) -> None:
         """Claim every due webhook for ``worker_id`` and start delivering it."""
         while not self._stopping:
-            batch_id = await self._store.claim_callback(worker_id, self._stale_after_s)
+            batch_id = await self._store.callbacks.claim_callback(worker_id, self._stale_after_s)
             if batch_id is None:
                 return
             task = asyncio.get_running_loop().create_task(self._deliver(batch_id))
@@ -75,7 +75,7 @@ class CallbackDeliveries:
         batch = await self._store.callback_batch(batch_id)
 
         async def record(attempt: DeliveryAttempt) -> None:
-            await self._store.record_callback_attempt(
+            await self._store.callbacks.record_callback_attempt(
                 batch_id, attempt.attempt, attempt.status_code, attempt.error, attempt.duration_s
             )
 
@@ -86,7 +86,7 @@ class CallbackDeliveries:
             workspace_secret(self._secret, batch.workspace_id),
             on_attempt=record,
         )
-        await self._store.callback_done(batch_id, result.delivered)
+        await self._store.callbacks.callback_done(batch_id, result.delivered)
         if not result.delivered:
             log.warning(
                 "batch %s webhook not delivered after %d attempts: %s",

@@ -8,7 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from promptgate.chat import ModelParameters
-from promptgate.execution.model import ExecutionFailure, ExecutionRecord, InlineTarget, StoredTarget
+from promptgate.execution.model import (
+    ExecutionFailure,
+    ExecutionRecord,
+    ExecutionState,
+    InlineTarget,
+    StoredTarget,
+)
 from promptgate.prompts.model import PromptInput
 
 
@@ -113,3 +119,30 @@ class BatchEvent:
     seq: int
     item: ItemResult | None = None
     progress: Batch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """How a batch item ended."""
+
+    batch_id: str
+    index: int
+    state: ItemState
+    execution_id: str = ""
+    error: ExecutionFailure | None = None
+
+    @classmethod
+    def of(cls, batch_id: str, index: int, record: ExecutionRecord) -> ItemOutcome:
+        """How an item whose execution ended as ``record`` ends."""
+        if record.state is ExecutionState.FULFILLED:
+            state = ItemState.FULFILLED
+        elif record.error is not None and record.error.code == "CANCELLED":
+            state = ItemState.CANCELLED
+        else:
+            state = ItemState.REJECTED
+        return cls(batch_id, index, state, record.id, record.error)
+
+
+def item_external_id(batch_id: str, index: int) -> str:
+    """The idempotency key an item's execution runs (and is recorded) under."""
+    return f"{batch_id}/{index}"

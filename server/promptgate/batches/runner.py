@@ -36,15 +36,10 @@ from dataclasses import dataclass, replace
 from promptgate.backoff import Backoff
 from promptgate.batches.callbacks import CallbackDeliveries
 from promptgate.batches.faults import FaultLog, is_store_fault
-from promptgate.batches.model import Batch, ItemState
+from promptgate.batches.model import Batch, ItemOutcome, ItemState, item_external_id
 from promptgate.batches.notifier import BatchNotifier
-from promptgate.batches.store import (
-    BatchStore,
-    ClaimedItem,
-    ItemOutcome,
-    RunnableBatch,
-    item_external_id,
-)
+from promptgate.batches.rows import ClaimedItem, RunnableBatch
+from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.delivery import WebhookSender
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
@@ -112,7 +107,7 @@ class BatchRunner:
 
     async def start(self) -> None:
         """Register this worker and start the loops."""
-        await self._store.heartbeat(self.worker_id)
+        await self._store.workers.heartbeat(self.worker_id)
         loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self._run(), name="batch-runner"),
@@ -150,7 +145,7 @@ class BatchRunner:
                 await task
         await self._callbacks.stop()
         with contextlib.suppress(Exception):
-            await self._store.retire(self.worker_id)
+            await self._store.workers.retire(self.worker_id)
 
     # Loops
 
@@ -158,7 +153,7 @@ class BatchRunner:
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             try:
-                await self._store.heartbeat(self.worker_id)
+                await self._store.workers.heartbeat(self.worker_id)
             except Exception as exc:
                 self._warn("batch worker heartbeat", exc)
 
@@ -233,14 +228,14 @@ class BatchRunner:
         """Resolve the items no task runs: dead workers' items and this worker's strays."""
         abandoned = [
             a
-            for a in await self._store.abandoned(self._settings.stale_after_s)
+            for a in await self._store.workers.abandoned(self._settings.stale_after_s)
             if a[3] != self.worker_id
         ]
         # Taken before the read: an item whose task ends during the read is not a stray.
         known = {*self._items, *self._unwritten}
         stray = [
             key
-            for key in await self._store.running_on(self.worker_id)
+            for key in await self._store.workers.running_on(self.worker_id)
             if key not in known and key not in self._items and key not in self._unwritten
         ]
         if not abandoned and not stray:
@@ -249,11 +244,11 @@ class BatchRunner:
         for batch_id, index, attempts, dead in abandoned:
             outcome = recorded.get((batch_id, index))
             if outcome is None and attempts < 2:
-                if await self._store.requeue(batch_id, index, dead):
+                if await self._store.workers.requeue(batch_id, index, dead):
                     log.info("batch %s item %d requeued after its worker stopped", batch_id, index)
                     self._wake.set()
                 continue
-            if not await self._store.adopt(batch_id, index, dead, self.worker_id):
+            if not await self._store.workers.adopt(batch_id, index, dead, self.worker_id):
                 continue
             if outcome is None:
                 log.warning("batch %s item %d abandoned twice; rejecting it", batch_id, index)
@@ -298,7 +293,9 @@ class BatchRunner:
             by_batch.setdefault(batch_id, []).append(index)
         found: dict[_Key, ItemOutcome] = {}
         for batch_id, indexes in by_batch.items():
-            for index, outcome in (await self._store.recorded_outcomes(batch_id, indexes)).items():
+            for index, outcome in (
+                await self._store.workers.recorded_outcomes(batch_id, indexes)
+            ).items():
                 found[(batch_id, index)] = outcome
         return found
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
 from promptgate.batches.notifier import BatchNotifier
+from promptgate.batches.rows import error_from_json
 from promptgate.batches.runner import BatchRunner
-from promptgate.batches.store import BatchStore, error_from_json
+from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from promptgate.execution.executor import Executor

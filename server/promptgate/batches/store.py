@@ -12,107 +12,49 @@ and miss nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter
-from sqlalchemy import and_, bindparam, func, insert, or_, update
+from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from promptgate.batches.model import Batch, BatchSpec, BatchState, ItemState
-from promptgate.chat import ModelParameters
+from promptgate.batches.callback_store import CallbackStore
+from promptgate.batches.model import (
+    Batch,
+    BatchSpec,
+    BatchState,
+    ItemOutcome,
+    ItemState,
+)
+from promptgate.batches.rows import (
+    PARAMS,
+    ClaimedItem,
+    RunnableBatch,
+    batch_of,
+    error_json,
+)
+from promptgate.batches.worker_store import WorkerStore
 from promptgate.errors import FailedPrecondition, InvalidArgument, NotFound
 from promptgate.execution.model import (
     ExecutionFailure,
-    ExecutionRecord,
-    ExecutionState,
     InlineTarget,
 )
-from promptgate.execution.records import from_row, input_from_json, input_to_json
+from promptgate.execution.records import input_to_json
 from promptgate.paging import decode_token, encode_token, page_size
-from promptgate.prompts.model import PromptInput, ResolvedPrompt, spec_from_json, spec_to_json
+from promptgate.prompts.model import ResolvedPrompt, spec_to_json
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import (
-    BatchCallbackAttemptRow,
     BatchEventRow,
     BatchItemRow,
     BatchRow,
-    BatchWorkerRow,
-    ExecutionRow,
-    as_utc,
     utcnow,
 )
 
-_PARAMS: TypeAdapter[ModelParameters] = TypeAdapter(ModelParameters)
 ACTIVE = (BatchState.PENDING.value, BatchState.RUNNING.value)
 UNFINISHED = (ItemState.PENDING.value, ItemState.RUNNING.value)
 # Sequence numbers are 32-bit integers on PostgreSQL: no event is numbered above this.
 MAX_SEQ = 2**31 - 1
-
-
-class ClaimedItem:
-    """An item a worker has claimed, with what it needs to run."""
-
-    __slots__ = ("attempts", "custom_id", "index", "inputs", "metadata", "parameters", "starts")
-
-    def __init__(self, row: BatchItemRow) -> None:
-        self.index = row.idx
-        self.custom_id = row.custom_id
-        self.inputs: tuple[PromptInput, ...] = tuple(input_from_json(i) for i in row.inputs)
-        self.parameters = _PARAMS.validate_python(row.parameters) if row.parameters else None
-        self.metadata: dict[str, Any] = dict(row.item_metadata or {})
-        self.attempts = row.attempts
-        self.starts = row.starts
-
-
-class RunnableBatch:
-    """What a worker needs to run a batch's items."""
-
-    __slots__ = ("api_key_id", "id", "inline", "parameters", "prompt_id", "version", "workspace_id")
-
-    def __init__(self, row: BatchRow) -> None:
-        self.id = row.id
-        self.workspace_id = row.workspace_id
-        self.api_key_id = row.api_key_id or ""
-        self.prompt_id = row.prompt_id or ""
-        self.version = row.version
-        self.inline = (
-            InlineTarget(
-                spec=spec_from_json(row.inline_spec["spec"]), declared=row.inline_spec["declared"]
-            )
-            if row.inline_spec
-            else None
-        )
-        self.parameters = _PARAMS.validate_python(row.parameters) if row.parameters else None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
-    """How a batch item ended."""
-
-    batch_id: str
-    index: int
-    state: ItemState
-    execution_id: str = ""
-    error: ExecutionFailure | None = None
-
-    @classmethod
-    def of(cls, batch_id: str, index: int, record: ExecutionRecord) -> ItemOutcome:
-        """How an item whose execution ended as ``record`` ends."""
-        if record.state is ExecutionState.FULFILLED:
-            state = ItemState.FULFILLED
-        elif record.error is not None and record.error.code == "CANCELLED":
-            state = ItemState.CANCELLED
-        else:
-            state = ItemState.REJECTED
-        return cls(batch_id, index, state, record.id, record.error)
-
-
-def item_external_id(batch_id: str, index: int) -> str:
-    """The idempotency key an item's execution runs (and is recorded) under."""
-    return f"{batch_id}/{index}"
 
 
 class BatchStore:
@@ -120,6 +62,10 @@ class BatchStore:
 
     def __init__(self, sessions: SessionFactory) -> None:
         self._sessions = sessions
+        self.workers = WorkerStore(sessions)
+        """Worker heartbeats and the recovery of items whose worker died."""
+        self.callbacks = CallbackStore(sessions)
+        """The queue of completion webhooks and their delivery attempts."""
 
     # Creation and reads
 
@@ -146,7 +92,7 @@ class BatchStore:
             version=resolved.version.version if resolved else 0,
             release_tag=resolved.release_tag if resolved else "",
             inline_spec=inline,
-            parameters=_PARAMS.dump_python(spec.parameters, mode="json") if spec.parameters else {},
+            parameters=PARAMS.dump_python(spec.parameters, mode="json") if spec.parameters else {},
             max_concurrency=max_concurrency,
             callback_url=spec.callback_url,
             batch_metadata=spec.metadata,
@@ -162,7 +108,7 @@ class BatchStore:
                 "custom_id": item.custom_id,
                 "inputs": [input_to_json(i) for i in item.inputs],
                 "parameters": (
-                    _PARAMS.dump_python(item.parameters, mode="json") if item.parameters else None
+                    PARAMS.dump_python(item.parameters, mode="json") if item.parameters else None
                 ),
                 "item_metadata": item.metadata,
                 "state": ItemState.PENDING.value,
@@ -176,13 +122,13 @@ class BatchStore:
             await session.flush()
             await (await session.connection()).execute(insert(BatchItemRow), items)
             await session.commit()
-        return _batch(row)
+        return batch_of(row)
 
     async def get(self, workspace: str, batch_id: str) -> Batch:
         """A batch; NOT_FOUND if absent or in another workspace."""
         async with self._sessions() as session:
             row = await _batch_row(session, workspace, batch_id)
-            return _batch(row)
+            return batch_of(row)
 
     async def results(
         self,
@@ -240,7 +186,7 @@ class BatchStore:
                 )
                 items = {r.idx: r for r in rows.all()}
             batch = await _batch_row(session, workspace, batch_id)
-        return _batch(batch), [
+        return batch_of(batch), [
             (e, items.get(e.item_idx) if e.item_idx is not None else None) for e in events
         ]
 
@@ -252,6 +198,13 @@ class BatchStore:
             ).first()
 
     # Work
+
+    async def callback_batch(self, batch_id: str) -> Batch:
+        """The batch a webhook is about."""
+        async with self._sessions() as session:
+            row = await session.get(BatchRow, batch_id)
+            assert row is not None
+            return batch_of(row)
 
     async def runnable(self, limit: int = 100) -> list[str]:
         """Ids of batches that may have items to claim, oldest first."""
@@ -374,7 +327,7 @@ class BatchStore:
                         .values(
                             state=outcome.state.value,
                             execution_id=outcome.execution_id or None,
-                            error=_error_json(outcome.error),
+                            error=error_json(outcome.error),
                             finished_at=now,
                             seq=seq,
                         )
@@ -399,7 +352,7 @@ class BatchStore:
                     )
                 session.add(batch)
                 if await self._finish_if_done(session, batch, now):
-                    finished.append(_batch(batch))
+                    finished.append(batch_of(batch))
             await session.commit()
         return finished
 
@@ -431,7 +384,7 @@ class BatchStore:
             batch = await self._lock(session, batch_id, now)
             state = BatchState(batch.state)
             if state is BatchState.CANCELLED:
-                return _batch(batch), True
+                return batch_of(batch), True
             if state.terminal:
                 raise FailedPrecondition(
                     f"batch {batch_id!r} has already finished ({state.value})",
@@ -440,7 +393,7 @@ class BatchStore:
                 )
             finished = await self._stop(session, batch, now)
             await session.commit()
-            return _batch(batch), finished
+            return batch_of(batch), finished
 
     async def fail(self, batch_id: str, error: ExecutionFailure) -> Batch | None:
         """Fail a batch that cannot run; return it if it is now finished."""
@@ -449,10 +402,10 @@ class BatchStore:
             batch = await self._lock(session, batch_id, now)
             if BatchState(batch.state).terminal:
                 return None
-            batch.error = _error_json(error)
+            batch.error = error_json(error)
             finished = await self._stop(session, batch, now)
             await session.commit()
-            return _batch(batch) if finished else None
+            return batch_of(batch) if finished else None
 
     async def _stop(self, session: AsyncSession, batch: BatchRow, now: datetime) -> bool:
         """Stop a locked batch: no more claims, pending items CANCELLED; True if it finished."""
@@ -515,201 +468,6 @@ class BatchStore:
             )
             return set(rows.all())
 
-    # Workers and recovery
-
-    async def heartbeat(self, worker: str) -> None:
-        """Record that ``worker`` is alive."""
-        now = utcnow()
-        async with self._sessions.write() as session:
-            row = await session.get(BatchWorkerRow, worker)
-            if row is None:
-                session.add(BatchWorkerRow(id=worker, heartbeat_at=now, started_at=now))
-            else:
-                row.heartbeat_at = now
-                session.add(row)
-            await session.commit()
-
-    async def retire(self, worker: str) -> None:
-        """Forget a worker that stopped cleanly."""
-        async with self._sessions.write() as session:
-            row = await session.get(BatchWorkerRow, worker)
-            if row is not None:
-                await session.delete(row)
-                await session.commit()
-
-    async def abandoned(self, stale_after: float) -> list[tuple[str, int, int, str]]:
-        """(batch, index, attempts, worker) of items running on workers that died."""
-        cutoff = utcnow() - timedelta(seconds=stale_after)
-        async with self._sessions() as session:
-            live = select(BatchWorkerRow.id).where(col(BatchWorkerRow.heartbeat_at) >= cutoff)
-            rows = await session.exec(
-                select(
-                    BatchItemRow.batch_id,
-                    BatchItemRow.idx,
-                    BatchItemRow.attempts,
-                    BatchItemRow.claimed_by,
-                ).where(
-                    BatchItemRow.state == ItemState.RUNNING.value,
-                    or_(
-                        col(BatchItemRow.claimed_by).is_(None),
-                        col(BatchItemRow.claimed_by).not_in(live),
-                    ),
-                )
-            )
-            return [(b, i, a, w or "") for b, i, a, w in rows.all()]
-
-    async def running_on(self, worker: str) -> list[tuple[str, int]]:
-        """(batch, index) of the items RUNNING and claimed by ``worker``."""
-        async with self._sessions() as session:
-            rows = await session.exec(
-                select(BatchItemRow.batch_id, BatchItemRow.idx).where(
-                    BatchItemRow.claimed_by == worker,
-                    BatchItemRow.state == ItemState.RUNNING.value,
-                )
-            )
-            return [(b, i) for b, i in rows.all()]
-
-    async def recorded_outcomes(
-        self, batch_id: str, indexes: Sequence[int]
-    ) -> dict[int, ItemOutcome]:
-        """The outcomes of those items whose execution was recorded final, by index.
-
-        An item's execution is the one with external_id ``<batch id>/<index>``
-        in the batch's workspace. FULFILLED and REJECTED are final; one that
-        was cancelled (a shutdown) is not: the item may run again.
-        """
-        if not indexes:
-            return {}
-        keys = {item_external_id(batch_id, i): i for i in indexes}
-        async with self._sessions() as session:
-            workspace = (
-                await session.exec(select(BatchRow.workspace_id).where(BatchRow.id == batch_id))
-            ).first()
-            if workspace is None:
-                return {}
-            rows = await session.exec(
-                select(ExecutionRow).where(
-                    ExecutionRow.workspace_id == workspace,
-                    col(ExecutionRow.external_id).in_(list(keys)),
-                    col(ExecutionRow.state).in_(
-                        (ExecutionState.FULFILLED.value, ExecutionState.REJECTED.value)
-                    ),
-                )
-            )
-            records = [from_row(row) for row in rows.all()]
-        outcomes = {}
-        for record in records:
-            outcome = ItemOutcome.of(batch_id, keys[record.external_id], record)
-            if outcome.state is not ItemState.CANCELLED:
-                outcomes[outcome.index] = outcome
-        return outcomes
-
-    async def requeue(self, batch_id: str, index: int, dead_worker: str) -> bool:
-        """Give an abandoned item back to the queue; False if another worker did first."""
-        async with self._sessions.write() as session:
-            done = await session.exec(
-                update(BatchItemRow)
-                .where(*_abandoned(batch_id, index, dead_worker))
-                .values(state=ItemState.PENDING.value, claimed_by=None, claimed_at=None)
-            )
-            await session.commit()
-            return bool(done.rowcount == 1)
-
-    async def adopt(self, batch_id: str, index: int, dead_worker: str, worker: str) -> bool:
-        """Take an abandoned item over (to reject it); False if another worker did first."""
-        async with self._sessions.write() as session:
-            done = await session.exec(
-                update(BatchItemRow)
-                .where(*_abandoned(batch_id, index, dead_worker))
-                .values(claimed_by=worker)
-            )
-            await session.commit()
-            return bool(done.rowcount == 1)
-
-    # Callbacks
-
-    async def claim_callback(self, worker: str, stale_after: float) -> str | None:
-        """A finished batch whose webhook is due, claimed by ``worker``; None if none."""
-        cutoff = utcnow() - timedelta(seconds=stale_after)
-        async with self._sessions.write() as session:
-            live = select(BatchWorkerRow.id).where(col(BatchWorkerRow.heartbeat_at) >= cutoff)
-            candidate = (
-                await session.exec(
-                    select(BatchRow.id)
-                    .where(
-                        or_(
-                            col(BatchRow.callback_state) == "PENDING",
-                            and_(
-                                col(BatchRow.callback_state) == "SENDING",
-                                col(BatchRow.callback_claimed_by).not_in(live),
-                            ),
-                        )
-                    )
-                    .limit(1)
-                )
-            ).first()
-            if candidate is None:
-                return None
-            done = await session.exec(
-                update(BatchRow)
-                .where(
-                    col(BatchRow.id) == candidate,
-                    col(BatchRow.callback_state).in_(("PENDING", "SENDING")),
-                )
-                .values(callback_state="SENDING", callback_claimed_by=worker)
-            )
-            await session.commit()
-            return candidate if done.rowcount == 1 else None
-
-    async def callback_batch(self, batch_id: str) -> Batch:
-        """The batch a webhook is about."""
-        async with self._sessions() as session:
-            row = await session.get(BatchRow, batch_id)
-            assert row is not None
-            return _batch(row)
-
-    async def record_callback_attempt(
-        self, batch_id: str, attempt: int, status_code: int, error: str, duration_s: float
-    ) -> None:
-        """Keep one delivery attempt."""
-        async with self._sessions.write() as session:
-            session.add(
-                BatchCallbackAttemptRow(
-                    batch_id=batch_id,
-                    attempt=attempt,
-                    status_code=status_code,
-                    error=error[:2000],
-                    duration_ms=duration_s * 1000,
-                    created_at=utcnow(),
-                )
-            )
-            await session.exec(
-                update(BatchRow)
-                .where(col(BatchRow.id) == batch_id)
-                .values(callback_attempts=attempt)
-            )
-            await session.commit()
-
-    async def callback_done(self, batch_id: str, delivered: bool) -> None:
-        """Mark the webhook DELIVERED or FAILED."""
-        async with self._sessions.write() as session:
-            await session.exec(
-                update(BatchRow)
-                .where(col(BatchRow.id) == batch_id)
-                .values(callback_state="DELIVERED" if delivered else "FAILED")
-            )
-            await session.commit()
-
-    async def callback_attempts(self, batch_id: str) -> list[BatchCallbackAttemptRow]:
-        """The delivery attempts of a batch's webhook, in order."""
-        async with self._sessions() as session:
-            rows = await session.exec(
-                select(BatchCallbackAttemptRow)
-                .where(BatchCallbackAttemptRow.batch_id == batch_id)
-                .order_by(col(BatchCallbackAttemptRow.attempt))
-            )
-            return list(rows.all())
-
     # Internals
 
     async def _lock(self, session: AsyncSession, batch_id: str, now: datetime) -> BatchRow:
@@ -770,62 +528,3 @@ async def _batch_row(session: AsyncSession, workspace: str, batch_id: str) -> Ba
             f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND", metadata={"batch": batch_id}
         )
     return row
-
-
-def _error_json(error: ExecutionFailure | None) -> dict[str, Any] | None:
-    if error is None:
-        return None
-    return {
-        "code": error.code,
-        "message": error.message,
-        "provider_status": error.provider_status,
-        "retry_after": error.retry_after,
-    }
-
-
-def error_from_json(data: dict[str, Any] | None) -> ExecutionFailure | None:
-    """A stored error."""
-    if not data:
-        return None
-    return ExecutionFailure(
-        code=data["code"],
-        message=data["message"],
-        provider_status=data.get("provider_status") or 0,
-        retry_after=data.get("retry_after"),
-    )
-
-
-def _batch(row: BatchRow) -> Batch:
-    return Batch(
-        id=row.id,
-        workspace_id=row.workspace_id,
-        display_name=row.display_name,
-        state=BatchState(row.state),
-        total=row.total,
-        succeeded=row.succeeded,
-        rejected=row.rejected,
-        cancelled=row.cancelled,
-        prompt_id=row.prompt_id or "",
-        release_tag=row.release_tag,
-        version=row.version,
-        max_concurrency=row.max_concurrency,
-        callback_url=row.callback_url,
-        metadata=dict(row.batch_metadata or {}),
-        created_at=as_utc(row.created_at),
-        started_at=as_utc(row.started_at) if row.started_at else None,
-        ended_at=as_utc(row.ended_at) if row.ended_at else None,
-        last_seq=row.last_seq,
-        error=error_from_json(row.error),
-        callback_state=row.callback_state,
-        callback_attempts=row.callback_attempts,
-    )
-
-
-def _abandoned(batch_id: str, index: int, dead_worker: str) -> tuple[Any, ...]:
-    """The item, still RUNNING and still claimed by the dead worker."""
-    return (
-        col(BatchItemRow.batch_id) == batch_id,
-        col(BatchItemRow.idx) == index,
-        col(BatchItemRow.state) == ItemState.RUNNING.value,
-        col(BatchItemRow.claimed_by) == (dead_worker or None),
-    )
