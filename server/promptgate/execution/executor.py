@@ -183,13 +183,14 @@ class Executor:
         self, request: ExecutionRequest, on_started: Callable[[str], None] | None = None
     ) -> ExecutionRecord:
         started = time.monotonic()
-        fingerprint = "" if request.resume else request_fingerprint(request)
+        keyed = request.external_id and not request.resume
+        fingerprint = request_fingerprint(request) if keyed else ""
         replay, replaced = await self._keys.lookup(request, fingerprint)
         if replay is not None:
             return replay
         plan = await self._planner.plan(request, streamed=False)
         record = plan.record
-        record.fingerprint = fingerprint if request.external_id else ""
+        record.fingerprint = fingerprint
         claimed = await self._keys.claim(request, record, replaced)
         if isinstance(claimed, ExecutionRecord):
             return claimed
@@ -227,7 +228,8 @@ class Executor:
 
     async def _stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
         started = time.monotonic()
-        fingerprint = "" if request.resume else request_fingerprint(request)
+        keyed = request.external_id and not request.resume
+        fingerprint = request_fingerprint(request) if keyed else ""
         replay, replaced = await self._keys.lookup(request, fingerprint)
         if replay is not None:
             yield Initiated(replay)
@@ -238,7 +240,7 @@ class Executor:
             return
         plan = await self._planner.plan(request, streamed=True)
         record = plan.record
-        record.fingerprint = fingerprint if request.external_id else ""
+        record.fingerprint = fingerprint
         claimed = await self._keys.claim(request, record, replaced)
         if isinstance(claimed, ExecutionRecord):
             yield Initiated(claimed)
