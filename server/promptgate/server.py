@@ -206,6 +206,7 @@ class PromptgateServer:
             templates=self.templates,
             prices=self.prices,
             recorder=self.recorder,
+            history=self.history,
             sessions=self.sessions,
             router=Router(
                 TargetHealth(CooldownSettings(failures=s.cooldown_failures, seconds=s.cooldown_s))

@@ -8,8 +8,8 @@ from pydantic import TypeAdapter
 
 from promptgate.batches.model import Batch, BatchState
 from promptgate.chat import ModelParameters
-from promptgate.execution.model import ExecutionFailure, InlineTarget
-from promptgate.execution.records import input_from_json
+from promptgate.execution.model import InlineTarget
+from promptgate.execution.records import error_from_json, input_from_json
 from promptgate.prompts.model import PromptInput, spec_from_json
 from promptgate.store.tables import BatchItemRow, BatchRow, as_utc
 
@@ -50,30 +50,6 @@ class RunnableBatch:
             else None
         )
         self.parameters = PARAMS.validate_python(row.parameters) if row.parameters else None
-
-
-def error_json(error: ExecutionFailure | None) -> dict[str, Any] | None:
-    """How an error is stored."""
-    if error is None:
-        return None
-    return {
-        "code": error.code,
-        "message": error.message,
-        "provider_status": error.provider_status,
-        "retry_after": error.retry_after,
-    }
-
-
-def error_from_json(data: dict[str, Any] | None) -> ExecutionFailure | None:
-    """A stored error."""
-    if not data:
-        return None
-    return ExecutionFailure(
-        code=data["code"],
-        message=data["message"],
-        provider_status=data.get("provider_status") or 0,
-        retry_after=data.get("retry_after"),
-    )
 
 
 def batch_of(row: BatchRow) -> Batch:

@@ -14,14 +14,13 @@ from dataclasses import dataclass, replace
 
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
 from promptgate.batches.notifier import BatchNotifier
-from promptgate.batches.rows import error_from_json
 from promptgate.batches.runner import BatchRunner
 from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import ExecutionRequest, StoredTarget
-from promptgate.execution.records import ExecutionHistory
+from promptgate.execution.records import ExecutionHistory, error_from_json
 from promptgate.ids import new_id
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.model import ResolvedPrompt

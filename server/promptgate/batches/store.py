@@ -32,7 +32,6 @@ from promptgate.batches.rows import (
     ClaimedItem,
     RunnableBatch,
     batch_of,
-    error_json,
 )
 from promptgate.batches.worker_store import WorkerStore
 from promptgate.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -40,7 +39,7 @@ from promptgate.execution.model import (
     ExecutionFailure,
     InlineTarget,
 )
-from promptgate.execution.records import input_to_json
+from promptgate.execution.records import error_json, input_to_json
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts.model import ResolvedPrompt, spec_to_json
 from promptgate.store.engine import SessionFactory

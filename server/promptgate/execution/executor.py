@@ -41,7 +41,7 @@ from promptgate.execution.outcomes import Outcomes, apply_run, failure_of, is_tr
 from promptgate.execution.planning import ExecutorLimits, Plan, Planner
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
-from promptgate.execution.records import IdempotencyKeys, request_fingerprint
+from promptgate.execution.records import ExecutionHistory, IdempotencyKeys, request_fingerprint
 from promptgate.execution.router import RoutePolicy, Router, RouteRun
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.model import CacheMode
@@ -67,6 +67,7 @@ class Executor:
         templates: TemplateEngine,
         prices: PriceTable,
         recorder: ExecutionRecorder,
+        history: ExecutionHistory,
         sessions: SessionFactory,
         limits: ExecutorLimits,
         router: Router,
@@ -91,6 +92,7 @@ class Executor:
         self._outcomes = Outcomes(prices, limits)
         self._keys = IdempotencyKeys(
             sessions,
+            history,
             owner=owner,
             stale_after_s=stale_after_s,
             running_limit_s=limits.default_timeout_s + 60,

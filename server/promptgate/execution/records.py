@@ -63,16 +63,7 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         model=record.model,
         inputs=[input_to_json(i) for i in record.inputs],
         outputs=[_output_json(o) for o in record.outputs],
-        error=(
-            {
-                "code": record.error.code,
-                "message": record.error.message,
-                "provider_status": record.error.provider_status,
-                "retry_after": record.error.retry_after,
-            }
-            if record.error
-            else None
-        ),
+        error=error_json(record.error),
         finish_reason=record.finish_reason.value,
         input_tokens=record.usage.input_tokens,
         output_tokens=record.usage.output_tokens,
@@ -104,7 +95,6 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
 
 def from_row(row: ExecutionRow) -> ExecutionRecord:
     """The record stored in ``row``."""
-    error = row.error
     return ExecutionRecord(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -121,16 +111,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         model=row.model,
         inputs=tuple(input_from_json(i) for i in row.inputs or []),
         outputs=tuple(_output_from(o) for o in row.outputs or []),
-        error=(
-            ExecutionFailure(
-                code=error["code"],
-                message=error["message"],
-                provider_status=error.get("provider_status") or 0,
-                retry_after=error.get("retry_after"),
-            )
-            if error
-            else None
-        ),
+        error=error_from_json(row.error),
         finish_reason=FinishReason(row.finish_reason or FinishReason.UNSPECIFIED.value),
         usage=Usage(row.input_tokens, row.output_tokens, row.cached_input_tokens),
         input_chars=row.input_chars,
@@ -151,6 +132,30 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         fingerprint=row.request_fingerprint or "",
         owner=row.owner or "",
         superseded_key=row.superseded_key or "",
+    )
+
+
+def error_json(error: ExecutionFailure | None) -> dict[str, Any] | None:
+    """How an error is stored."""
+    if error is None:
+        return None
+    return {
+        "code": error.code,
+        "message": error.message,
+        "provider_status": error.provider_status,
+        "retry_after": error.retry_after,
+    }
+
+
+def error_from_json(data: dict[str, Any] | None) -> ExecutionFailure | None:
+    """A stored error."""
+    if not data:
+        return None
+    return ExecutionFailure(
+        code=data["code"],
+        message=data["message"],
+        provider_status=data.get("provider_status") or 0,
+        retry_after=data.get("retry_after"),
     )
 
 
@@ -337,6 +342,7 @@ class IdempotencyKeys:
     def __init__(
         self,
         sessions: SessionFactory,
+        history: ExecutionHistory,
         *,
         owner: str,
         stale_after_s: float,
@@ -344,6 +350,7 @@ class IdempotencyKeys:
         is_transient: Callable[[ExecutionFailure | None], bool],
     ) -> None:
         self._sessions = sessions
+        self._history = history
         self.owner = owner
         self._stale_after_s = stale_after_s
         self._running_limit_s = running_limit_s
@@ -355,7 +362,7 @@ class IdempotencyKeys:
         """(the recorded result to replay, the earlier execution the new run replaces)."""
         if not request.external_id or request.fresh:
             return None, None
-        existing = await self._find(request.workspace_id, request.external_id)
+        existing = await self._history.find(request.workspace_id, external_id=request.external_id)
         if existing is None:
             return None, None
         return await self._decide(existing, request, fingerprint)
@@ -393,7 +400,9 @@ class IdempotencyKeys:
                     await session.commit()
                 return True
             except (IntegrityError, _Raced):
-                existing = await self._find(request.workspace_id, request.external_id)
+                existing = await self._history.find(
+                    request.workspace_id, external_id=request.external_id
+                )
                 if existing is None:
                     continue
                 replay, replaced = await self._decide(existing, request, record.fingerprint)
@@ -404,14 +413,6 @@ class IdempotencyKeys:
             reason="EXECUTION_IN_PROGRESS",
             metadata={"external_id": request.external_id},
         )
-
-    async def _find(self, workspace: str, external_id: str) -> ExecutionRecord | None:
-        query = select(ExecutionRow).where(
-            ExecutionRow.workspace_id == workspace, ExecutionRow.external_id == external_id
-        )
-        async with self._sessions() as session:
-            row = (await session.exec(query)).first()
-        return from_row(row) if row else None
 
     async def _decide(
         self, existing: ExecutionRecord, request: ExecutionRequest, fingerprint: str
@@ -470,12 +471,11 @@ async def _release_key(session: AsyncSession, replaced: ExecutionRecord, key: st
         values.update(
             state=ExecutionState.REJECTED.value,
             finish_reason=FinishReason.ERROR.value,
-            error={
-                "code": "ABANDONED",
-                "message": "the server running this execution stopped before it finished",
-                "provider_status": 0,
-                "retry_after": None,
-            },
+            error=error_json(
+                ExecutionFailure(
+                    "ABANDONED", "the server running this execution stopped before it finished"
+                )
+            ),
             completed_at=utcnow(),
         )
     done = await session.exec(
