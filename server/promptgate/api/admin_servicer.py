@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from promptgate.api.context import CallContext
-from promptgate.api.convert import timestamp, to_datetime
+from promptgate.api.convert.values import timestamp, to_datetime
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.auth.keys import LIMIT_FIELDS, KeyStore

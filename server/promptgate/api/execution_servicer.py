@@ -8,8 +8,26 @@ from typing import Any
 
 import grpc
 
-from promptgate.api import convert
 from promptgate.api.context import CallContext
+from promptgate.api.convert.batches import (
+    batch_event_to_proto,
+    batch_spec_from_proto,
+    batch_to_proto,
+    item_result_to_proto,
+    item_state_from_proto,
+)
+from promptgate.api.convert.executions import (
+    actual_from_proto,
+    actual_to_proto,
+    delta_event,
+    execute_response,
+    execution_request_from_proto,
+    execution_to_proto,
+    finished_event,
+    initiated_event,
+    state_from_proto,
+)
+from promptgate.api.convert.values import to_datetime
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc as epb_grpc
 from promptgate.batches.service import BatchService
@@ -48,19 +66,19 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
     async def ExecutePrompt(
         self, request: epb.ExecutePromptRequest, context: Context
     ) -> epb.ExecutePromptResponse:
-        domain = convert.execution_request_from_proto(
+        domain = execution_request_from_proto(
             request,
             workspace=self._calls.workspace(context),
             deadline=self._calls.deadline(context),
             api_key_id=self._calls.api_key_id(context),
         )
         record = await self._executor.execute(domain)
-        return convert.execute_response(record, request)
+        return execute_response(record, request)
 
     async def ExecutePromptStream(
         self, request: epb.ExecutePromptRequest, context: Context
     ) -> AsyncIterator[epb.ExecutePromptStreamResponse]:
-        domain = convert.execution_request_from_proto(
+        domain = execution_request_from_proto(
             request,
             workspace=self._calls.workspace(context),
             deadline=self._calls.deadline(context),
@@ -71,11 +89,11 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             async for event in events:
                 if isinstance(event, Initiated):
                     execution_id = event.record.id
-                    yield convert.initiated_event(event.record, request)
+                    yield initiated_event(event.record, request)
                 elif isinstance(event, Delta):
-                    yield convert.delta_event(execution_id, event.text, event.index)
+                    yield delta_event(execution_id, event.text, event.index)
                 elif isinstance(event, Finished):
-                    yield convert.finished_event(event.record, request)
+                    yield finished_event(event.record, request)
 
     async def GetExecution(
         self, request: epb.GetExecutionRequest, context: Context
@@ -85,7 +103,7 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             execution_id=request.execution_id,
             external_id=request.external_id,
         )
-        return epb.GetExecutionResponse(execution=convert.execution_to_proto(record))
+        return epb.GetExecutionResponse(execution=execution_to_proto(record))
 
     async def ListExecutions(
         self, request: epb.ListExecutionsRequest, context: Context
@@ -101,24 +119,22 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             prompt_id=prompt_id,
             version=request.version,
             release_tag=request.release_tag,
-            state=convert.state_from_proto(request.state),
-            start=convert.to_datetime(request.start_time, "start_time")
+            state=state_from_proto(request.state),
+            start=to_datetime(request.start_time, "start_time")
             if request.HasField("start_time")
             else None,
-            end=convert.to_datetime(request.end_time, "end_time")
-            if request.HasField("end_time")
-            else None,
+            end=to_datetime(request.end_time, "end_time") if request.HasField("end_time") else None,
         )
         return epb.ListExecutionsResponse(
-            executions=[convert.execution_to_proto(r) for r in records], next_page_token=token
+            executions=[execution_to_proto(r) for r in records], next_page_token=token
         )
 
     async def SubmitActuals(
         self, request: epb.SubmitActualsRequest, context: Context
     ) -> epb.SubmitActualsResponse:
-        entries = [convert.actual_from_proto(a) for a in request.actuals]
+        entries = [actual_from_proto(a) for a in request.actuals]
         stored = await self._actuals.submit(self._calls.workspace(context), entries)
-        return epb.SubmitActualsResponse(actuals=[convert.actual_to_proto(a) for a in stored])
+        return epb.SubmitActualsResponse(actuals=[actual_to_proto(a) for a in stored])
 
     async def ExecuteBatch(
         self, request: epb.ExecuteBatchRequest, context: Context
@@ -131,19 +147,19 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
                 f"{self._batch_max_bytes}; split it into several batches",
                 reason="INVALID_BATCH",
             )
-        spec = convert.batch_spec_from_proto(
+        spec = batch_spec_from_proto(
             request,
             workspace=self._calls.workspace(context),
             api_key_id=self._calls.api_key_id(context),
         )
         batch = await self._batches.create(spec)
-        return epb.ExecuteBatchResponse(batch=convert.batch_to_proto(batch))
+        return epb.ExecuteBatchResponse(batch=batch_to_proto(batch))
 
     async def GetBatch(
         self, request: epb.GetBatchRequest, context: Context
     ) -> epb.GetBatchResponse:
         batch = await self._batches.get(self._calls.workspace(context), request.batch_id)
-        return epb.GetBatchResponse(batch=convert.batch_to_proto(batch))
+        return epb.GetBatchResponse(batch=batch_to_proto(batch))
 
     async def WatchBatch(
         self, request: epb.WatchBatchRequest, context: Context
@@ -153,7 +169,7 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
         )
         async with contextlib.aclosing(events):
             async for event in events:
-                yield convert.batch_event_to_proto(event)
+                yield batch_event_to_proto(event)
 
     async def ListBatchResults(
         self, request: epb.ListBatchResultsRequest, context: Context
@@ -163,14 +179,14 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             request.batch_id,
             size=request.page_size,
             token=request.page_token,
-            state=convert.item_state_from_proto(request.state),
+            state=item_state_from_proto(request.state),
         )
         return epb.ListBatchResultsResponse(
-            results=[convert.item_result_to_proto(r) for r in results], next_page_token=token
+            results=[item_result_to_proto(r) for r in results], next_page_token=token
         )
 
     async def CancelBatch(
         self, request: epb.CancelBatchRequest, context: Context
     ) -> epb.CancelBatchResponse:
         batch = await self._batches.cancel(self._calls.workspace(context), request.batch_id)
-        return epb.CancelBatchResponse(batch=convert.batch_to_proto(batch))
+        return epb.CancelBatchResponse(batch=batch_to_proto(batch))

@@ -6,8 +6,16 @@ from typing import Any
 
 import grpc
 
-from promptgate.api import convert
 from promptgate.api.context import CallContext
+from promptgate.api.convert.executions import execution_request_from_proto
+from promptgate.api.convert.prompts import (
+    prompt_to_proto,
+    release_tag_to_proto,
+    rendering_to_proto,
+    spec_from_version,
+    tag_event_to_proto,
+    version_to_proto,
+)
 from promptgate.api.v1 import prompt_service_pb2 as ppb
 from promptgate.api.v1 import prompt_service_pb2_grpc as ppb_grpc
 from promptgate.errors import InvalidArgument
@@ -31,13 +39,13 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         prompt = await self._catalog.create_prompt(
             self._calls.workspace(context), request.name, request.description, dict(request.labels)
         )
-        return ppb.CreatePromptResponse(prompt=convert.prompt_to_proto(prompt))
+        return ppb.CreatePromptResponse(prompt=prompt_to_proto(prompt))
 
     async def GetPrompt(
         self, request: ppb.GetPromptRequest, context: Context
     ) -> ppb.GetPromptResponse:
         prompt = await self._catalog.get_prompt(self._calls.workspace(context), request.prompt)
-        return ppb.GetPromptResponse(prompt=convert.prompt_to_proto(prompt))
+        return ppb.GetPromptResponse(prompt=prompt_to_proto(prompt))
 
     async def ListPrompts(
         self, request: ppb.ListPromptsRequest, context: Context
@@ -50,7 +58,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             name_prefix=request.name_prefix,
         )
         return ppb.ListPromptsResponse(
-            prompts=[convert.prompt_to_proto(p) for p in prompts], next_page_token=token
+            prompts=[prompt_to_proto(p) for p in prompts], next_page_token=token
         )
 
     async def ArchivePrompt(
@@ -59,7 +67,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         prompt = await self._catalog.set_archived(
             self._calls.workspace(context), request.prompt, True
         )
-        return ppb.ArchivePromptResponse(prompt=convert.prompt_to_proto(prompt))
+        return ppb.ArchivePromptResponse(prompt=prompt_to_proto(prompt))
 
     async def UnarchivePrompt(
         self, request: ppb.UnarchivePromptRequest, context: Context
@@ -67,7 +75,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         prompt = await self._catalog.set_archived(
             self._calls.workspace(context), request.prompt, False
         )
-        return ppb.UnarchivePromptResponse(prompt=convert.prompt_to_proto(prompt))
+        return ppb.UnarchivePromptResponse(prompt=prompt_to_proto(prompt))
 
     async def CreatePromptVersion(
         self, request: ppb.CreatePromptVersionRequest, context: Context
@@ -76,7 +84,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             raise InvalidArgument.field(
                 "version", "the version's content is required", reason="INVALID_PROMPT"
             )
-        spec = convert.spec_from_version(request.version)
+        spec = spec_from_version(request.version)
         version = await self._catalog.create_version(
             self._calls.workspace(context),
             request.prompt,
@@ -84,7 +92,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             request.version.description,
             list(request.release_tags),
         )
-        return ppb.CreatePromptVersionResponse(version=convert.version_to_proto(version))
+        return ppb.CreatePromptVersionResponse(version=version_to_proto(version))
 
     async def GetPromptVersion(
         self, request: ppb.GetPromptVersionRequest, context: Context
@@ -103,7 +111,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             version_id=request.version_id,
             tag=request.release_tag,
         )
-        return ppb.GetPromptVersionResponse(version=convert.version_to_proto(version))
+        return ppb.GetPromptVersionResponse(version=version_to_proto(version))
 
     async def ListPromptVersions(
         self, request: ppb.ListPromptVersionsRequest, context: Context
@@ -115,7 +123,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             token=request.page_token,
         )
         return ppb.ListPromptVersionsResponse(
-            versions=[convert.version_to_proto(v) for v in versions], next_page_token=token
+            versions=[version_to_proto(v) for v in versions], next_page_token=token
         )
 
     async def SetReleaseTag(
@@ -128,15 +136,13 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             version=request.version,
             version_id=request.version_id,
         )
-        return ppb.SetReleaseTagResponse(release_tag=convert.release_tag_to_proto(tag))
+        return ppb.SetReleaseTagResponse(release_tag=release_tag_to_proto(tag))
 
     async def ListReleaseTags(
         self, request: ppb.ListReleaseTagsRequest, context: Context
     ) -> ppb.ListReleaseTagsResponse:
         tags = await self._catalog.list_release_tags(self._calls.workspace(context), request.prompt)
-        return ppb.ListReleaseTagsResponse(
-            release_tags=[convert.release_tag_to_proto(t) for t in tags]
-        )
+        return ppb.ListReleaseTagsResponse(release_tags=[release_tag_to_proto(t) for t in tags])
 
     async def ListReleaseTagHistory(
         self, request: ppb.ListReleaseTagHistoryRequest, context: Context
@@ -149,14 +155,14 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             token=request.page_token,
         )
         return ppb.ListReleaseTagHistoryResponse(
-            events=[convert.tag_event_to_proto(e) for e in events], next_page_token=token
+            events=[tag_event_to_proto(e) for e in events], next_page_token=token
         )
 
     async def RenderPrompt(
         self, request: ppb.RenderPromptRequest, context: Context
     ) -> ppb.RenderPromptResponse:
-        domain = convert.execution_request_from_proto(
+        domain = execution_request_from_proto(
             request, workspace=self._calls.workspace(context), deadline=None
         )
         rendering = await self._executor.render(domain)
-        return convert.rendering_to_proto(rendering)
+        return rendering_to_proto(rendering)
