@@ -74,6 +74,11 @@ class AdminServiceStub:
                 request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
                 response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/promptgate.v1.AdminService/ListAuditEvents',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -141,6 +146,17 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Lists the caller's workspace's audit log, newest first: every
+        administrative change (prompts, versions, release tags, archive and
+        unarchive, API keys, the workspace) with who made it, when, and what
+        changed. Paged and filtered by action or kind, resource, actor and time.
+        Needs admin.manage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +194,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetWebhookSecret,
                     request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.FromString,
                     response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +395,33 @@ class AdminService:
             '/promptgate.v1.AdminService/GetWebhookSecret',
             promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
             promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/ListAuditEvents',
+            promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,13 @@ class AdminServiceStub:
     (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
     FAILED_PRECONDITION when the server has no webhook secret configured.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]
+    """Lists the caller's workspace's audit log, newest first: every
+    administrative change (prompts, versions, release tags, archive and
+    unarchive, API keys, the workspace) with who made it, when, and what
+    changed. Paged and filtered by action or kind, resource, actor and time.
+    Needs admin.manage.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -102,6 +109,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The secret that signs the caller's workspace's batch callbacks
     (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
     FAILED_PRECONDITION when the server has no webhook secret configured.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the caller's workspace's audit log, newest first: every
+    administrative change (prompts, versions, release tags, archive and
+    unarchive, API keys, the workspace) with who made it, when, and what
+    changed. Paged and filtered by action or kind, resource, actor and time.
+    Needs admin.manage.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +193,19 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The secret that signs the caller's workspace's batch callbacks
         (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
         FAILED_PRECONDITION when the server has no webhook secret configured.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_service_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEventsResponse]]:
+        """Lists the caller's workspace's audit log, newest first: every
+        administrative change (prompts, versions, release tags, archive and
+        unarchive, API keys, the workspace) with who made it, when, and what
+        changed. Paged and filtered by action or kind, resource, actor and time.
+        Needs admin.manage.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
