@@ -380,9 +380,10 @@ async def test_pages_follow_the_filters_they_were_issued_for(pg: Running) -> Non
         _, bad = error_details(caught.value)
         assert bad is not None and bad.field_violations[0].field == "page_token"
     # Tokens of other listings and bad filters are refused too.
-    versions = await pg.prompts.ListPromptVersions(ppb.ListPromptVersionsRequest(prompt="demo"))
-    assert not versions.next_page_token
+    prompt_page = await pg.prompts.ListPrompts(ppb.ListPromptsRequest(page_size=1))
+    assert prompt_page.next_page_token
     bad_requests: list[tuple[apb.ListAuditEventsRequest, str]] = [
+        (apb.ListAuditEventsRequest(page_token=prompt_page.next_page_token), "page_token"),
         (apb.ListAuditEventsRequest(page_token="not-a-token"), "page_token"),
         (apb.ListAuditEventsRequest(page_size=-1), "page_size"),
         (apb.ListAuditEventsRequest(resource="prompts/\x01"), "resource"),
