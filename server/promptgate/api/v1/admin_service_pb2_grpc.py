@@ -26,11 +26,12 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def __init__(self, channel):
@@ -82,11 +83,12 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def CreateApiKey(self, request, context):
@@ -209,11 +211,12 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @staticmethod

@@ -27,11 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @_typing.overload
@@ -75,11 +76,12 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -119,11 +121,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @_abc_1.abstractmethod

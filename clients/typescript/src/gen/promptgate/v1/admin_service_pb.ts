@@ -1125,11 +1125,12 @@ export const UsageGroupingSchema: GenEnum<UsageGrouping> = /*@__PURE__*/
   enumDesc(file_promptgate_v1_admin_service, 0);
 
 /**
- * AdminService describes and administers the server and its API keys.
+ * AdminService describes and administers the server, its API keys and its
+ * audit log.
  *
  * Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
- * Key management needs the admin.manage scope and acts in the caller's
- * workspace; WhoAmI and ListModels take any valid key.
+ * Key management and the audit log need the admin.manage scope and act in the
+ * caller's workspace; WhoAmI and ListModels take any valid key.
  *
  * @generated from service promptgate.v1.AdminService
  */
