@@ -44,6 +44,7 @@ from promptgate.api.v1 import (
     prompt_service_pb2,
     prompt_service_pb2_grpc,
 )
+from promptgate.audit import AuditLog
 from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Limiter, MemoryLimiter, RedisLimiter
 from promptgate.auth.model import Scope
@@ -270,6 +271,7 @@ class PromptgateServer:
                 self.limiter,
                 UsageReader(self.sessions),
                 calls,
+                AuditLog(self.sessions),
                 webhook_secret=self.settings.webhook_secret or "",
             ),
             server,

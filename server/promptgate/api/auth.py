@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from promptgate.audit import set_actor
 from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Lease, Limiter, Window
 from promptgate.auth.model import ApiKey, Scope
@@ -45,7 +46,13 @@ TEMPLATE_WRITES = {
     "CreatePromptVersion",
     "SetReleaseTag",
 }
-KEY_MANAGEMENT = {"CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetWebhookSecret"}
+KEY_MANAGEMENT = {
+    "CreateApiKey",
+    "ListApiKeys",
+    "RevokeApiKey",
+    "GetWebhookSecret",
+    "ListAuditEvents",
+}
 
 
 def scopes_for(method: str) -> tuple[Scope, ...]:
@@ -187,6 +194,7 @@ class AuthInterceptor(_ServerInterceptor):
             key = await self._admit(context, needed)
             # gRPC runs each call in a task of its own: the value dies with it.
             CURRENT_KEY.set(key)
+            set_actor(key.id)  # the audit log's "who"
             if not execution:
                 return await behavior(request, context)
             lease = await self._limiter.begin(key)
@@ -208,6 +216,7 @@ class AuthInterceptor(_ServerInterceptor):
             # finalizer closes a stream whose client went away), where
             # ContextVar.reset raises.
             CURRENT_KEY.set(key)
+            set_actor(key.id)  # the audit log's "who"
             lease: Lease | None = await self._limiter.begin(key) if execution else None
             try:
                 # Closed here, not whenever the garbage collector gets to it.

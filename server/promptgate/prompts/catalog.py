@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
+from promptgate.prompts import audit_entries
 from promptgate.prompts.model import (
     Prompt,
     PromptSpec,
@@ -97,6 +98,7 @@ class PromptCatalog:
         )
         async with self._sessions.write() as session:
             session.add(row)
+            audit_entries.prompt_created(session, row)
             try:
                 await session.commit()
             except IntegrityError:
@@ -141,6 +143,7 @@ class PromptCatalog:
         """Archive or restore a prompt."""
         async with self._sessions.write() as session:
             row = await self._prompt_row(session, workspace, ref)
+            audit_entries.archive_set(session, row, archived)
             row.archived = archived
             row.updated_at = utcnow()
             session.add(row)
@@ -197,6 +200,7 @@ class PromptCatalog:
                     created_at=now,
                 )
                 session.add(row)
+                audit_entries.version_created(session, prompt, row)
                 for tag in release_tags:
                     await self._move_tag(session, prompt.id, tag, row, now)
                 try:
@@ -433,6 +437,7 @@ class PromptCatalog:
                 created_at=now,
             )
         )
+        await audit_entries.tag_moved(session, version, tag, previous)
         return current
 
     async def _tags(self, session: AsyncSession, prompt: PromptRow) -> list[ReleaseTag]:

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!promptgate/v1/admin_service.proto\x12\rpromptgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetWebhookSecretRequest\"P\n\x18GetWebhookSecretResponse\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"\x88\x02\n\x0fGetUsageRequest\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x37\n\x08group_by\x18\x03 \x03(\x0e\x32\x1c.promptgate.v1.UsageGroupingR\x07groupBy\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1c\n\napi_key_id\x18\x06 \x01(\tR\x08\x61piKeyId\"\xe8\x01\n\x10GetUsageResponse\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12/\n\x05total\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.UsageStatsR\x05total\x12\x31\n\x06groups\x18\x04 \x03(\x0b\x32\x19.promptgate.v1.UsageGroupR\x06groups\"\xee\x01\n\nUsageGroup\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1b\n\tprompt_id\x18\x02 \x01(\tR\x08promptId\x12\x18\n\x07version\x18\x03 \x01(\x05R\x07version\x12\x1a\n\x08provider\x18\x04 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x10\n\x03\x64\x61y\x18\x06 \x01(\tR\x03\x64\x61y\x12\x1c\n\napi_key_id\x18\x07 \x01(\tR\x08\x61piKeyId\x12/\n\x05stats\x18\x08 \x01(\x0b\x32\x19.promptgate.v1.UsageStatsR\x05stats\"\x86\x04\n\nUsageStats\x12\x1e\n\nexecutions\x18\x01 \x01(\x03R\nexecutions\x12\x1c\n\tfulfilled\x18\x02 \x01(\x03R\tfulfilled\x12\x1a\n\x08rejected\x18\x03 \x01(\x03R\x08rejected\x12\x1c\n\tcancelled\x18\x04 \x01(\x03R\tcancelled\x12\x1d\n\nerror_rate\x18\x05 \x01(\x01R\terrorRate\x12!\n\x0cinput_tokens\x18\x06 \x01(\x03R\x0binputTokens\x12#\n\routput_tokens\x18\x07 \x01(\x03R\x0coutputTokens\x12.\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x03R\x11\x63\x61\x63hedInputTokens\x12\x12\n\x04\x63ost\x18\t \x01(\x01R\x04\x63ost\x12\x1b\n\tcost_unit\x18\n \x01(\tR\x08\x63ostUnit\x12$\n\x0elatency_p50_ms\x18\x0b \x01(\x01R\x0clatencyP50Ms\x12$\n\x0elatency_p95_ms\x18\x0c \x01(\x01R\x0clatencyP95Ms\x12\x1d\n\ncache_hits\x18\r \x01(\x03R\tcacheHits\x12\x14\n\x05rated\x18\x0e \x01(\x03R\x05rated\x12&\n\x0cmean_quality\x18\x0f \x01(\x01H\x00R\x0bmeanQuality\x88\x01\x01\x42\x0f\n\r_mean_quality\"/\n\x11ListModelsRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"\x81\x01\n\x12ListModelsResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32\x1b.promptgate.v1.ProviderInfoR\tproviders\x12\x30\n\x06models\x18\x02 \x03(\x0b\x32\x18.promptgate.v1.ModelInfoR\x06models\"\xaf\x01\n\x0cProviderInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n\x08\x62\x61se_url\x18\x02 \x01(\tR\x07\x62\x61seUrl\x12*\n\x11\x61\x63\x63\x65pts_any_model\x18\x03 \x01(\x08R\x0f\x61\x63\x63\x65ptsAnyModel\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xb4\x01\n\tModelInfo\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12/\n\x05price\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.ModelPriceR\x05price\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xcb\x01\n\nModelPrice\x12*\n\x11input_per_million\x18\x01 \x01(\x01R\x0finputPerMillion\x12,\n\x12output_per_million\x18\x02 \x01(\x01R\x10outputPerMillion\x12\x37\n\x18\x63\x61\x63hed_input_per_million\x18\x03 \x01(\x01R\x15\x63\x61\x63hedInputPerMillion\x12\x12\n\x04unit\x18\x04 \x01(\tR\x04unit\x12\x16\n\x06priced\x18\x05 \x01(\x08R\x06priced\"h\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x1f\n\x0bjson_schema\x18\x03 \x01(\x08R\njsonSchema\"\xec\x01\n\nPlanLimits\x12\x33\n\x13requests_per_minute\x18\x01 \x01(\x03H\x00R\x11requestsPerMinute\x88\x01\x01\x12\x38\n\x15\x63oncurrent_executions\x18\x02 \x01(\x03H\x01R\x14\x63oncurrentExecutions\x88\x01\x01\x12*\n\x0emonthly_tokens\x18\x03 \x01(\x03H\x02R\rmonthlyTokens\x88\x01\x01\x42\x16\n\x14_requests_per_minuteB\x18\n\x16_concurrent_executionsB\x11\n\x0f_monthly_tokens\"\xf8\x02\n\x06\x41piKey\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x06 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x07 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12;\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\"\xc5\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x03 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x04 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\"^\n\x14\x43reateApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"\x14\n\x12ListApiKeysRequest\"G\n\x13ListApiKeysResponse\x12\x30\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.promptgate.v1.ApiKeyR\x07\x61piKeys\",\n\x13RevokeApiKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"F\n\x14RevokeApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\"\x0f\n\rWhoAmIRequest\"\xf1\x01\n\x0eWhoAmIResponse\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\tworkspace\x12.\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x30\n\x14requests_this_minute\x18\x03 \x01(\x03R\x12requestsThisMinute\x12\x33\n\x15\x63oncurrent_executions\x18\x04 \x01(\x03R\x14\x63oncurrentExecutions\x12*\n\x11tokens_this_month\x18\x05 \x01(\x03R\x0ftokensThisMonth*\xb4\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_GROUPING_PROMPT\x10\x01\x12\x1a\n\x16USAGE_GROUPING_VERSION\x10\x02\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x03\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x04\x12\x1a\n\x16USAGE_GROUPING_API_KEY\x10\x05\x32\xe2\x04\n\x0c\x41\x64minService\x12W\n\x0c\x43reateApiKey\x12\".promptgate.v1.CreateApiKeyRequest\x1a#.promptgate.v1.CreateApiKeyResponse\x12T\n\x0bListApiKeys\x12!.promptgate.v1.ListApiKeysRequest\x1a\".promptgate.v1.ListApiKeysResponse\x12W\n\x0cRevokeApiKey\x12\".promptgate.v1.RevokeApiKeyRequest\x1a#.promptgate.v1.RevokeApiKeyResponse\x12\x45\n\x06WhoAmI\x12\x1c.promptgate.v1.WhoAmIRequest\x1a\x1d.promptgate.v1.WhoAmIResponse\x12Q\n\nListModels\x12 .promptgate.v1.ListModelsRequest\x1a!.promptgate.v1.ListModelsResponse\x12K\n\x08GetUsage\x12\x1e.promptgate.v1.GetUsageRequest\x1a\x1f.promptgate.v1.GetUsageResponse\x12\x63\n\x10GetWebhookSecret\x12&.promptgate.v1.GetWebhookSecretRequest\x1a\'.promptgate.v1.GetWebhookSecretResponseBHZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!promptgate/v1/admin_service.proto\x12\rpromptgate.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x16ListAuditEventsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x16\n\x06\x61\x63tion\x18\x03 \x01(\tR\x06\x61\x63tion\x12\x1a\n\x08resource\x18\x04 \x01(\tR\x08resource\x12\x14\n\x05\x61\x63tor\x18\x05 \x01(\tR\x05\x61\x63tor\x12\x39\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"\x7f\n\x17ListAuditEventsResponse\x12<\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x19.promptgate.v1.AuditEventR\x0b\x61uditEvents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf6\x01\n\nAuditEvent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x14\n\x05\x61\x63tor\x18\x03 \x01(\tR\x05\x61\x63tor\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12\x1a\n\x08resource\x18\x05 \x01(\tR\x08resource\x12/\n\x06\x62\x65\x66ore\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x06\x62\x65\x66ore\x12-\n\x05\x61\x66ter\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x05\x61\x66ter\"\x19\n\x17GetWebhookSecretRequest\"P\n\x18GetWebhookSecretResponse\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"\x88\x02\n\x0fGetUsageRequest\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x37\n\x08group_by\x18\x03 \x03(\x0e\x32\x1c.promptgate.v1.UsageGroupingR\x07groupBy\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1c\n\napi_key_id\x18\x06 \x01(\tR\x08\x61piKeyId\"\xe8\x01\n\x10GetUsageResponse\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12/\n\x05total\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.UsageStatsR\x05total\x12\x31\n\x06groups\x18\x04 \x03(\x0b\x32\x19.promptgate.v1.UsageGroupR\x06groups\"\xee\x01\n\nUsageGroup\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1b\n\tprompt_id\x18\x02 \x01(\tR\x08promptId\x12\x18\n\x07version\x18\x03 \x01(\x05R\x07version\x12\x1a\n\x08provider\x18\x04 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x10\n\x03\x64\x61y\x18\x06 \x01(\tR\x03\x64\x61y\x12\x1c\n\napi_key_id\x18\x07 \x01(\tR\x08\x61piKeyId\x12/\n\x05stats\x18\x08 \x01(\x0b\x32\x19.promptgate.v1.UsageStatsR\x05stats\"\x86\x04\n\nUsageStats\x12\x1e\n\nexecutions\x18\x01 \x01(\x03R\nexecutions\x12\x1c\n\tfulfilled\x18\x02 \x01(\x03R\tfulfilled\x12\x1a\n\x08rejected\x18\x03 \x01(\x03R\x08rejected\x12\x1c\n\tcancelled\x18\x04 \x01(\x03R\tcancelled\x12\x1d\n\nerror_rate\x18\x05 \x01(\x01R\terrorRate\x12!\n\x0cinput_tokens\x18\x06 \x01(\x03R\x0binputTokens\x12#\n\routput_tokens\x18\x07 \x01(\x03R\x0coutputTokens\x12.\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x03R\x11\x63\x61\x63hedInputTokens\x12\x12\n\x04\x63ost\x18\t \x01(\x01R\x04\x63ost\x12\x1b\n\tcost_unit\x18\n \x01(\tR\x08\x63ostUnit\x12$\n\x0elatency_p50_ms\x18\x0b \x01(\x01R\x0clatencyP50Ms\x12$\n\x0elatency_p95_ms\x18\x0c \x01(\x01R\x0clatencyP95Ms\x12\x1d\n\ncache_hits\x18\r \x01(\x03R\tcacheHits\x12\x14\n\x05rated\x18\x0e \x01(\x03R\x05rated\x12&\n\x0cmean_quality\x18\x0f \x01(\x01H\x00R\x0bmeanQuality\x88\x01\x01\x42\x0f\n\r_mean_quality\"/\n\x11ListModelsRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"\x81\x01\n\x12ListModelsResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32\x1b.promptgate.v1.ProviderInfoR\tproviders\x12\x30\n\x06models\x18\x02 \x03(\x0b\x32\x18.promptgate.v1.ModelInfoR\x06models\"\xaf\x01\n\x0cProviderInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n\x08\x62\x61se_url\x18\x02 \x01(\tR\x07\x62\x61seUrl\x12*\n\x11\x61\x63\x63\x65pts_any_model\x18\x03 \x01(\x08R\x0f\x61\x63\x63\x65ptsAnyModel\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xb4\x01\n\tModelInfo\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12/\n\x05price\x18\x03 \x01(\x0b\x32\x19.promptgate.v1.ModelPriceR\x05price\x12\x44\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .promptgate.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\xcb\x01\n\nModelPrice\x12*\n\x11input_per_million\x18\x01 \x01(\x01R\x0finputPerMillion\x12,\n\x12output_per_million\x18\x02 \x01(\x01R\x10outputPerMillion\x12\x37\n\x18\x63\x61\x63hed_input_per_million\x18\x03 \x01(\x01R\x15\x63\x61\x63hedInputPerMillion\x12\x12\n\x04unit\x18\x04 \x01(\tR\x04unit\x12\x16\n\x06priced\x18\x05 \x01(\x08R\x06priced\"h\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x1f\n\x0bjson_schema\x18\x03 \x01(\x08R\njsonSchema\"\xec\x01\n\nPlanLimits\x12\x33\n\x13requests_per_minute\x18\x01 \x01(\x03H\x00R\x11requestsPerMinute\x88\x01\x01\x12\x38\n\x15\x63oncurrent_executions\x18\x02 \x01(\x03H\x01R\x14\x63oncurrentExecutions\x88\x01\x01\x12*\n\x0emonthly_tokens\x18\x03 \x01(\x03H\x02R\rmonthlyTokens\x88\x01\x01\x42\x16\n\x14_requests_per_minuteB\x18\n\x16_concurrent_executionsB\x11\n\x0f_monthly_tokens\"\xf8\x02\n\x06\x41piKey\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\x16\n\x06scopes\x18\x05 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x06 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x07 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12;\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\"\xc5\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04plan\x18\x03 \x01(\tR\x04plan\x12\x31\n\x06limits\x18\x04 \x01(\x0b\x32\x19.promptgate.v1.PlanLimitsR\x06limits\x12;\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\"^\n\x14\x43reateApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"\x14\n\x12ListApiKeysRequest\"G\n\x13ListApiKeysResponse\x12\x30\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.promptgate.v1.ApiKeyR\x07\x61piKeys\",\n\x13RevokeApiKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"F\n\x14RevokeApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\"\x0f\n\rWhoAmIRequest\"\xf1\x01\n\x0eWhoAmIResponse\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\tworkspace\x12.\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.promptgate.v1.ApiKeyR\x06\x61piKey\x12\x30\n\x14requests_this_minute\x18\x03 \x01(\x03R\x12requestsThisMinute\x12\x33\n\x15\x63oncurrent_executions\x18\x04 \x01(\x03R\x14\x63oncurrentExecutions\x12*\n\x11tokens_this_month\x18\x05 \x01(\x03R\x0ftokensThisMonth*\xb4\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_GROUPING_PROMPT\x10\x01\x12\x1a\n\x16USAGE_GROUPING_VERSION\x10\x02\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x03\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x04\x12\x1a\n\x16USAGE_GROUPING_API_KEY\x10\x05\x32\xc4\x05\n\x0c\x41\x64minService\x12W\n\x0c\x43reateApiKey\x12\".promptgate.v1.CreateApiKeyRequest\x1a#.promptgate.v1.CreateApiKeyResponse\x12T\n\x0bListApiKeys\x12!.promptgate.v1.ListApiKeysRequest\x1a\".promptgate.v1.ListApiKeysResponse\x12W\n\x0cRevokeApiKey\x12\".promptgate.v1.RevokeApiKeyRequest\x1a#.promptgate.v1.RevokeApiKeyResponse\x12\x45\n\x06WhoAmI\x12\x1c.promptgate.v1.WhoAmIRequest\x1a\x1d.promptgate.v1.WhoAmIResponse\x12Q\n\nListModels\x12 .promptgate.v1.ListModelsRequest\x1a!.promptgate.v1.ListModelsResponse\x12K\n\x08GetUsage\x12\x1e.promptgate.v1.GetUsageRequest\x1a\x1f.promptgate.v1.GetUsageResponse\x12\x63\n\x10GetWebhookSecret\x12&.promptgate.v1.GetWebhookSecretRequest\x1a\'.promptgate.v1.GetWebhookSecretResponse\x12`\n\x0fListAuditEvents\x12%.promptgate.v1.ListAuditEventsRequest\x1a&.promptgate.v1.ListAuditEventsResponseBHZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,52 +34,58 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptgate.v1.admin_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/promptgate/promptgate/clients/go/promptgate/v1;promptgatev1'
-  _globals['_USAGEGROUPING']._serialized_start=3701
-  _globals['_USAGEGROUPING']._serialized_end=3881
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=85
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=110
-  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_start=112
-  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_end=192
-  _globals['_GETUSAGEREQUEST']._serialized_start=195
-  _globals['_GETUSAGEREQUEST']._serialized_end=459
-  _globals['_GETUSAGERESPONSE']._serialized_start=462
-  _globals['_GETUSAGERESPONSE']._serialized_end=694
-  _globals['_USAGEGROUP']._serialized_start=697
-  _globals['_USAGEGROUP']._serialized_end=935
-  _globals['_USAGESTATS']._serialized_start=938
-  _globals['_USAGESTATS']._serialized_end=1456
-  _globals['_LISTMODELSREQUEST']._serialized_start=1458
-  _globals['_LISTMODELSREQUEST']._serialized_end=1505
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1508
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1637
-  _globals['_PROVIDERINFO']._serialized_start=1640
-  _globals['_PROVIDERINFO']._serialized_end=1815
-  _globals['_MODELINFO']._serialized_start=1818
-  _globals['_MODELINFO']._serialized_end=1998
-  _globals['_MODELPRICE']._serialized_start=2001
-  _globals['_MODELPRICE']._serialized_end=2204
-  _globals['_MODELCAPABILITIES']._serialized_start=2206
-  _globals['_MODELCAPABILITIES']._serialized_end=2310
-  _globals['_PLANLIMITS']._serialized_start=2313
-  _globals['_PLANLIMITS']._serialized_end=2549
-  _globals['_APIKEY']._serialized_start=2552
-  _globals['_APIKEY']._serialized_end=2928
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2931
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3128
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3130
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3224
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3226
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3246
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3248
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3319
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3321
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3365
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=3367
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=3437
-  _globals['_WHOAMIREQUEST']._serialized_start=3439
-  _globals['_WHOAMIREQUEST']._serialized_end=3454
-  _globals['_WHOAMIRESPONSE']._serialized_start=3457
-  _globals['_WHOAMIRESPONSE']._serialized_end=3698
-  _globals['_ADMINSERVICE']._serialized_start=3884
-  _globals['_ADMINSERVICE']._serialized_end=4494
+  _globals['_USAGEGROUPING']._serialized_start=4384
+  _globals['_USAGEGROUPING']._serialized_end=4564
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=116
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=388
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=390
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=517
+  _globals['_AUDITEVENT']._serialized_start=520
+  _globals['_AUDITEVENT']._serialized_end=766
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=768
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=793
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_start=795
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_end=875
+  _globals['_GETUSAGEREQUEST']._serialized_start=878
+  _globals['_GETUSAGEREQUEST']._serialized_end=1142
+  _globals['_GETUSAGERESPONSE']._serialized_start=1145
+  _globals['_GETUSAGERESPONSE']._serialized_end=1377
+  _globals['_USAGEGROUP']._serialized_start=1380
+  _globals['_USAGEGROUP']._serialized_end=1618
+  _globals['_USAGESTATS']._serialized_start=1621
+  _globals['_USAGESTATS']._serialized_end=2139
+  _globals['_LISTMODELSREQUEST']._serialized_start=2141
+  _globals['_LISTMODELSREQUEST']._serialized_end=2188
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2191
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2320
+  _globals['_PROVIDERINFO']._serialized_start=2323
+  _globals['_PROVIDERINFO']._serialized_end=2498
+  _globals['_MODELINFO']._serialized_start=2501
+  _globals['_MODELINFO']._serialized_end=2681
+  _globals['_MODELPRICE']._serialized_start=2684
+  _globals['_MODELPRICE']._serialized_end=2887
+  _globals['_MODELCAPABILITIES']._serialized_start=2889
+  _globals['_MODELCAPABILITIES']._serialized_end=2993
+  _globals['_PLANLIMITS']._serialized_start=2996
+  _globals['_PLANLIMITS']._serialized_end=3232
+  _globals['_APIKEY']._serialized_start=3235
+  _globals['_APIKEY']._serialized_end=3611
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3614
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3811
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3813
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3907
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3909
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3929
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3931
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=4002
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=4004
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=4048
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=4050
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=4120
+  _globals['_WHOAMIREQUEST']._serialized_start=4122
+  _globals['_WHOAMIREQUEST']._serialized_end=4137
+  _globals['_WHOAMIRESPONSE']._serialized_start=4140
+  _globals['_WHOAMIRESPONSE']._serialized_end=4381
+  _globals['_ADMINSERVICE']._serialized_start=4567
+  _globals['_ADMINSERVICE']._serialized_end=5275
 # @@protoc_insertion_point(module_scope)
