@@ -39,20 +39,14 @@ EXECUTIONS = {
     "/promptgate.v1.ExecutionService/ExecutePrompt",
     "/promptgate.v1.ExecutionService/ExecutePromptStream",
 }
-TEMPLATE_WRITES = {
-    "CreatePrompt",
-    "ArchivePrompt",
-    "UnarchivePrompt",
-    "CreatePromptVersion",
-    "SetReleaseTag",
-}
-KEY_MANAGEMENT = {
-    "CreateApiKey",
-    "ListApiKeys",
-    "RevokeApiKey",
-    "GetWebhookSecret",
-    "ListAuditEvents",
-}
+# Methods of PromptService and ChainService whose names start with these
+# change something (template.manage); the others read (prompt.execute or
+# template.manage), except Execute* (prompt.execute). Naming a new method by
+# its verb is therefore enough to give it the right scope.
+WRITE_VERBS = ("Create", "Archive", "Unarchive", "Set", "Update", "Delete")
+# AdminService methods any valid key may call; every other one needs
+# admin.manage (GetUsage: analytics.read), so a new method is closed by default.
+ANY_KEY = {"WhoAmI", "ListModels"}
 
 
 def scopes_for(method: str) -> tuple[Scope, ...]:
@@ -60,12 +54,16 @@ def scopes_for(method: str) -> tuple[Scope, ...]:
     service, _, name = method.rpartition("/")
     if service.endswith(".ExecutionService"):
         return (Scope.EXECUTE,)
-    if service.endswith(".PromptService"):
-        return (Scope.TEMPLATES,) if name in TEMPLATE_WRITES else (Scope.EXECUTE, Scope.TEMPLATES)
+    if service.endswith((".PromptService", ".ChainService")):
+        if name.startswith("Execute"):
+            return (Scope.EXECUTE,)
+        if name.startswith(WRITE_VERBS):
+            return (Scope.TEMPLATES,)
+        return (Scope.EXECUTE, Scope.TEMPLATES)
     if service.endswith(".AdminService"):
-        if name in KEY_MANAGEMENT:
-            return (Scope.ADMIN,)
-        return (Scope.ANALYTICS,) if name == "GetUsage" else ()
+        if name in ANY_KEY:
+            return ()
+        return (Scope.ANALYTICS,) if name == "GetUsage" else (Scope.ADMIN,)
     return (Scope.ADMIN,)
 
 
