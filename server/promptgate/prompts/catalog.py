@@ -17,6 +17,7 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, update
@@ -28,6 +29,7 @@ from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts import audit_entries
+from promptgate.prompts.compatibility import PRODUCTION, CompatibilityReport
 from promptgate.prompts.model import (
     Prompt,
     PromptSpec,
@@ -38,6 +40,7 @@ from promptgate.prompts.model import (
     spec_from_json,
     spec_to_json,
 )
+from promptgate.prompts.release_checks import check_tag_moves, tag_report
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import ModelCheck, validate_spec
 from promptgate.store.engine import SessionFactory
@@ -160,8 +163,16 @@ class PromptCatalog:
         spec: PromptSpec,
         description: str,
         release_tags: Sequence[str],
+        *,
+        allow_breaking: bool = False,
+        validate_only: bool = False,
     ) -> PromptVersion:
-        """Validate ``spec`` and store it as the prompt's next version; move tags to it."""
+        """Validate ``spec`` and store it as the prompt's next version; move tags to it.
+
+        A tag move that breaks the tag's callers is refused unless allowed
+        (``release_checks``). ``validate_only`` does it all, then rolls back:
+        the result is the version as it would be stored, without an id.
+        """
         # Compiled off the event loop, so validation below hits the cache.
         await self._templates.prepare(m.template for m in spec.messages)
         validate_spec(spec, self._templates, field="version", check_model=self._check_model)
@@ -200,6 +211,13 @@ class PromptCatalog:
                     created_at=now,
                 )
                 session.add(row)
+                await check_tag_moves(
+                    session, prompt.id, release_tags, spec, number, allow_breaking
+                )
+                if validate_only:
+                    would_be = replace(_version(row), id="")
+                    await session.rollback()
+                    return would_be
                 audit_entries.version_created(session, prompt, row)
                 for tag in release_tags:
                     await self._move_tag(session, prompt.id, tag, row, now)
@@ -276,9 +294,18 @@ class PromptCatalog:
     # Release tags
 
     async def set_release_tag(
-        self, workspace: str, ref: str, tag: str, *, version: int = 0, version_id: str = ""
+        self,
+        workspace: str,
+        ref: str,
+        tag: str,
+        *,
+        version: int = 0,
+        version_id: str = "",
+        allow_breaking: bool = False,
+        validate_only: bool = False,
     ) -> ReleaseTag:
-        """Point ``tag`` at a version and record the move."""
+        """Point ``tag`` at a version and record the move (``validate_only``: only check
+        it). A move that breaks the tag's callers is refused unless allowed."""
         _check_tag(tag, "tag")
         if not version and not version_id:
             raise InvalidArgument.field("version", "give a version number or a version_id")
@@ -294,10 +321,27 @@ class PromptCatalog:
             await session.exec(
                 update(PromptRow).where(col(PromptRow.id) == prompt.id).values(updated_at=now)
             )
+            candidate = spec_from_json(row.spec)
+            await check_tag_moves(session, prompt.id, [tag], candidate, row.version, allow_breaking)
             tag_row = await self._move_tag(session, prompt.id, tag, row, now)
+            if validate_only:
+                would_be = _tag(tag_row)
+                await session.rollback()
+                return would_be
             await session.commit()
             self._resolved.clear()
             return _tag(tag_row)
+
+    async def compatibility(
+        self, workspace: str, ref: str, spec: PromptSpec, tag: str = PRODUCTION
+    ) -> CompatibilityReport | None:
+        """``spec`` against what ``tag`` of prompt ``ref`` serves; None if either is missing."""
+        async with self._sessions() as session:
+            try:
+                prompt = await self._prompt_row(session, workspace, ref)
+            except (NotFound, InvalidArgument):
+                return None
+            return await tag_report(session, prompt.id, tag, spec)
 
     async def list_release_tags(self, workspace: str, ref: str) -> list[ReleaseTag]:
         """The prompt's tags by name, with "latest"."""

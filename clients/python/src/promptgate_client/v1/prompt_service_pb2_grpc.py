@@ -178,6 +178,8 @@ class PromptServiceServicer:
 
     def SetReleaseTag(self, request, context):
         """Points a release tag at a version, recording the move in the tag history.
+        A move to a version whose input variables break the callers of the
+        version the tag points at now is refused unless allow_breaking_changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

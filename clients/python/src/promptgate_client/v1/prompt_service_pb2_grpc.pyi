@@ -62,7 +62,10 @@ class PromptServiceStub:
     ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]
-    """Points a release tag at a version, recording the move in the tag history."""
+    """Points a release tag at a version, recording the move in the tag history.
+    A move to a version whose input variables break the callers of the
+    version the tag points at now is refused unless allow_breaking_changes.
+    """
     ListReleaseTags: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]
     """Lists a prompt's release tags, including "latest"."""
     ListReleaseTagHistory: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagHistoryRequest, _prompt_service_pb2.ListReleaseTagHistoryResponse]
@@ -106,7 +109,10 @@ class PromptServiceAsyncStub(PromptServiceStub):
     ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]  # type: ignore[assignment]
-    """Points a release tag at a version, recording the move in the tag history."""
+    """Points a release tag at a version, recording the move in the tag history.
+    A move to a version whose input variables break the callers of the
+    version the tag points at now is refused unless allow_breaking_changes.
+    """
     ListReleaseTags: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]  # type: ignore[assignment]
     """Lists a prompt's release tags, including "latest"."""
     ListReleaseTagHistory: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagHistoryRequest, _prompt_service_pb2.ListReleaseTagHistoryResponse]  # type: ignore[assignment]
@@ -201,7 +207,10 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.SetReleaseTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.SetReleaseTagResponse, _abc.Awaitable[_prompt_service_pb2.SetReleaseTagResponse]]:
-        """Points a release tag at a version, recording the move in the tag history."""
+        """Points a release tag at a version, recording the move in the tag history.
+        A move to a version whose input variables break the callers of the
+        version the tag points at now is refused unless allow_breaking_changes.
+        """
 
     @_abc_1.abstractmethod
     def ListReleaseTags(

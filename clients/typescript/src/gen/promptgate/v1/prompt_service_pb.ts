@@ -2,8 +2,8 @@
 // @generated from file promptgate/v1/prompt_service.proto (package promptgate.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { CachePolicy, ChatMessage, InlinePrompt, InputVariable, ModelParameters, PromptInput, PromptTemplateMessage, RawOverrides, ResponseFormat, Routing, Tool, ToolChoice } from "./common_pb.js";
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKCAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKD1JlbGVhc2VUYWdFdmVudBILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhgKEHByZXZpb3VzX3ZlcnNpb24YBCABKAUSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiaAoUU2V0UmVsZWFzZVRhZ1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCgd2ZXJzaW9uGAMgASgFSAASFAoKdmVyc2lvbl9pZBgEIAEoCUgAQgoKCHNlbGVjdG9yIkcKFVNldFJlbGVhc2VUYWdSZXNwb25zZRIuCgtyZWxlYXNlX3RhZxgBIAEoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyIoChZMaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJKChdMaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRIvCgxyZWxlYXNlX3RhZ3MYASADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciYgocTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImgKHUxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlEi4KBmV2ZW50cxgBIAMoCzIeLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZ0V2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLOAwoTUmVuZGVyUHJvbXB0UmVxdWVzdBIQCgZwcm9tcHQYASABKAlIABI0Cg1pbmxpbmVfcHJvbXB0GAIgASgLMhsucHJvbXB0Z2F0ZS52MS5JbmxpbmVQcm9tcHRIABITCgtyZWxlYXNlX3RhZxgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEioKBmlucHV0cxgFIAMoCzIaLnByb21wdGdhdGUudjEuUHJvbXB0SW5wdXQSMgoKcGFyYW1ldGVycxgGIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjYKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCzIdLnByb21wdGdhdGUudjEuUmVzcG9uc2VGb3JtYXQSIgoFdG9vbHMYCCADKAsyEy5wcm9tcHRnYXRlLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCSABKAsyGS5wcm9tcHRnYXRlLnYxLlRvb2xDaG9pY2USMgoNcmF3X292ZXJyaWRlcxgKIAEoCzIbLnByb21wdGdhdGUudjEuUmF3T3ZlcnJpZGVzEg0KBW1vZGVsGAsgASgJEhAKCHByb3ZpZGVyGAwgASgJQggKBnRhcmdldCLzAQoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCTKVCQoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKCAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKD1JlbGVhc2VUYWdFdmVudBILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhgKEHByZXZpb3VzX3ZlcnNpb24YBCABKAUSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIp8BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAYgASgIQgoKCHNlbGVjdG9yIkcKFVNldFJlbGVhc2VUYWdSZXNwb25zZRIuCgtyZWxlYXNlX3RhZxgBIAEoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyIoChZMaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJKChdMaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRIvCgxyZWxlYXNlX3RhZ3MYASADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciYgocTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImgKHUxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlEi4KBmV2ZW50cxgBIAMoCzIeLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZ0V2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLOAwoTUmVuZGVyUHJvbXB0UmVxdWVzdBIQCgZwcm9tcHQYASABKAlIABI0Cg1pbmxpbmVfcHJvbXB0GAIgASgLMhsucHJvbXB0Z2F0ZS52MS5JbmxpbmVQcm9tcHRIABITCgtyZWxlYXNlX3RhZxgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEioKBmlucHV0cxgFIAMoCzIaLnByb21wdGdhdGUudjEuUHJvbXB0SW5wdXQSMgoKcGFyYW1ldGVycxgGIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjYKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCzIdLnByb21wdGdhdGUudjEuUmVzcG9uc2VGb3JtYXQSIgoFdG9vbHMYCCADKAsyEy5wcm9tcHRnYXRlLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCSABKAsyGS5wcm9tcHRnYXRlLnYxLlRvb2xDaG9pY2USMgoNcmF3X292ZXJyaWRlcxgKIAEoCzIbLnByb21wdGdhdGUudjEuUmF3T3ZlcnJpZGVzEg0KBW1vZGVsGAsgASgJEhAKCHByb3ZpZGVyGAwgASgJQggKBnRhcmdldCLzAQoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCSrFAQoSQnJlYWtpbmdDaGFuZ2VUeXBlEiQKIEJSRUFLSU5HX0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASKQolQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfUkVNT1ZFRBABEi4KKkJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX1RZUEVfQ0hBTkdFRBACEi4KKkJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX05PV19SRVFVSVJFRBADMpUJCg1Qcm9tcHRTZXJ2aWNlElcKDENyZWF0ZVByb21wdBIiLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVzcG9uc2USTgoJR2V0UHJvbXB0Eh8ucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXF1ZXN0GiAucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXNwb25zZRJUCgtMaXN0UHJvbXB0cxIhLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1Jlc3BvbnNlEloKDUFyY2hpdmVQcm9tcHQSIy5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVzcG9uc2USYAoPVW5hcmNoaXZlUHJvbXB0EiUucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXNwb25zZRJsChNDcmVhdGVQcm9tcHRWZXJzaW9uEikucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBoqLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEmMKEEdldFByb21wdFZlcnNpb24SJi5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USaQoSTGlzdFByb21wdFZlcnNpb25zEigucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0GikucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRJaCg1TZXRSZWxlYXNlVGFnEiMucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVxdWVzdBokLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEmAKD0xpc3RSZWxlYXNlVGFncxIlLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2UScgoVTGlzdFJlbGVhc2VUYWdIaXN0b3J5EisucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0GiwucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRJXCgxSZW5kZXJQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlc3BvbnNlQkhaRmdpdGh1Yi5jb20vcHJvbXB0Z2F0ZS9wcm9tcHRnYXRlL2NsaWVudHMvZ28vcHJvbXB0Z2F0ZS92MTtwcm9tcHRnYXRldjFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -314,6 +314,91 @@ export const ReleaseTagEventSchema: GenMessage<ReleaseTagEvent> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 3);
 
 /**
+ * One change of input variables that breaks callers of a version.
+ *
+ * @generated from message promptgate.v1.BreakingChange
+ */
+export type BreakingChange = Message<"promptgate.v1.BreakingChange"> & {
+  /**
+   * Output only. What kind of change.
+   *
+   * @generated from field: promptgate.v1.BreakingChangeType type = 1;
+   */
+  type: BreakingChangeType;
+
+  /**
+   * Output only. The variable's name.
+   *
+   * @generated from field: string variable = 2;
+   */
+  variable: string;
+
+  /**
+   * Output only. A human-readable explanation.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * Output only. The version whose callers it breaks.
+   *
+   * @generated from field: int32 version = 4;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message promptgate.v1.BreakingChange.
+ * Use `create(BreakingChangeSchema)` to create a new message.
+ */
+export const BreakingChangeSchema: GenMessage<BreakingChange> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 4);
+
+/**
+ * How a version's input variables compare with those of the version(s) a
+ * release tag serves (several when the tag is split between versions).
+ *
+ * @generated from message promptgate.v1.CompatibilityReport
+ */
+export type CompatibilityReport = Message<"promptgate.v1.CompatibilityReport"> & {
+  /**
+   * Output only. The release tag compared with, e.g. "production".
+   *
+   * @generated from field: string release_tag = 1;
+   */
+  releaseTag: string;
+
+  /**
+   * Output only. The version numbers the tag serves.
+   *
+   * @generated from field: repeated int32 versions = 2;
+   */
+  versions: number[];
+
+  /**
+   * Output only. True when no change breaks the tag's callers.
+   *
+   * @generated from field: bool compatible = 3;
+   */
+  compatible: boolean;
+
+  /**
+   * Output only. Every breaking change, per served version.
+   *
+   * @generated from field: repeated promptgate.v1.BreakingChange breaking_changes = 4;
+   */
+  breakingChanges: BreakingChange[];
+};
+
+/**
+ * Describes the message promptgate.v1.CompatibilityReport.
+ * Use `create(CompatibilityReportSchema)` to create a new message.
+ */
+export const CompatibilityReportSchema: GenMessage<CompatibilityReport> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 5);
+
+/**
  * Request for CreatePrompt.
  *
  * @generated from message promptgate.v1.CreatePromptRequest
@@ -346,7 +431,7 @@ export type CreatePromptRequest = Message<"promptgate.v1.CreatePromptRequest"> &
  * Use `create(CreatePromptRequestSchema)` to create a new message.
  */
 export const CreatePromptRequestSchema: GenMessage<CreatePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 4);
+  messageDesc(file_promptgate_v1_prompt_service, 6);
 
 /**
  * Response for CreatePrompt.
@@ -367,7 +452,7 @@ export type CreatePromptResponse = Message<"promptgate.v1.CreatePromptResponse">
  * Use `create(CreatePromptResponseSchema)` to create a new message.
  */
 export const CreatePromptResponseSchema: GenMessage<CreatePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 5);
+  messageDesc(file_promptgate_v1_prompt_service, 7);
 
 /**
  * Request for GetPrompt.
@@ -388,7 +473,7 @@ export type GetPromptRequest = Message<"promptgate.v1.GetPromptRequest"> & {
  * Use `create(GetPromptRequestSchema)` to create a new message.
  */
 export const GetPromptRequestSchema: GenMessage<GetPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 6);
+  messageDesc(file_promptgate_v1_prompt_service, 8);
 
 /**
  * Response for GetPrompt.
@@ -409,7 +494,7 @@ export type GetPromptResponse = Message<"promptgate.v1.GetPromptResponse"> & {
  * Use `create(GetPromptResponseSchema)` to create a new message.
  */
 export const GetPromptResponseSchema: GenMessage<GetPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 7);
+  messageDesc(file_promptgate_v1_prompt_service, 9);
 
 /**
  * Request for ListPrompts.
@@ -451,7 +536,7 @@ export type ListPromptsRequest = Message<"promptgate.v1.ListPromptsRequest"> & {
  * Use `create(ListPromptsRequestSchema)` to create a new message.
  */
 export const ListPromptsRequestSchema: GenMessage<ListPromptsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 8);
+  messageDesc(file_promptgate_v1_prompt_service, 10);
 
 /**
  * Response for ListPrompts.
@@ -479,7 +564,7 @@ export type ListPromptsResponse = Message<"promptgate.v1.ListPromptsResponse"> &
  * Use `create(ListPromptsResponseSchema)` to create a new message.
  */
 export const ListPromptsResponseSchema: GenMessage<ListPromptsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 9);
+  messageDesc(file_promptgate_v1_prompt_service, 11);
 
 /**
  * Request for ArchivePrompt.
@@ -500,7 +585,7 @@ export type ArchivePromptRequest = Message<"promptgate.v1.ArchivePromptRequest">
  * Use `create(ArchivePromptRequestSchema)` to create a new message.
  */
 export const ArchivePromptRequestSchema: GenMessage<ArchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 10);
+  messageDesc(file_promptgate_v1_prompt_service, 12);
 
 /**
  * Response for ArchivePrompt.
@@ -521,7 +606,7 @@ export type ArchivePromptResponse = Message<"promptgate.v1.ArchivePromptResponse
  * Use `create(ArchivePromptResponseSchema)` to create a new message.
  */
 export const ArchivePromptResponseSchema: GenMessage<ArchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 11);
+  messageDesc(file_promptgate_v1_prompt_service, 13);
 
 /**
  * Request for UnarchivePrompt.
@@ -542,7 +627,7 @@ export type UnarchivePromptRequest = Message<"promptgate.v1.UnarchivePromptReque
  * Use `create(UnarchivePromptRequestSchema)` to create a new message.
  */
 export const UnarchivePromptRequestSchema: GenMessage<UnarchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 12);
+  messageDesc(file_promptgate_v1_prompt_service, 14);
 
 /**
  * Response for UnarchivePrompt.
@@ -563,7 +648,7 @@ export type UnarchivePromptResponse = Message<"promptgate.v1.UnarchivePromptResp
  * Use `create(UnarchivePromptResponseSchema)` to create a new message.
  */
 export const UnarchivePromptResponseSchema: GenMessage<UnarchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 13);
+  messageDesc(file_promptgate_v1_prompt_service, 15);
 
 /**
  * Request for CreatePromptVersion.
@@ -587,10 +672,29 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
 
   /**
    * Optional. Release tags to point at the new version, e.g. ["production"].
+   * A tag whose callers the new version's input variables would break is not
+   * moved: the call fails with FAILED_PRECONDITION (BREAKING_CHANGE) and
+   * nothing is created, unless allow_breaking_changes is set.
    *
    * @generated from field: repeated string release_tags = 3;
    */
   releaseTags: string[];
+
+  /**
+   * Optional. Move release_tags even when the new version breaks their callers.
+   *
+   * @generated from field: bool allow_breaking_changes = 4;
+   */
+  allowBreakingChanges: boolean;
+
+  /**
+   * Optional. Validate the request, check the tag moves and report
+   * compatibility, but create nothing (AIP-163). The response holds the
+   * version as it would be stored, without id or create_time.
+   *
+   * @generated from field: bool validate_only = 5;
+   */
+  validateOnly: boolean;
 };
 
 /**
@@ -598,7 +702,7 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
  * Use `create(CreatePromptVersionRequestSchema)` to create a new message.
  */
 export const CreatePromptVersionRequestSchema: GenMessage<CreatePromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 14);
+  messageDesc(file_promptgate_v1_prompt_service, 16);
 
 /**
  * Response for CreatePromptVersion.
@@ -612,6 +716,15 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
    * @generated from field: promptgate.v1.PromptVersion version = 1;
    */
   version?: PromptVersion | undefined;
+
+  /**
+   * Output only. How the new version's input variables compare with those
+   * of the version(s) "production" served before the call; unset when the
+   * prompt has no "production" tag.
+   *
+   * @generated from field: promptgate.v1.CompatibilityReport compatibility = 2;
+   */
+  compatibility?: CompatibilityReport | undefined;
 };
 
 /**
@@ -619,7 +732,7 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
  * Use `create(CreatePromptVersionResponseSchema)` to create a new message.
  */
 export const CreatePromptVersionResponseSchema: GenMessage<CreatePromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 15);
+  messageDesc(file_promptgate_v1_prompt_service, 17);
 
 /**
  * Request for GetPromptVersion.
@@ -671,7 +784,7 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
  * Use `create(GetPromptVersionRequestSchema)` to create a new message.
  */
 export const GetPromptVersionRequestSchema: GenMessage<GetPromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 16);
+  messageDesc(file_promptgate_v1_prompt_service, 18);
 
 /**
  * Response for GetPromptVersion.
@@ -692,7 +805,7 @@ export type GetPromptVersionResponse = Message<"promptgate.v1.GetPromptVersionRe
  * Use `create(GetPromptVersionResponseSchema)` to create a new message.
  */
 export const GetPromptVersionResponseSchema: GenMessage<GetPromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 17);
+  messageDesc(file_promptgate_v1_prompt_service, 19);
 
 /**
  * Request for ListPromptVersions.
@@ -727,7 +840,7 @@ export type ListPromptVersionsRequest = Message<"promptgate.v1.ListPromptVersion
  * Use `create(ListPromptVersionsRequestSchema)` to create a new message.
  */
 export const ListPromptVersionsRequestSchema: GenMessage<ListPromptVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 18);
+  messageDesc(file_promptgate_v1_prompt_service, 20);
 
 /**
  * Response for ListPromptVersions.
@@ -755,7 +868,7 @@ export type ListPromptVersionsResponse = Message<"promptgate.v1.ListPromptVersio
  * Use `create(ListPromptVersionsResponseSchema)` to create a new message.
  */
 export const ListPromptVersionsResponseSchema: GenMessage<ListPromptVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 19);
+  messageDesc(file_promptgate_v1_prompt_service, 21);
 
 /**
  * Request for SetReleaseTag.
@@ -800,6 +913,24 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
     value: string;
     case: "versionId";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Optional. Move the tag even when the version's input variables break the
+   * callers of the version(s) the tag points at now. Without it such a move
+   * fails with FAILED_PRECONDITION (BREAKING_CHANGE), with a
+   * google.rpc.PreconditionFailure violation per breaking change.
+   *
+   * @generated from field: bool allow_breaking_changes = 5;
+   */
+  allowBreakingChanges: boolean;
+
+  /**
+   * Optional. Check the move (including the breaking-change check) without
+   * making it (AIP-163). The response holds the tag as it would be.
+   *
+   * @generated from field: bool validate_only = 6;
+   */
+  validateOnly: boolean;
 };
 
 /**
@@ -807,7 +938,7 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
  * Use `create(SetReleaseTagRequestSchema)` to create a new message.
  */
 export const SetReleaseTagRequestSchema: GenMessage<SetReleaseTagRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 20);
+  messageDesc(file_promptgate_v1_prompt_service, 22);
 
 /**
  * Response for SetReleaseTag.
@@ -828,7 +959,7 @@ export type SetReleaseTagResponse = Message<"promptgate.v1.SetReleaseTagResponse
  * Use `create(SetReleaseTagResponseSchema)` to create a new message.
  */
 export const SetReleaseTagResponseSchema: GenMessage<SetReleaseTagResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 21);
+  messageDesc(file_promptgate_v1_prompt_service, 23);
 
 /**
  * Request for ListReleaseTags.
@@ -849,7 +980,7 @@ export type ListReleaseTagsRequest = Message<"promptgate.v1.ListReleaseTagsReque
  * Use `create(ListReleaseTagsRequestSchema)` to create a new message.
  */
 export const ListReleaseTagsRequestSchema: GenMessage<ListReleaseTagsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 22);
+  messageDesc(file_promptgate_v1_prompt_service, 24);
 
 /**
  * Response for ListReleaseTags.
@@ -870,7 +1001,7 @@ export type ListReleaseTagsResponse = Message<"promptgate.v1.ListReleaseTagsResp
  * Use `create(ListReleaseTagsResponseSchema)` to create a new message.
  */
 export const ListReleaseTagsResponseSchema: GenMessage<ListReleaseTagsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 23);
+  messageDesc(file_promptgate_v1_prompt_service, 25);
 
 /**
  * Request for ListReleaseTagHistory.
@@ -912,7 +1043,7 @@ export type ListReleaseTagHistoryRequest = Message<"promptgate.v1.ListReleaseTag
  * Use `create(ListReleaseTagHistoryRequestSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryRequestSchema: GenMessage<ListReleaseTagHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 24);
+  messageDesc(file_promptgate_v1_prompt_service, 26);
 
 /**
  * Response for ListReleaseTagHistory.
@@ -940,7 +1071,7 @@ export type ListReleaseTagHistoryResponse = Message<"promptgate.v1.ListReleaseTa
  * Use `create(ListReleaseTagHistoryResponseSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryResponseSchema: GenMessage<ListReleaseTagHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 25);
+  messageDesc(file_promptgate_v1_prompt_service, 27);
 
 /**
  * Request for RenderPrompt. The target and inputs are those of
@@ -1048,7 +1179,7 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
  * Use `create(RenderPromptRequestSchema)` to create a new message.
  */
 export const RenderPromptRequestSchema: GenMessage<RenderPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 26);
+  messageDesc(file_promptgate_v1_prompt_service, 28);
 
 /**
  * Response for RenderPrompt.
@@ -1118,7 +1249,49 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  * Use `create(RenderPromptResponseSchema)` to create a new message.
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 27);
+  messageDesc(file_promptgate_v1_prompt_service, 29);
+
+/**
+ * The kind of an input-variable change that breaks callers of a version.
+ *
+ * @generated from enum promptgate.v1.BreakingChangeType
+ */
+export enum BreakingChangeType {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A variable callers may send is no longer declared.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_REMOVED = 1;
+   */
+  VARIABLE_REMOVED = 1,
+
+  /**
+   * A variable's type changed, so callers' values no longer fit.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_TYPE_CHANGED = 2;
+   */
+  VARIABLE_TYPE_CHANGED = 2,
+
+  /**
+   * A variable callers may omit became required: a new variable without a
+   * default, or an existing one that lost its default.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_NOW_REQUIRED = 3;
+   */
+  VARIABLE_NOW_REQUIRED = 3,
+}
+
+/**
+ * Describes the enum promptgate.v1.BreakingChangeType.
+ */
+export const BreakingChangeTypeSchema: GenEnum<BreakingChangeType> = /*@__PURE__*/
+  enumDesc(file_promptgate_v1_prompt_service, 0);
 
 /**
  * PromptService manages prompts: named containers of immutable, numbered
@@ -1218,6 +1391,8 @@ export const PromptService: GenService<{
   },
   /**
    * Points a release tag at a version, recording the move in the tag history.
+   * A move to a version whose input variables break the callers of the
+   * version the tag points at now is refused unless allow_breaking_changes.
    *
    * @generated from rpc promptgate.v1.PromptService.SetReleaseTag
    */
