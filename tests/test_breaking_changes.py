@@ -311,3 +311,20 @@ async def test_set_release_tag_validate_only_writes_nothing(pg: Running) -> None
     assert (await pg.prompts.SetReleaseTag(new_tag)).release_tag.version == 2
     assert await tags(pg, "p") == {"production": 1, "latest": 3}
     assert await history_length(pg, "p") == history
+
+
+async def test_validate_only_checks_content_before_looking_the_prompt_up(pg: Running) -> None:
+    """For a prompt that does not exist yet: INVALID_ARGUMENT is bad content,
+    NOT_FOUND means the content (and tag names) would do."""
+    good = version(("q", STRING))
+    bad = version(("q", STRING))
+    bad.messages[0].template = "{{ undeclared }}"
+    cases = [
+        (good, [], grpc.StatusCode.NOT_FOUND),
+        (bad, [], grpc.StatusCode.INVALID_ARGUMENT),
+        (good, ["latest"], grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for candidate, release_tags, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await add(pg, "not-yet", candidate, validate_only=True, release_tags=release_tags)
+        assert caught.value.code() == code, caught.value.details()

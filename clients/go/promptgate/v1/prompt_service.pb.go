@@ -1265,7 +1265,10 @@ type CreatePromptVersionRequest struct {
 	AllowBreakingChanges bool `protobuf:"varint,4,opt,name=allow_breaking_changes,json=allowBreakingChanges,proto3" json:"allow_breaking_changes,omitempty"`
 	// Optional. Validate the request, check the tag moves and report
 	// compatibility, but create nothing (AIP-163). The response holds the
-	// version as it would be stored, without id or create_time.
+	// version as it would be stored, without id or create_time. The content
+	// and tag names are checked before the prompt is looked up, so for a prompt
+	// that does not exist yet INVALID_ARGUMENT means bad content and NOT_FOUND
+	// means the content is valid.
 	ValidateOnly bool `protobuf:"varint,5,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 }
 

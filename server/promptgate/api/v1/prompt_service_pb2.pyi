@@ -686,7 +686,10 @@ class CreatePromptVersionRequest(_message.Message):
     validate_only: _builtins.bool
     """Optional. Validate the request, check the tag moves and report
     compatibility, but create nothing (AIP-163). The response holds the
-    version as it would be stored, without id or create_time.
+    version as it would be stored, without id or create_time. The content
+    and tag names are checked before the prompt is looked up, so for a prompt
+    that does not exist yet INVALID_ARGUMENT means bad content and NOT_FOUND
+    means the content is valid.
     """
     @_builtins.property
     def version(self) -> Global___PromptVersion:
