@@ -328,3 +328,15 @@ async def test_validate_only_checks_content_before_looking_the_prompt_up(pg: Run
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await add(pg, "not-yet", candidate, validate_only=True, release_tags=release_tags)
         assert caught.value.code() == code, caught.value.details()
+
+
+async def test_many_breaking_changes_stay_within_the_trailer_budget(pg: Running) -> None:
+    many = [(f"variable_with_a_long_name_{i:03d}", STRING) for i in range(120)]
+    await prompt_at(pg, "p", version(*many), "production")
+    await add(pg, "p", version(("q", STRING)))
+    request = ppb.SetReleaseTagRequest(prompt="p", tag="production", version=2)
+    violations = await refused(pg.prompts.SetReleaseTag(request))
+    assert 1 < len(violations) < 121
+    assert violations[-1][0] == "…" and "more violations not shown" in violations[-1][2]
+    shown = len(violations) - 1
+    assert violations[-1][2].startswith(f"{121 - shown} more")
