@@ -16,6 +16,8 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from promptgate.api.v1 import admin_service_pb2 as apb
+from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
 from tests.conftest import Running, error_details
@@ -67,6 +69,14 @@ async def tags(pg: Running, name: str) -> dict[str, int]:
 async def history_length(pg: Running, name: str) -> int:
     request = ppb.ListReleaseTagHistoryRequest(prompt=name, page_size=1000)
     return len((await pg.prompts.ListReleaseTagHistory(request)).events)
+
+
+async def audited(pg: Running, name: str) -> int:
+    """How many audit log entries prompt ``name`` has."""
+    request = apb.ListAuditEventsRequest(page_size=200, resource=f"prompts/{name}")
+    response = await apb_grpc.AdminServiceStub(pg.channel).ListAuditEvents(request)
+    assert not response.next_page_token
+    return len(response.audit_events)
 
 
 def preconditions(err: grpc.aio.AioRpcError) -> list[tuple[str, str, str]]:
@@ -126,7 +136,7 @@ async def test_set_release_tag_refuses_each_breaking_change_unless_allowed(
     before, after, (change, subject, words) = BREAKING[kind]
     await prompt_at(pg, "p", version(*before), "production")
     await add(pg, "p", version(*after))
-    moves = await history_length(pg, "p")
+    moves, entries = await history_length(pg, "p"), await audited(pg, "p")
     move = ppb.SetReleaseTagRequest(prompt="p", tag="production", version=2)
     violations = await refused(pg.prompts.SetReleaseTag(move))
     assert len(violations) == 1, violations
@@ -134,6 +144,7 @@ async def test_set_release_tag_refuses_each_breaking_change_unless_allowed(
     assert words in violations[0][2] and "'production'" in violations[0][2]
     assert (await tags(pg, "p"))["production"] == 1
     assert await history_length(pg, "p") == moves
+    assert entries > 0 and await audited(pg, "p") == entries, "a refused move has no entry"
     # A new tag has no callers to break; allowed, the move happens.
     staged = await pg.prompts.SetReleaseTag(
         ppb.SetReleaseTagRequest(prompt="p", tag="new", version=2)
@@ -262,7 +273,7 @@ async def test_no_report_without_production(pg: Running) -> None:
 
 async def test_create_version_validate_only_writes_nothing(pg: Running) -> None:
     await prompt_at(pg, "p", version(("q", STRING), ("topic", STRING)), "production")
-    history = await history_length(pg, "p")
+    history, entries = await history_length(pg, "p"), await audited(pg, "p")
     candidate = version(("q", STRING), ("tone", STRING, "calm"))
     candidate.description = "adds a tone"
     checked = await add(pg, "p", candidate, validate_only=True)
@@ -292,6 +303,7 @@ async def test_create_version_validate_only_writes_nothing(pg: Running) -> None:
     assert [v.version for v in versions.versions] == [1]
     assert await tags(pg, "p") == {"production": 1, "latest": 1}
     assert await history_length(pg, "p") == history
+    assert await audited(pg, "p") == entries
     # The next real version still gets number 2.
     assert (await add(pg, "p", candidate)).version.version == 2
 
@@ -300,7 +312,7 @@ async def test_set_release_tag_validate_only_writes_nothing(pg: Running) -> None
     await prompt_at(pg, "p", version(("q", STRING)), "production")
     await add(pg, "p", version(("q", STRING), ("lang", STRING)))
     await add(pg, "p", version(("q", STRING), ("lang", STRING, "en")))
-    history = await history_length(pg, "p")
+    history, entries = await history_length(pg, "p"), await audited(pg, "p")
     request = ppb.SetReleaseTagRequest(prompt="p", tag="production", version=2, validate_only=True)
     violations = await refused(pg.prompts.SetReleaseTag(request))
     assert [(t, s) for t, s, _ in violations] == [("VARIABLE_NOW_REQUIRED", "lang")]
@@ -311,6 +323,7 @@ async def test_set_release_tag_validate_only_writes_nothing(pg: Running) -> None
     assert (await pg.prompts.SetReleaseTag(new_tag)).release_tag.version == 2
     assert await tags(pg, "p") == {"production": 1, "latest": 3}
     assert await history_length(pg, "p") == history
+    assert await audited(pg, "p") == entries
 
 
 async def test_validate_only_checks_content_before_looking_the_prompt_up(pg: Running) -> None:
