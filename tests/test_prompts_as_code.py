@@ -392,8 +392,17 @@ async def test_folder_layout_errors(pg: Running, tmp_path: Path) -> None:
     (root / "partials" / "footer.yaml").write_text("template: bye\n")
     (root / "stray.yaml").write_text("model: mock-1\n")
     (root / "README.md").write_text("ignored\n")
+    (root / ".github").mkdir()
+    (root / ".github" / "ci.yml").write_text("ignored: true\n")
+    (root / "prompt").mkdir()
+    (root / "prompt" / "typo.yaml").write_text(GREET)
+    (root / "prompts" / "team").mkdir()
+    (root / "prompts" / "team" / "nested.yaml").write_text(GREET)
     result = await run(pg, "push", root)
     assert result.code == 2
+    assert f"{root / 'prompt'}: unknown folder of YAML files" in result.err
+    assert f"{root / 'prompts' / 'team' / 'nested.yaml'}: nested folders" in result.err
+    assert ".github" not in result.err and "README" not in result.err
     assert f"{root / 'partials' / 'footer.yaml'}: partials are not pushed" in result.err
     assert f"{root / 'stray.yaml'}: prompt files go in" in result.err
     assert await missing(pg, "greet")

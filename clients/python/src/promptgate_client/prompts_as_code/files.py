@@ -4,9 +4,10 @@
     DIR/partials/<name>.yaml   reserved for partials: not pushed by this version
     DIR/chains/<name>.yaml     reserved for chains: not pushed by this version
 
-The folder names the kind of every file in it; other files and folders in DIR
-(a README, .git) are ignored, but YAML files directly in DIR or in a folder
-below ``prompts/`` are errors, as are files in the reserved folders.
+The folder names the kind of every file in it. Other files in DIR (a README)
+and hidden folders (.git, .github) are ignored; YAML files directly in DIR, in
+another folder (a typo such as ``prompt/``) or in a folder below ``prompts/``
+are errors, as are files in the reserved folders.
 
 A prompt file holds the prompt (``name``, optional and equal to the file's
 name when present; ``description``; ``labels``), ``tags``: the release tags
@@ -99,6 +100,12 @@ def read_folder(root: Path) -> list[PromptFile]:
             )
         elif path.is_dir() and path.name in RESERVED:
             problems.extend(f"{p}: {RESERVED[path.name]}" for p in _yaml_files(path))
+        elif path.is_dir() and path.name != PROMPTS and not path.name.startswith("."):
+            if _yaml_files(path):
+                problems.append(
+                    f"{path}: unknown folder of YAML files; prompt files go in "
+                    f"{root / PROMPTS}/ ({', '.join(RESERVED)}/ are reserved)"
+                )
     folder = root / PROMPTS
     for path in _yaml_files(folder) if folder.is_dir() else []:
         if path.parent != folder:

@@ -20,7 +20,7 @@ errors and no refused breaking changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -120,8 +120,8 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
         return plan
     candidate = content(checked.version)
     tags = {t.tag: t.version for t in prompt.release_tags if not t.automatic}
-    compared = [prompt.latest_version] if prompt.latest_version else []
-    compared += [tags[t] for t in file.tags if t in tags and tags[t] not in compared]
+    latest = [prompt.latest_version] if prompt.latest_version else []
+    compared = list(dict.fromkeys(latest + [tags[t] for t in file.tags if t in tags]))
     same = next((n for n in compared if _content_of(client, file.name, n) == candidate), 0)
     if same:
         plan.action, plan.version = UNCHANGED, same
@@ -170,10 +170,10 @@ def _breaking(client: Client, plan: PromptPlan, tag: str) -> list[PreconditionVi
 
 def apply_push(
     client: Client, plans: Sequence[PromptPlan], *, allow_breaking_changes: bool
-) -> list[str]:
-    """Make the changes of ``plans`` (which must have no errors); what was done, per line."""
+) -> Iterator[str]:
+    """Make the changes of ``plans`` (which must have no errors), saying what was done,
+    a line per change, as it is done."""
     stub = client.prompts
-    done: list[str] = []
     for plan in plans:
         file = plan.file
         tags = [move.tag for move in plan.moves]
@@ -184,7 +184,7 @@ def apply_push(
                     name=file.name, description=file.description, labels=file.labels
                 ),
             )
-            done.append(f"created prompt {file.name}")
+            yield f"created prompt {file.name}"
         if plan.action in (CREATE, NEW_VERSION):
             created = call(
                 stub.CreatePromptVersion,
@@ -196,17 +196,17 @@ def apply_push(
                 ),
             ).version
             plan.version = created.version
-            done.append(f"created {file.name} version {created.version}")
-        else:
-            for tag in tags:
-                call(
-                    stub.SetReleaseTag,
-                    ppb.SetReleaseTagRequest(
-                        prompt=file.name,
-                        tag=tag,
-                        version=plan.version,
-                        allow_breaking_changes=allow_breaking_changes,
-                    ),
-                )
-        done.extend(f"moved {file.name} {tag} to version {plan.version}" for tag in tags)
-    return done
+            yield f"created {file.name} version {created.version}"
+            yield from (f"moved {file.name} {tag} to version {plan.version}" for tag in tags)
+            continue
+        for tag in tags:
+            call(
+                stub.SetReleaseTag,
+                ppb.SetReleaseTagRequest(
+                    prompt=file.name,
+                    tag=tag,
+                    version=plan.version,
+                    allow_breaking_changes=allow_breaking_changes,
+                ),
+            )
+            yield f"moved {file.name} {tag} to version {plan.version}"
