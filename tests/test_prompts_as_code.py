@@ -506,7 +506,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 
 async def test_the_command_works_with_the_client_package_only(pg: Running, tmp_path: Path) -> None:
-    root = folder(tmp_path, greet=GREET)
+    root = folder(tmp_path / "repo", greet=GREET)
     module = "promptgate_client.prompts_as_code"
     env = {"PROMPTGATE_ADDRESS": pg.address, "PROMPTGATE_API_KEY": pg.key}
     pushed = await subprocess_run(

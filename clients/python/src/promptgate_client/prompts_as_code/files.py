@@ -104,7 +104,7 @@ def read_folder(root: Path) -> list[PromptFile]:
             if _yaml_files(path):
                 problems.append(
                     f"{path}: unknown folder of YAML files; prompt files go in "
-                    f"{root / PROMPTS}/ ({', '.join(RESERVED)}/ are reserved)"
+                    f"{root / PROMPTS}/ ({' and '.join(f'{k}/' for k in RESERVED)} are reserved)"
                 )
     folder = root / PROMPTS
     for path in _yaml_files(folder) if folder.is_dir() else []:
