@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/admin_service.proto.
  */
 export const file_promptgate_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEiGQoXR2V0V2ViaG9va1NlY3JldFJlcXVlc3QiPQoYR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRIOCgZzZWNyZXQYAiABKAki0gEKD0dldFVzYWdlUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoIZ3JvdXBfYnkYAyADKA4yHC5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXBpbmcSDgoGcHJvbXB0GAQgASgJEg0KBW1vZGVsGAUgASgJEhIKCmFwaV9rZXlfaWQYBiABKAkixQEKEEdldFVzYWdlUmVzcG9uc2USLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBXRvdGFsGAMgASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzEikKBmdyb3VwcxgEIAMoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VHcm91cCKsAQoKVXNhZ2VHcm91cBIOCgZwcm9tcHQYASABKAkSEQoJcHJvbXB0X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSEAoIcHJvdmlkZXIYBCABKAkSDQoFbW9kZWwYBSABKAkSCwoDZGF5GAYgASgJEhIKCmFwaV9rZXlfaWQYByABKAkSKAoFc3RhdHMYCCABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMi1gIKClVzYWdlU3RhdHMSEgoKZXhlY3V0aW9ucxgBIAEoAxIRCglmdWxmaWxsZWQYAiABKAMSEAoIcmVqZWN0ZWQYAyABKAMSEQoJY2FuY2VsbGVkGAQgASgDEhIKCmVycm9yX3JhdGUYBSABKAESFAoMaW5wdXRfdG9rZW5zGAYgASgDEhUKDW91dHB1dF90b2tlbnMYByABKAMSGwoTY2FjaGVkX2lucHV0X3Rva2VucxgIIAEoAxIMCgRjb3N0GAkgASgBEhEKCWNvc3RfdW5pdBgKIAEoCRIWCg5sYXRlbmN5X3A1MF9tcxgLIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgMIAEoARISCgpjYWNoZV9oaXRzGA0gASgDEg0KBXJhdGVkGA4gASgDEhkKDG1lYW5fcXVhbGl0eRgPIAEoAUgAiAEBQg8KDV9tZWFuX3F1YWxpdHkiJQoRTGlzdE1vZGVsc1JlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkibgoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KCXByb3ZpZGVycxgBIAMoCzIbLnByb21wdGdhdGUudjEuUHJvdmlkZXJJbmZvEigKBm1vZGVscxgCIAMoCzIYLnByb21wdGdhdGUudjEuTW9kZWxJbmZvIoEBCgxQcm92aWRlckluZm8SDAoEbmFtZRgBIAEoCRIQCghiYXNlX3VybBgCIAEoCRIZChFhY2NlcHRzX2FueV9tb2RlbBgDIAEoCBI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIo4BCglNb2RlbEluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSKAoFcHJpY2UYAyABKAsyGS5wcm9tcHRnYXRlLnYxLk1vZGVsUHJpY2USNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKDAQoKTW9kZWxQcmljZRIZChFpbnB1dF9wZXJfbWlsbGlvbhgBIAEoARIaChJvdXRwdXRfcGVyX21pbGxpb24YAiABKAESIAoYY2FjaGVkX2lucHV0X3Blcl9taWxsaW9uGAMgASgBEgwKBHVuaXQYBCABKAkSDgoGcHJpY2VkGAUgASgIIkoKEU1vZGVsQ2FwYWJpbGl0aWVzEhEKCXN0cmVhbWluZxgBIAEoCBINCgV0b29scxgCIAEoCBITCgtqc29uX3NjaGVtYRgDIAEoCCK0AQoKUGxhbkxpbWl0cxIgChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgDSACIAQESIgoVY29uY3VycmVudF9leGVjdXRpb25zGAIgASgDSAGIAQESGwoObW9udGhseV90b2tlbnMYAyABKANIAogBAUIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIYChZfY29uY3VycmVudF9leGVjdXRpb25zQhEKD19tb250aGx5X3Rva2VucyKhAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXdvcmtzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIOCgZzY29wZXMYBSADKAkSDAoEcGxhbhgGIAEoCRIpCgZsaW1pdHMYByABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEcGxhbhgDIAEoCRIpCgZsaW1pdHMYBCABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0Ij4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoIYXBpX2tleXMYASADKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiDwoNV2hvQW1JUmVxdWVzdCKjAQoOV2hvQW1JUmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEiYKB2FwaV9rZXkYAiABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIcChRyZXF1ZXN0c190aGlzX21pbnV0ZRgDIAEoAxIdChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYBCABKAMSGQoRdG9rZW5zX3RoaXNfbW9udGgYBSABKAMqtAEKDVVzYWdlR3JvdXBpbmcSHgoaVVNBR0VfR1JPVVBJTkdfVU5TUEVDSUZJRUQQABIZChVVU0FHRV9HUk9VUElOR19QUk9NUFQQARIaChZVU0FHRV9HUk9VUElOR19WRVJTSU9OEAISGAoUVVNBR0VfR1JPVVBJTkdfTU9ERUwQAxIWChJVU0FHRV9HUk9VUElOR19EQVkQBBIaChZVU0FHRV9HUk9VUElOR19BUElfS0VZEAUy4gQKDEFkbWluU2VydmljZRJXCgxDcmVhdGVBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElQKC0xpc3RBcGlLZXlzEiEucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVwoMUmV2b2tlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJFCgZXaG9BbUkSHC5wcm9tcHRnYXRlLnYxLldob0FtSVJlcXVlc3QaHS5wcm9tcHRnYXRlLnYxLldob0FtSVJlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USSwoIR2V0VXNhZ2USHi5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVxdWVzdBofLnByb21wdGdhdGUudjEuR2V0VXNhZ2VSZXNwb25zZRJjChBHZXRXZWJob29rU2VjcmV0EiYucHJvbXB0Z2F0ZS52MS5HZXRXZWJob29rU2VjcmV0UmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlQkhaRmdpdGh1Yi5jb20vcHJvbXB0Z2F0ZS9wcm9tcHRnYXRlL2NsaWVudHMvZ28vcHJvbXB0Z2F0ZS92MTtwcm9tcHRnYXRldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEiGQoXR2V0V2ViaG9va1NlY3JldFJlcXVlc3QiPQoYR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRIOCgZzZWNyZXQYAiABKAkigQIKD0dldFVzYWdlUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoIZ3JvdXBfYnkYAyADKA4yHC5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXBpbmcSDgoGcHJvbXB0GAQgASgJEg0KBW1vZGVsGAUgASgJEhIKCmFwaV9rZXlfaWQYBiABKAkSGwoTY29tcGFyZV9yZWxlYXNlX3RhZxgHIAEoCRIQCghzcGxpdF9pZBgIIAEoCSL/AQoQR2V0VXNhZ2VSZXNwb25zZRIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFdG90YWwYAyABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMSKQoGZ3JvdXBzGAQgAygLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZUdyb3VwEjgKEHNwbGl0X2NvbXBhcmlzb24YBSABKAsyHi5wcm9tcHRnYXRlLnYxLlNwbGl0Q29tcGFyaXNvbiLIAQoPU3BsaXRDb21wYXJpc29uEhMKC3JlbGVhc2VfdGFnGAEgASgJEhAKCHNwbGl0X2lkGAIgASgJEg4KBmFjdGl2ZRgDIAEoCBItCgh2YXJpYW50cxgEIAMoCzIbLnByb21wdGdhdGUudjEuVmFyaWFudFN0YXRzEjUKC2NvbXBhcmlzb25zGAUgAygLMiAucHJvbXB0Z2F0ZS52MS5WYXJpYW50Q29tcGFyaXNvbhIYChBjb25maWRlbmNlX2xldmVsGAYgASgBIp0BCgxWYXJpYW50U3RhdHMSDwoHdmVyc2lvbhgBIAEoBRISCgp2ZXJzaW9uX2lkGAIgASgJEg4KBndlaWdodBgDIAEoARIoCgVzdGF0cxgEIAEoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VTdGF0cxIbCg5xdWFsaXR5X3N0ZGRldhgFIAEoAUgAiAEBQhEKD19xdWFsaXR5X3N0ZGRldiKtAQoRVmFyaWFudENvbXBhcmlzb24SDwoHdmVyc2lvbhgBIAEoBRIXCg9jb250cm9sX3ZlcnNpb24YAiABKAUSNwoMbWVhbl9xdWFsaXR5GAMgASgLMiEucHJvbXB0Z2F0ZS52MS5EaWZmZXJlbmNlRXN0aW1hdGUSNQoKZXJyb3JfcmF0ZRgEIAEoCzIhLnByb21wdGdhdGUudjEuRGlmZmVyZW5jZUVzdGltYXRlIpgBChJEaWZmZXJlbmNlRXN0aW1hdGUSEAoIZXN0aW1hdGUYASABKAESCwoDbG93GAIgASgBEgwKBGhpZ2gYAyABKAESDQoFY291bnQYBCABKAMSFQoNY29udHJvbF9jb3VudBgFIAEoAxIaChJkZWdyZWVzX29mX2ZyZWVkb20YBiABKAESEwoLc2lnbmlmaWNhbnQYByABKAgirAEKClVzYWdlR3JvdXASDgoGcHJvbXB0GAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEgsKA2RheRgGIAEoCRISCgphcGlfa2V5X2lkGAcgASgJEigKBXN0YXRzGAggASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzItYCCgpVc2FnZVN0YXRzEhIKCmV4ZWN1dGlvbnMYASABKAMSEQoJZnVsZmlsbGVkGAIgASgDEhAKCHJlamVjdGVkGAMgASgDEhEKCWNhbmNlbGxlZBgEIAEoAxISCgplcnJvcl9yYXRlGAUgASgBEhQKDGlucHV0X3Rva2VucxgGIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAcgASgDEhsKE2NhY2hlZF9pbnB1dF90b2tlbnMYCCABKAMSDAoEY29zdBgJIAEoARIRCgljb3N0X3VuaXQYCiABKAkSFgoObGF0ZW5jeV9wNTBfbXMYCyABKAESFgoObGF0ZW5jeV9wOTVfbXMYDCABKAESEgoKY2FjaGVfaGl0cxgNIAEoAxINCgVyYXRlZBgOIAEoAxIZCgxtZWFuX3F1YWxpdHkYDyABKAFIAIgBAUIPCg1fbWVhbl9xdWFsaXR5IiUKEUxpc3RNb2RlbHNSZXF1ZXN0EhAKCHByb3ZpZGVyGAEgASgJIm4KEkxpc3RNb2RlbHNSZXNwb25zZRIuCglwcm92aWRlcnMYASADKAsyGy5wcm9tcHRnYXRlLnYxLlByb3ZpZGVySW5mbxIoCgZtb2RlbHMYAiADKAsyGC5wcm9tcHRnYXRlLnYxLk1vZGVsSW5mbyKBAQoMUHJvdmlkZXJJbmZvEgwKBG5hbWUYASABKAkSEAoIYmFzZV91cmwYAiABKAkSGQoRYWNjZXB0c19hbnlfbW9kZWwYAyABKAgSNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKOAQoJTW9kZWxJbmZvEhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEigKBXByaWNlGAMgASgLMhkucHJvbXB0Z2F0ZS52MS5Nb2RlbFByaWNlEjYKDGNhcGFiaWxpdGllcxgEIAEoCzIgLnByb21wdGdhdGUudjEuTW9kZWxDYXBhYmlsaXRpZXMigwEKCk1vZGVsUHJpY2USGQoRaW5wdXRfcGVyX21pbGxpb24YASABKAESGgoSb3V0cHV0X3Blcl9taWxsaW9uGAIgASgBEiAKGGNhY2hlZF9pbnB1dF9wZXJfbWlsbGlvbhgDIAEoARIMCgR1bml0GAQgASgJEg4KBnByaWNlZBgFIAEoCCJKChFNb2RlbENhcGFiaWxpdGllcxIRCglzdHJlYW1pbmcYASABKAgSDQoFdG9vbHMYAiABKAgSEwoLanNvbl9zY2hlbWEYAyABKAgitAEKClBsYW5MaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoA0gAiAEBEiIKFWNvbmN1cnJlbnRfZXhlY3V0aW9ucxgCIAEoA0gBiAEBEhsKDm1vbnRobHlfdG9rZW5zGAMgASgDSAKIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCGAoWX2NvbmN1cnJlbnRfZXhlY3V0aW9uc0IRCg9fbW9udGhseV90b2tlbnMioQIKBkFwaUtleRIKCgJpZBgBIAEoCRIRCgl3b3Jrc3BhY2UYAiABKAkSDAoEbmFtZRgDIAEoCRIOCgZwcmVmaXgYBCABKAkSDgoGc2NvcGVzGAUgAygJEgwKBHBsYW4YBiABKAkSKQoGbGltaXRzGAcgASgLMhkucHJvbXB0Z2F0ZS52MS5QbGFuTGltaXRzEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp0BChNDcmVhdGVBcGlLZXlSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGc2NvcGVzGAIgAygJEgwKBHBsYW4YAyABKAkSKQoGbGltaXRzGAQgASgLMhkucHJvbXB0Z2F0ZS52MS5QbGFuTGltaXRzEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJOChRDcmVhdGVBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIhQKEkxpc3RBcGlLZXlzUmVxdWVzdCI+ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEicKCGFwaV9rZXlzGAEgAygLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiJQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiPgoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJgoHYXBpX2tleRgBIAEoCzIVLnByb21wdGdhdGUudjEuQXBpS2V5Ig8KDVdob0FtSVJlcXVlc3QiowEKDldob0FtSVJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRImCgdhcGlfa2V5GAIgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkSHAoUcmVxdWVzdHNfdGhpc19taW51dGUYAyABKAMSHQoVY29uY3VycmVudF9leGVjdXRpb25zGAQgASgDEhkKEXRva2Vuc190aGlzX21vbnRoGAUgASgDKrQBCg1Vc2FnZUdyb3VwaW5nEh4KGlVTQUdFX0dST1VQSU5HX1VOU1BFQ0lGSUVEEAASGQoVVVNBR0VfR1JPVVBJTkdfUFJPTVBUEAESGgoWVVNBR0VfR1JPVVBJTkdfVkVSU0lPThACEhgKFFVTQUdFX0dST1VQSU5HX01PREVMEAMSFgoSVVNBR0VfR1JPVVBJTkdfREFZEAQSGgoWVVNBR0VfR1JPVVBJTkdfQVBJX0tFWRAFMuIECgxBZG1pblNlcnZpY2USVwoMQ3JlYXRlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJUCgtMaXN0QXBpS2V5cxIhLnByb21wdGdhdGUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElcKDFJldm9rZUFwaUtleRIiLnByb21wdGdhdGUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBojLnByb21wdGdhdGUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USRQoGV2hvQW1JEhwucHJvbXB0Z2F0ZS52MS5XaG9BbUlSZXF1ZXN0Gh0ucHJvbXB0Z2F0ZS52MS5XaG9BbUlSZXNwb25zZRJRCgpMaXN0TW9kZWxzEiAucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnByb21wdGdhdGUudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEksKCEdldFVzYWdlEh4ucHJvbXB0Z2F0ZS52MS5HZXRVc2FnZVJlcXVlc3QaHy5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVzcG9uc2USYwoQR2V0V2ViaG9va1NlY3JldBImLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLkdldFdlYmhvb2tTZWNyZXRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Request for GetWebhookSecret.
@@ -104,6 +104,24 @@ export type GetUsageRequest = Message<"promptgate.v1.GetUsageRequest"> & {
    * @generated from field: string api_key_id = 6;
    */
   apiKeyId: string;
+
+  /**
+   * Optional. Compare the versions of an A/B test: a release tag of `prompt`
+   * (required then) that splits, or split, its traffic. Only executions the
+   * split assigned are counted (in total and groups too), and the response's
+   * split_comparison sets them side by side.
+   *
+   * @generated from field: string compare_release_tag = 7;
+   */
+  compareReleaseTag: string;
+
+  /**
+   * Optional. With compare_release_tag: which of the tag's splits, by id
+   * ("spl_..."); default: the tag's current split, else its most recent one.
+   *
+   * @generated from field: string split_id = 8;
+   */
+  splitId: string;
 };
 
 /**
@@ -146,6 +164,14 @@ export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
    * @generated from field: repeated promptgate.v1.UsageGroup groups = 4;
    */
   groups: UsageGroup[];
+
+  /**
+   * Set when the request names compare_release_tag: the split's versions
+   * side by side.
+   *
+   * @generated from field: promptgate.v1.SplitComparison split_comparison = 5;
+   */
+  splitComparison?: SplitComparison | undefined;
 };
 
 /**
@@ -154,6 +180,230 @@ export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_admin_service, 3);
+
+/**
+ * The versions of a release tag's traffic split (an A/B test) side by side,
+ * over the executions the split assigned in the window.
+ *
+ * @generated from message promptgate.v1.SplitComparison
+ */
+export type SplitComparison = Message<"promptgate.v1.SplitComparison"> & {
+  /**
+   * Output only. The release tag.
+   *
+   * @generated from field: string release_tag = 1;
+   */
+  releaseTag: string;
+
+  /**
+   * Output only. The split's id, "spl_...".
+   *
+   * @generated from field: string split_id = 2;
+   */
+  splitId: string;
+
+  /**
+   * Output only. Whether the tag still splits its traffic this way (false
+   * once the tag moved to one version or to other versions).
+   *
+   * @generated from field: bool active = 3;
+   */
+  active: boolean;
+
+  /**
+   * Output only. One entry per version of the split, in the split's order;
+   * the first is the control.
+   *
+   * @generated from field: repeated promptgate.v1.VariantStats variants = 4;
+   */
+  variants: VariantStats[];
+
+  /**
+   * Output only. Each other version against the control, in the same order.
+   *
+   * @generated from field: repeated promptgate.v1.VariantComparison comparisons = 5;
+   */
+  comparisons: VariantComparison[];
+
+  /**
+   * Output only. The confidence level of every interval: 0.95.
+   *
+   * @generated from field: double confidence_level = 6;
+   */
+  confidenceLevel: number;
+};
+
+/**
+ * Describes the message promptgate.v1.SplitComparison.
+ * Use `create(SplitComparisonSchema)` to create a new message.
+ */
+export const SplitComparisonSchema: GenMessage<SplitComparison> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 4);
+
+/**
+ * The figures of one version of a split.
+ *
+ * @generated from message promptgate.v1.VariantStats
+ */
+export type VariantStats = Message<"promptgate.v1.VariantStats"> & {
+  /**
+   * Output only. The version number.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Output only. The version id.
+   *
+   * @generated from field: string version_id = 2;
+   */
+  versionId: string;
+
+  /**
+   * Output only. The version's share of the split's traffic (its latest
+   * weights).
+   *
+   * @generated from field: double weight = 3;
+   */
+  weight: number;
+
+  /**
+   * Output only. Executions, error rate, latency p50/p95, tokens, cost, rated
+   * count and mean quality of the executions assigned to this version.
+   *
+   * @generated from field: promptgate.v1.UsageStats stats = 4;
+   */
+  stats?: UsageStats | undefined;
+
+  /**
+   * Output only. Sample standard deviation (n - 1) of the current actuals'
+   * quality; unset with fewer than two rated executions.
+   *
+   * @generated from field: optional double quality_stddev = 5;
+   */
+  qualityStddev?: number | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.VariantStats.
+ * Use `create(VariantStatsSchema)` to create a new message.
+ */
+export const VariantStatsSchema: GenMessage<VariantStats> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 5);
+
+/**
+ * One version of a split against the control (the split's first version).
+ *
+ * @generated from message promptgate.v1.VariantComparison
+ */
+export type VariantComparison = Message<"promptgate.v1.VariantComparison"> & {
+  /**
+   * Output only. The version compared.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Output only. The control's version number.
+   *
+   * @generated from field: int32 control_version = 2;
+   */
+  controlVersion: number;
+
+  /**
+   * Output only. Mean quality of the version minus the control's, with a
+   * Welch t interval: diff +- t(0.975, df) * sqrt(s1^2/n1 + s2^2/n2), df by
+   * Welch-Satterthwaite, t the exact Student t quantile. n counts rated
+   * executions. Unset unless both have at least two.
+   *
+   * @generated from field: promptgate.v1.DifferenceEstimate mean_quality = 3;
+   */
+  meanQuality?: DifferenceEstimate | undefined;
+
+  /**
+   * Output only. Error rate of the version minus the control's, with
+   * Newcombe's hybrid score interval (from the two 95% Wilson score
+   * intervals). Unset unless both have executions.
+   *
+   * @generated from field: promptgate.v1.DifferenceEstimate error_rate = 4;
+   */
+  errorRate?: DifferenceEstimate | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.VariantComparison.
+ * Use `create(VariantComparisonSchema)` to create a new message.
+ */
+export const VariantComparisonSchema: GenMessage<VariantComparison> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 6);
+
+/**
+ * A difference between a version and the control, with its 95% confidence
+ * interval.
+ *
+ * @generated from message promptgate.v1.DifferenceEstimate
+ */
+export type DifferenceEstimate = Message<"promptgate.v1.DifferenceEstimate"> & {
+  /**
+   * Output only. The version's value minus the control's.
+   *
+   * @generated from field: double estimate = 1;
+   */
+  estimate: number;
+
+  /**
+   * Output only. The interval's lower bound.
+   *
+   * @generated from field: double low = 2;
+   */
+  low: number;
+
+  /**
+   * Output only. The interval's upper bound.
+   *
+   * @generated from field: double high = 3;
+   */
+  high: number;
+
+  /**
+   * Output only. The version's sample size.
+   *
+   * @generated from field: int64 count = 4;
+   */
+  count: bigint;
+
+  /**
+   * Output only. The control's sample size.
+   *
+   * @generated from field: int64 control_count = 5;
+   */
+  controlCount: bigint;
+
+  /**
+   * Output only. Welch's degrees of freedom for a mean-quality difference;
+   * 0 for an error-rate difference.
+   *
+   * @generated from field: double degrees_of_freedom = 6;
+   */
+  degreesOfFreedom: number;
+
+  /**
+   * Output only. Whether the interval excludes 0: the difference is unlikely
+   * to be luck alone.
+   *
+   * @generated from field: bool significant = 7;
+   */
+  significant: boolean;
+};
+
+/**
+ * Describes the message promptgate.v1.DifferenceEstimate.
+ * Use `create(DifferenceEstimateSchema)` to create a new message.
+ */
+export const DifferenceEstimateSchema: GenMessage<DifferenceEstimate> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 7);
 
 /**
  * The figures of one group; only the requested dimensions are set.
@@ -223,7 +473,7 @@ export type UsageGroup = Message<"promptgate.v1.UsageGroup"> & {
  * Use `create(UsageGroupSchema)` to create a new message.
  */
 export const UsageGroupSchema: GenMessage<UsageGroup> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 4);
+  messageDesc(file_promptgate_v1_admin_service, 8);
 
 /**
  * Aggregate figures over a set of executions.
@@ -342,7 +592,7 @@ export type UsageStats = Message<"promptgate.v1.UsageStats"> & {
  * Use `create(UsageStatsSchema)` to create a new message.
  */
 export const UsageStatsSchema: GenMessage<UsageStats> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 5);
+  messageDesc(file_promptgate_v1_admin_service, 9);
 
 /**
  * Request for ListModels.
@@ -363,7 +613,7 @@ export type ListModelsRequest = Message<"promptgate.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 6);
+  messageDesc(file_promptgate_v1_admin_service, 10);
 
 /**
  * Response for ListModels.
@@ -391,7 +641,7 @@ export type ListModelsResponse = Message<"promptgate.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 7);
+  messageDesc(file_promptgate_v1_admin_service, 11);
 
 /**
  * A configured provider.
@@ -433,7 +683,7 @@ export type ProviderInfo = Message<"promptgate.v1.ProviderInfo"> & {
  * Use `create(ProviderInfoSchema)` to create a new message.
  */
 export const ProviderInfoSchema: GenMessage<ProviderInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 8);
+  messageDesc(file_promptgate_v1_admin_service, 12);
 
 /**
  * A model a provider serves.
@@ -475,7 +725,7 @@ export type ModelInfo = Message<"promptgate.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 9);
+  messageDesc(file_promptgate_v1_admin_service, 13);
 
 /**
  * USD per million tokens.
@@ -524,7 +774,7 @@ export type ModelPrice = Message<"promptgate.v1.ModelPrice"> & {
  * Use `create(ModelPriceSchema)` to create a new message.
  */
 export const ModelPriceSchema: GenMessage<ModelPrice> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 10);
+  messageDesc(file_promptgate_v1_admin_service, 14);
 
 /**
  * Features of a provider or model.
@@ -559,7 +809,7 @@ export type ModelCapabilities = Message<"promptgate.v1.ModelCapabilities"> & {
  * Use `create(ModelCapabilitiesSchema)` to create a new message.
  */
 export const ModelCapabilitiesSchema: GenMessage<ModelCapabilities> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 11);
+  messageDesc(file_promptgate_v1_admin_service, 15);
 
 /**
  * Limits of a plan or key; an unset field is unlimited.
@@ -594,7 +844,7 @@ export type PlanLimits = Message<"promptgate.v1.PlanLimits"> & {
  * Use `create(PlanLimitsSchema)` to create a new message.
  */
 export const PlanLimitsSchema: GenMessage<PlanLimits> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 12);
+  messageDesc(file_promptgate_v1_admin_service, 16);
 
 /**
  * An API key, without its secret.
@@ -678,7 +928,7 @@ export type ApiKey = Message<"promptgate.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 13);
+  messageDesc(file_promptgate_v1_admin_service, 17);
 
 /**
  * Request for CreateApiKey.
@@ -727,7 +977,7 @@ export type CreateApiKeyRequest = Message<"promptgate.v1.CreateApiKeyRequest"> &
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 14);
+  messageDesc(file_promptgate_v1_admin_service, 18);
 
 /**
  * Response for CreateApiKey.
@@ -755,7 +1005,7 @@ export type CreateApiKeyResponse = Message<"promptgate.v1.CreateApiKeyResponse">
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 15);
+  messageDesc(file_promptgate_v1_admin_service, 19);
 
 /**
  * Request for ListApiKeys.
@@ -770,7 +1020,7 @@ export type ListApiKeysRequest = Message<"promptgate.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 16);
+  messageDesc(file_promptgate_v1_admin_service, 20);
 
 /**
  * Response for ListApiKeys.
@@ -791,7 +1041,7 @@ export type ListApiKeysResponse = Message<"promptgate.v1.ListApiKeysResponse"> &
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 17);
+  messageDesc(file_promptgate_v1_admin_service, 21);
 
 /**
  * Request for RevokeApiKey.
@@ -812,7 +1062,7 @@ export type RevokeApiKeyRequest = Message<"promptgate.v1.RevokeApiKeyRequest"> &
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 18);
+  messageDesc(file_promptgate_v1_admin_service, 22);
 
 /**
  * Response for RevokeApiKey.
@@ -833,7 +1083,7 @@ export type RevokeApiKeyResponse = Message<"promptgate.v1.RevokeApiKeyResponse">
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 19);
+  messageDesc(file_promptgate_v1_admin_service, 23);
 
 /**
  * Request for WhoAmI.
@@ -848,7 +1098,7 @@ export type WhoAmIRequest = Message<"promptgate.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 20);
+  messageDesc(file_promptgate_v1_admin_service, 24);
 
 /**
  * Response for WhoAmI.
@@ -897,7 +1147,7 @@ export type WhoAmIResponse = Message<"promptgate.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 21);
+  messageDesc(file_promptgate_v1_admin_service, 25);
 
 /**
  * A dimension GetUsage groups by.
