@@ -2,5 +2,6 @@
 
 Only shapes are checked here (a oneof that must be set, an enum that must not
 be UNSPECIFIED); meaning is checked by the domain. One module per area:
-``values`` (JSON, times), ``chat``, ``prompts``, ``executions``, ``batches``.
+``values`` (JSON, times), ``chat``, ``prompts``, ``executions``, ``batches``,
+``usage``.
 """
