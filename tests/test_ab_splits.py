@@ -144,6 +144,9 @@ async def test_a_split_key_sticks_to_one_version_and_keys_spread_by_weight(pg: R
             *(pg.executions.ExecutePrompt(execute("sticky", key)) for _ in range(6))
         )
         assert {r.meta.prompt_version for r in runs} == {shown}
+        events = [e async for e in pg.executions.ExecutePromptStream(execute("sticky", key))]
+        assert events[0].initiated.meta.prompt_version == shown
+        assert events[-1].fulfilled.meta.split_id == tag.split.id
     # Many keys spread by weight, each where the documented hash puts it.
     keys = [f"customer-{i}" for i in range(1500)]
     before = dict(

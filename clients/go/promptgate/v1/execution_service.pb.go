@@ -2072,6 +2072,8 @@ type ExecuteBatchRequest struct {
 	//	*ExecuteBatchRequest_InlinePrompt
 	Target isExecuteBatchRequest_Target `protobuf_oneof:"target"`
 	// Optional. For a stored prompt: the release tag (default "production").
+	// The version is pinned when the batch is created; a tag that splits its
+	// traffic (an A/B test) gives every item its control (first) version.
 	ReleaseTag string `protobuf:"bytes,3,opt,name=release_tag,json=releaseTag,proto3" json:"release_tag,omitempty"`
 	// Optional. For a stored prompt: a version number instead of a tag.
 	Version int32 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`

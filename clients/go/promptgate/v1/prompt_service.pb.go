@@ -427,9 +427,10 @@ type TrafficSplit struct {
 	unknownFields protoimpl.UnknownFields
 
 	// Output only. The split's id, "spl_...". It stays the same while the same
-	// versions, in the same order, split the tag (changing only the weights
-	// keeps it, and moves only the keys the new weights need to move); another
-	// list of versions starts a new split with a new id.
+	// versions, in the same order, split the tag: changing only the weights
+	// keeps it, and a key then changes version only where a boundary between
+	// the versions' shares moved past it. Another list of versions starts a
+	// new split with a new id (and a fresh assignment of keys).
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Output only. The versions and their shares of the traffic (normalised to
 	// sum to 1), in the order given; the first is the control.
@@ -1415,7 +1416,8 @@ type GetPromptVersionRequest_VersionId struct {
 }
 
 type GetPromptVersionRequest_ReleaseTag struct {
-	// A release tag, e.g. "production" or "latest".
+	// A release tag, e.g. "production" or "latest". For a tag that splits its
+	// traffic, the split's control (first) version.
 	ReleaseTag string `protobuf:"bytes,4,opt,name=release_tag,json=releaseTag,proto3,oneof"`
 }
 

@@ -1052,7 +1052,10 @@ class ExecuteBatchRequest(_message.Message):
     prompt: _builtins.str
     """A stored prompt's id or name."""
     release_tag: _builtins.str
-    """Optional. For a stored prompt: the release tag (default "production")."""
+    """Optional. For a stored prompt: the release tag (default "production").
+    The version is pinned when the batch is created; a tag that splits its
+    traffic (an A/B test) gives every item its control (first) version.
+    """
     version: _builtins.int
     """Optional. For a stored prompt: a version number instead of a tag."""
     display_name: _builtins.str

@@ -269,9 +269,10 @@ class TrafficSplit(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The split's id, "spl_...". It stays the same while the same
-    versions, in the same order, split the tag (changing only the weights
-    keeps it, and moves only the keys the new weights need to move); another
-    list of versions starts a new split with a new id.
+    versions, in the same order, split the tag: changing only the weights
+    keeps it, and a key then changes version only where a boundary between
+    the versions' shares moved past it. Another list of versions starts a
+    new split with a new id (and a fresh assignment of keys).
     """
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionWeight]:
@@ -730,7 +731,9 @@ class GetPromptVersionRequest(_message.Message):
     version_id: _builtins.str
     """The version id."""
     release_tag: _builtins.str
-    """A release tag, e.g. "production" or "latest"."""
+    """A release tag, e.g. "production" or "latest". For a tag that splits its
+    traffic, the split's control (first) version.
+    """
     def __init__(
         self,
         *,

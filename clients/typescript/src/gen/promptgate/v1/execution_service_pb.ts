@@ -1148,6 +1148,8 @@ export type ExecuteBatchRequest = Message<"promptgate.v1.ExecuteBatchRequest"> &
 
   /**
    * Optional. For a stored prompt: the release tag (default "production").
+   * The version is pinned when the batch is created; a tag that splits its
+   * traffic (an A/B test) gives every item its control (first) version.
    *
    * @generated from field: string release_tag = 3;
    */

@@ -284,9 +284,10 @@ export const ReleaseTagSchema: GenMessage<ReleaseTag> = /*@__PURE__*/
 export type TrafficSplit = Message<"promptgate.v1.TrafficSplit"> & {
   /**
    * Output only. The split's id, "spl_...". It stays the same while the same
-   * versions, in the same order, split the tag (changing only the weights
-   * keeps it, and moves only the keys the new weights need to move); another
-   * list of versions starts a new split with a new id.
+   * versions, in the same order, split the tag: changing only the weights
+   * keeps it, and a key then changes version only where a boundary between
+   * the versions' shares moved past it. Another list of versions starts a
+   * new split with a new id (and a fresh assignment of keys).
    *
    * @generated from field: string id = 1;
    */
@@ -753,7 +754,8 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
     case: "versionId";
   } | {
     /**
-     * A release tag, e.g. "production" or "latest".
+     * A release tag, e.g. "production" or "latest". For a tag that splits its
+     * traffic, the split's control (first) version.
      *
      * @generated from field: string release_tag = 4;
      */
@@ -1251,7 +1253,8 @@ export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@_
  * parameters, declared typed input variables, the response format and tools.
  * Versions never change once created. Release tags ("production", "staging",
  * any name) move between versions and keep their history; the tag "latest"
- * always follows the newest version and cannot be set.
+ * always follows the newest version and cannot be set. A tag can also split
+ * its traffic between versions by weight, for an A/B test (TrafficSplit).
  *
  * @generated from service promptgate.v1.PromptService
  */
@@ -1338,7 +1341,8 @@ export const PromptService: GenService<{
     output: typeof ListPromptVersionsResponseSchema;
   },
   /**
-   * Points a release tag at a version, recording the move in the tag history.
+   * Points a release tag at a version, or splits its traffic between versions
+   * (an A/B test), recording the move in the tag history.
    *
    * @generated from rpc promptgate.v1.PromptService.SetReleaseTag
    */
