@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
@@ -232,6 +233,20 @@ async def test_moving_the_tag_to_one_version_ends_the_split_and_history_keeps_it
     assert usage.split_comparison.split_id == first.split.id
     assert not usage.split_comparison.active
     assert sum(v.stats.executions for v in usage.split_comparison.variants) == 0
+    # The audit log has each change with the split before and after.
+    audit = await apb_grpc.AdminServiceStub(pg.channel).ListAuditEvents(
+        apb.ListAuditEventsRequest(resource="prompts/ending/releaseTags/production")
+    )
+    changes = [
+        (json_format.MessageToDict(e.before), json_format.MessageToDict(e.after))
+        for e in audit.audit_events
+    ]
+    (end_before, end_after), (ramp_before, ramp_after), (_, start_after) = changes[:3]
+    assert end_before["split"]["id"] == first.split.id and "split" not in end_after
+    assert end_after["version"] == 1
+    assert [v["weight"] for v in ramp_before["split"]["versions"]] == pytest.approx([0.9, 0.1])
+    assert [v["weight"] for v in ramp_after["split"]["versions"]] == pytest.approx([0.5, 0.5])
+    assert [v["version"] for v in start_after["split"]["versions"]] == [2, 1]
     # A single-entry split is a plain move.
     single = await split_tag(pg, "ending", (2, 5))
     assert single.version == 2 and not single.HasField("split")

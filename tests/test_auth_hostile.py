@@ -93,7 +93,13 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
     },
     **{
         f"AdminService/{name}": frozenset({Scope.ADMIN})
-        for name in ("CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetWebhookSecret")
+        for name in (
+            "CreateApiKey",
+            "ListApiKeys",
+            "RevokeApiKey",
+            "GetWebhookSecret",
+            "ListAuditEvents",
+        )
     },
     "AdminService/WhoAmI": frozenset(),
     "AdminService/ListModels": frozenset(),
@@ -235,6 +241,7 @@ MINIMAL: dict[str, tuple[Factory, grpc.StatusCode]] = {
     "AdminService/WhoAmI": (lambda: apb.WhoAmIRequest(), OK),
     "AdminService/ListModels": (lambda: apb.ListModelsRequest(), OK),
     "AdminService/GetUsage": (lambda: apb.GetUsageRequest(), OK),
+    "AdminService/ListAuditEvents": (lambda: apb.ListAuditEventsRequest(), OK),
     # The test servers have no webhook secret configured.
     "AdminService/GetWebhookSecret": (
         lambda: apb.GetWebhookSecretRequest(),

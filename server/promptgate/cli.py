@@ -102,10 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _manage(args: argparse.Namespace, settings: Settings) -> int:
     """Workspace and key commands, run against the database directly."""
+    from promptgate.audit import CLI, set_actor
     from promptgate.auth.keys import KeyStore
     from promptgate.errors import RequestError
     from promptgate.store.engine import create_engine, prepare_schema, session_factory
 
+    set_actor(CLI)  # these changes' audit entries name the CLI
     engine = create_engine(settings.database_url)
     try:
         await prepare_schema(engine)

@@ -44,6 +44,7 @@ from promptgate.api.v1 import (
     prompt_service_pb2,
     prompt_service_pb2_grpc,
 )
+from promptgate.audit import AuditLog
 from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Limiter, MemoryLimiter, RedisLimiter
 from promptgate.auth.model import Scope
@@ -272,6 +273,7 @@ class PromptgateServer:
                 self.limiter,
                 usage,
                 calls,
+                AuditLog(self.sessions),
                 SplitComparer(self.catalog, usage),
                 webhook_secret=self.settings.webhook_secret or "",
             ),

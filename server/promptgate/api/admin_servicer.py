@@ -8,10 +8,12 @@ from typing import Any
 import grpc
 
 from promptgate.api.context import CallContext
+from promptgate.api.convert.audit import audit_event_to_proto, audit_query_from_proto
 from promptgate.api.convert.usage import split_comparison_to_proto, usage_stats_to_proto
 from promptgate.api.convert.values import timestamp, to_datetime
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
+from promptgate.audit import AuditLog
 from promptgate.auth.keys import LIMIT_FIELDS, KeyStore
 from promptgate.auth.limits import Limiter
 from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
@@ -36,9 +38,11 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         limiter: Limiter,
         usage: UsageReader,
         calls: CallContext,
+        audit: AuditLog,
         comparer: SplitComparer,
         webhook_secret: str = "",
     ) -> None:
+        self._audit = audit
         self._webhook_secret = webhook_secret
         self._usage = usage
         self._comparer = comparer
@@ -168,6 +172,19 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             )
         return apb.GetWebhookSecretResponse(
             workspace=workspace, secret=workspace_secret(self._webhook_secret, workspace)
+        )
+
+    async def ListAuditEvents(
+        self, request: apb.ListAuditEventsRequest, context: Context
+    ) -> apb.ListAuditEventsResponse:
+        events, token = await self._audit.list(
+            self._calls.workspace(context),
+            audit_query_from_proto(request),
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return apb.ListAuditEventsResponse(
+            audit_events=[audit_event_to_proto(e) for e in events], next_page_token=token
         )
 
     async def ListModels(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from promptgate.audit import set_actor
 from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Lease, Limiter, Window
 from promptgate.auth.model import ApiKey, Scope
@@ -38,14 +39,14 @@ EXECUTIONS = {
     "/promptgate.v1.ExecutionService/ExecutePrompt",
     "/promptgate.v1.ExecutionService/ExecutePromptStream",
 }
-TEMPLATE_WRITES = {
-    "CreatePrompt",
-    "ArchivePrompt",
-    "UnarchivePrompt",
-    "CreatePromptVersion",
-    "SetReleaseTag",
-}
-KEY_MANAGEMENT = {"CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetWebhookSecret"}
+# Methods of PromptService and ChainService whose names start with these
+# change something (template.manage); the others read (prompt.execute or
+# template.manage), except Execute* (prompt.execute). Naming a new method by
+# its verb is therefore enough to give it the right scope.
+WRITE_VERBS = ("Create", "Archive", "Unarchive", "Set", "Update", "Delete")
+# AdminService methods any valid key may call; every other one needs
+# admin.manage (GetUsage: analytics.read), so a new method is closed by default.
+ANY_KEY = {"WhoAmI", "ListModels"}
 
 
 def scopes_for(method: str) -> tuple[Scope, ...]:
@@ -53,12 +54,16 @@ def scopes_for(method: str) -> tuple[Scope, ...]:
     service, _, name = method.rpartition("/")
     if service.endswith(".ExecutionService"):
         return (Scope.EXECUTE,)
-    if service.endswith(".PromptService"):
-        return (Scope.TEMPLATES,) if name in TEMPLATE_WRITES else (Scope.EXECUTE, Scope.TEMPLATES)
+    if service.endswith((".PromptService", ".ChainService")):
+        if name.startswith("Execute"):
+            return (Scope.EXECUTE,)
+        if name.startswith(WRITE_VERBS):
+            return (Scope.TEMPLATES,)
+        return (Scope.EXECUTE, Scope.TEMPLATES)
     if service.endswith(".AdminService"):
-        if name in KEY_MANAGEMENT:
-            return (Scope.ADMIN,)
-        return (Scope.ANALYTICS,) if name == "GetUsage" else ()
+        if name in ANY_KEY:
+            return ()
+        return (Scope.ANALYTICS,) if name == "GetUsage" else (Scope.ADMIN,)
     return (Scope.ADMIN,)
 
 
@@ -187,6 +192,7 @@ class AuthInterceptor(_ServerInterceptor):
             key = await self._admit(context, needed)
             # gRPC runs each call in a task of its own: the value dies with it.
             CURRENT_KEY.set(key)
+            set_actor(key.id)  # the audit log's "who"
             if not execution:
                 return await behavior(request, context)
             lease = await self._limiter.begin(key)
@@ -208,6 +214,7 @@ class AuthInterceptor(_ServerInterceptor):
             # finalizer closes a stream whose client went away), where
             # ContextVar.reset raises.
             CURRENT_KEY.set(key)
+            set_actor(key.id)  # the audit log's "who"
             lease: Lease | None = await self._limiter.begin(key) if execution else None
             try:
                 # Closed here, not whenever the garbage collector gets to it.

@@ -37,6 +37,7 @@ from cachetools import TTLCache
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from promptgate.auth import audit_entries
 from promptgate.auth.model import DEFAULT_PLAN, PLANS, ApiKey, IssuedKey, Limits, Scope
 from promptgate.errors import (
     AlreadyExists,
@@ -146,7 +147,9 @@ class KeyStore:
         async with self._sessions.write() as session:
             if await session.get(WorkspaceRow, workspace) is not None:
                 return False
-            session.add(WorkspaceRow(id=workspace, name=name or workspace, created_at=utcnow()))
+            row = WorkspaceRow(id=workspace, name=name or workspace, created_at=utcnow())
+            session.add(row)
+            audit_entries.workspace_created(session, row)
             try:
                 await session.commit()
             except IntegrityError:
@@ -210,6 +213,7 @@ class KeyStore:
             if await session.get(WorkspaceRow, workspace) is None:
                 raise NotFound(f"workspace {workspace!r} not found", reason="WORKSPACE_NOT_FOUND")
             session.add(row)
+            audit_entries.key_created(session, row)
             try:
                 await session.commit()
             except IntegrityError:
@@ -235,6 +239,7 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 session.add(row)
+                audit_entries.key_revoked(session, row)
                 await session.commit()
         # Only this key's entry: the other keys stay cached.
         self._revocations += 1

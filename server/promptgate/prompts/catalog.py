@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
+from promptgate.prompts import audit_entries
 from promptgate.prompts.model import (
     Prompt,
     PromptSpec,
@@ -100,6 +101,7 @@ class PromptCatalog:
         )
         async with self._sessions.write() as session:
             session.add(row)
+            audit_entries.prompt_created(session, row)
             try:
                 await session.commit()
             except IntegrityError:
@@ -144,6 +146,7 @@ class PromptCatalog:
         """Archive or restore a prompt."""
         async with self._sessions.write() as session:
             row = await self._prompt_row(session, workspace, ref)
+            audit_entries.archive_set(session, row, archived)
             row.archived = archived
             row.updated_at = utcnow()
             session.add(row)
@@ -200,6 +203,7 @@ class PromptCatalog:
                     created_at=now,
                 )
                 session.add(row)
+                audit_entries.version_created(session, prompt, row)
                 for tag in release_tags:
                     await self._move_tag(session, prompt.id, tag, row, now)
                 try:
@@ -442,7 +446,8 @@ class PromptCatalog:
         """Move ``tag`` to ``version``, or to a split of 2+ ``weighted`` versions."""
         current = await session.get(ReleaseTagRow, (prompt_id, tag))
         previous = current.version if current else 0
-        split = stored_split(current.split if current else None, weighted, now)
+        split_before = current.split if current else None
+        split = stored_split(split_before, weighted, now)
         if current is None:
             current = ReleaseTagRow(
                 prompt_id=prompt_id,
@@ -468,6 +473,9 @@ class PromptCatalog:
                 created_at=now,
                 split=split,
             )
+        )
+        await audit_entries.tag_moved(
+            session, version, tag, previous, split_before=split_before, split_after=split
         )
         return current
 

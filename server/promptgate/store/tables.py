@@ -333,3 +333,26 @@ class ApiKeyRow(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One administrative change (see promptgate.audit); ``seq`` orders the log."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_workspace_seq", "workspace_id", "seq"),
+        Index("ix_audit_events_resource", "workspace_id", "resource", "seq"),
+    )
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    id: str = Field(max_length=40)
+    workspace_id: str = Field(max_length=64)
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=64)
+    resource: str = Field(max_length=512)
+    before: dict[str, Any] | None = _json(None)
+    after: dict[str, Any] | None = _json(None)
+    created_at: datetime = _time()

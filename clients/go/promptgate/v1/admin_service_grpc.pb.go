@@ -39,6 +39,12 @@ type AdminServiceClient interface {
 	// (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
 	// FAILED_PRECONDITION when the server has no webhook secret configured.
 	GetWebhookSecret(ctx context.Context, in *GetWebhookSecretRequest, opts ...grpc.CallOption) (*GetWebhookSecretResponse, error)
+	// Lists the caller's workspace's audit log, newest first: every
+	// administrative change (prompts, versions, release tags, archive and
+	// unarchive, API keys, the workspace) with who made it, when, and what
+	// changed. Paged and filtered by action or kind, resource, actor and time.
+	// Needs admin.manage.
+	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -112,6 +118,15 @@ func (c *adminServiceClient) GetWebhookSecret(ctx context.Context, in *GetWebhoo
 	return out, nil
 }
 
+func (c *adminServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
+	out := new(ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.AdminService/ListAuditEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -138,6 +153,12 @@ type AdminServiceServer interface {
 	// (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
 	// FAILED_PRECONDITION when the server has no webhook secret configured.
 	GetWebhookSecret(context.Context, *GetWebhookSecretRequest) (*GetWebhookSecretResponse, error)
+	// Lists the caller's workspace's audit log, newest first: every
+	// administrative change (prompts, versions, release tags, archive and
+	// unarchive, API keys, the workspace) with who made it, when, and what
+	// changed. Paged and filtered by action or kind, resource, actor and time.
+	// Needs admin.manage.
+	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -165,6 +186,9 @@ func (UnimplementedAdminServiceServer) GetUsage(context.Context, *GetUsageReques
 }
 func (UnimplementedAdminServiceServer) GetWebhookSecret(context.Context, *GetWebhookSecretRequest) (*GetWebhookSecretResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetWebhookSecret not implemented")
+}
+func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -305,6 +329,24 @@ func _AdminService_GetWebhookSecret_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.AdminService/ListAuditEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListAuditEvents(ctx, req.(*ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "promptgate.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -336,6 +378,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetWebhookSecret",
 			Handler:    _AdminService_GetWebhookSecret_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _AdminService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -26,11 +26,12 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def __init__(self, channel):
@@ -74,14 +75,20 @@ class AdminServiceStub:
                 request_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
                 response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/promptgate.v1.AdminService/ListAuditEvents',
+                request_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def CreateApiKey(self, request, context):
@@ -141,6 +148,17 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Lists the caller's workspace's audit log, newest first: every
+        administrative change (prompts, versions, release tags, archive and
+        unarchive, API keys, the workspace) with who made it, when, and what
+        changed. Paged and filtered by action or kind, resource, actor and time.
+        Needs admin.manage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +197,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.FromString,
                     response_serializer=promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.SerializeToString,
             ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'promptgate.v1.AdminService', rpc_method_handlers)
@@ -188,11 +211,12 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @staticmethod
@@ -374,6 +398,33 @@ class AdminService:
             '/promptgate.v1.AdminService/GetWebhookSecret',
             promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretRequest.SerializeToString,
             promptgate_dot_v1_dot_admin__service__pb2.GetWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.AdminService/ListAuditEvents',
+            promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+            promptgate_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,11 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @_typing.overload
@@ -65,14 +66,22 @@ class AdminServiceStub:
     (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
     FAILED_PRECONDITION when the server has no webhook secret configured.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]
+    """Lists the caller's workspace's audit log, newest first: every
+    administrative change (prompts, versions, release tags, archive and
+    unarchive, API keys, the workspace) with who made it, when, and what
+    changed. Paged and filtered by action or kind, resource, actor and time.
+    Needs admin.manage.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,13 +112,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
     FAILED_PRECONDITION when the server has no webhook secret configured.
     """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the caller's workspace's audit log, newest first: every
+    administrative change (prompts, versions, release tags, archive and
+    unarchive, API keys, the workspace) with who made it, when, and what
+    changed. Paged and filtered by action or kind, resource, actor and time.
+    Needs admin.manage.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService describes and administers the server and its API keys.
+    """AdminService describes and administers the server, its API keys and its
+    audit log.
 
     Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
-    Key management needs the admin.manage scope and acts in the caller's
-    workspace; WhoAmI and ListModels take any valid key.
+    Key management and the audit log need the admin.manage scope and act in the
+    caller's workspace; WhoAmI and ListModels take any valid key.
     """
 
     @_abc_1.abstractmethod
@@ -179,6 +196,19 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The secret that signs the caller's workspace's batch callbacks
         (X-Promptgate-Signature). Each workspace has its own. Needs admin.manage;
         FAILED_PRECONDITION when the server has no webhook secret configured.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_service_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEventsResponse]]:
+        """Lists the caller's workspace's audit log, newest first: every
+        administrative change (prompts, versions, release tags, archive and
+        unarchive, API keys, the workspace) with who made it, when, and what
+        changed. Paged and filtered by action or kind, resource, actor and time.
+        Needs admin.manage.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

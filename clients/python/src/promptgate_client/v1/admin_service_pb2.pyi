@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -55,6 +56,162 @@ USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 4
 USAGE_GROUPING_API_KEY: UsageGrouping.ValueType  # 5
 """By the API key that made the execution."""
 Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """Request for ListAuditEvents. Empty filters do not filter; a page token is
+    only accepted with the filters of the call that returned it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. Entries per page (default 50, at most 200)."""
+    page_token: _builtins.str
+    """Optional. next_page_token of the previous page, sent with the same filters
+    (other filters: INVALID_ARGUMENT).
+    """
+    action: _builtins.str
+    """Optional. An action, "prompt.archive", or a kind, the part before the
+    dot: "prompt" matches every "prompt.*" action (not "prompt_version.*").
+    """
+    resource: _builtins.str
+    """Optional. A resource name and everything under it: "prompts/support-reply"
+    matches the prompt, its versions and its release tags ("prompts" matches
+    every prompt); it does not match "prompts/support-reply-2".
+    """
+    actor: _builtins.str
+    """Optional. Only changes made by this actor: an API key id, "cli" or "system"."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only entries at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only entries before this time."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """Response for ListAuditEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last."""
+    @_builtins.property
+    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """The entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        audit_events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One administrative change. It is written in the same transaction as the
+    change: an acknowledged change always has its entry, a refused one none.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. The entry id, "aud_..."."""
+    actor: _builtins.str
+    """Output only. Who made it: the id of the API key that called, "cli" (the
+    promptgate command on the database) or "system" (the server itself, e.g.
+    the demo prompt of --dev).
+    """
+    action: _builtins.str
+    """Output only. What was done, "<kind>.<verb>": prompt.create,
+    prompt.archive, prompt.unarchive, prompt_version.create, release_tag.set,
+    api_key.create, api_key.revoke, workspace.create.
+    """
+    resource: _builtins.str
+    """Output only. The changed resource: "prompts/{name}",
+    "prompts/{name}/versions/{number}", "prompts/{name}/releaseTags/{tag}",
+    "apiKeys/{id}", "workspaces/{id}".
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the change was made."""
+
+    @_builtins.property
+    def before(self) -> _struct_pb2.Struct:
+        """Output only. The changed fields before the change; unset for a creation.
+        Text is bounded (4,096 characters per entry side, 1,024 per string; cut
+        text ends with "…[truncated]"). Never holds a key or its hash.
+        """
+
+    @_builtins.property
+    def after(self) -> _struct_pb2.Struct:
+        """Output only. The changed fields after the change (for a creation, the new
+        resource's main fields; a version's number, id, description, model and
+        provider, not its templates). Bounded like before.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        before: _struct_pb2.Struct | None = ...,
+        after: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "after", b"after", "before", b"before", "id", b"id", "resource", b"resource", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class GetWebhookSecretRequest(_message.Message):

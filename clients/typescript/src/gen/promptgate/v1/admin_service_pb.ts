@@ -5,14 +5,184 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Message } from "@bufbuild/protobuf";
+import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file promptgate/v1/admin_service.proto.
  */
 export const file_promptgate_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEiGQoXR2V0V2ViaG9va1NlY3JldFJlcXVlc3QiPQoYR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRIOCgZzZWNyZXQYAiABKAkigQIKD0dldFVzYWdlUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoIZ3JvdXBfYnkYAyADKA4yHC5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXBpbmcSDgoGcHJvbXB0GAQgASgJEg0KBW1vZGVsGAUgASgJEhIKCmFwaV9rZXlfaWQYBiABKAkSGwoTY29tcGFyZV9yZWxlYXNlX3RhZxgHIAEoCRIQCghzcGxpdF9pZBgIIAEoCSL/AQoQR2V0VXNhZ2VSZXNwb25zZRIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFdG90YWwYAyABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMSKQoGZ3JvdXBzGAQgAygLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZUdyb3VwEjgKEHNwbGl0X2NvbXBhcmlzb24YBSABKAsyHi5wcm9tcHRnYXRlLnYxLlNwbGl0Q29tcGFyaXNvbiLIAQoPU3BsaXRDb21wYXJpc29uEhMKC3JlbGVhc2VfdGFnGAEgASgJEhAKCHNwbGl0X2lkGAIgASgJEg4KBmFjdGl2ZRgDIAEoCBItCgh2YXJpYW50cxgEIAMoCzIbLnByb21wdGdhdGUudjEuVmFyaWFudFN0YXRzEjUKC2NvbXBhcmlzb25zGAUgAygLMiAucHJvbXB0Z2F0ZS52MS5WYXJpYW50Q29tcGFyaXNvbhIYChBjb25maWRlbmNlX2xldmVsGAYgASgBIp0BCgxWYXJpYW50U3RhdHMSDwoHdmVyc2lvbhgBIAEoBRISCgp2ZXJzaW9uX2lkGAIgASgJEg4KBndlaWdodBgDIAEoARIoCgVzdGF0cxgEIAEoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VTdGF0cxIbCg5xdWFsaXR5X3N0ZGRldhgFIAEoAUgAiAEBQhEKD19xdWFsaXR5X3N0ZGRldiKtAQoRVmFyaWFudENvbXBhcmlzb24SDwoHdmVyc2lvbhgBIAEoBRIXCg9jb250cm9sX3ZlcnNpb24YAiABKAUSNwoMbWVhbl9xdWFsaXR5GAMgASgLMiEucHJvbXB0Z2F0ZS52MS5EaWZmZXJlbmNlRXN0aW1hdGUSNQoKZXJyb3JfcmF0ZRgEIAEoCzIhLnByb21wdGdhdGUudjEuRGlmZmVyZW5jZUVzdGltYXRlIpgBChJEaWZmZXJlbmNlRXN0aW1hdGUSEAoIZXN0aW1hdGUYASABKAESCwoDbG93GAIgASgBEgwKBGhpZ2gYAyABKAESDQoFY291bnQYBCABKAMSFQoNY29udHJvbF9jb3VudBgFIAEoAxIaChJkZWdyZWVzX29mX2ZyZWVkb20YBiABKAESEwoLc2lnbmlmaWNhbnQYByABKAgirAEKClVzYWdlR3JvdXASDgoGcHJvbXB0GAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEgsKA2RheRgGIAEoCRISCgphcGlfa2V5X2lkGAcgASgJEigKBXN0YXRzGAggASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzItYCCgpVc2FnZVN0YXRzEhIKCmV4ZWN1dGlvbnMYASABKAMSEQoJZnVsZmlsbGVkGAIgASgDEhAKCHJlamVjdGVkGAMgASgDEhEKCWNhbmNlbGxlZBgEIAEoAxISCgplcnJvcl9yYXRlGAUgASgBEhQKDGlucHV0X3Rva2VucxgGIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAcgASgDEhsKE2NhY2hlZF9pbnB1dF90b2tlbnMYCCABKAMSDAoEY29zdBgJIAEoARIRCgljb3N0X3VuaXQYCiABKAkSFgoObGF0ZW5jeV9wNTBfbXMYCyABKAESFgoObGF0ZW5jeV9wOTVfbXMYDCABKAESEgoKY2FjaGVfaGl0cxgNIAEoAxINCgVyYXRlZBgOIAEoAxIZCgxtZWFuX3F1YWxpdHkYDyABKAFIAIgBAUIPCg1fbWVhbl9xdWFsaXR5IiUKEUxpc3RNb2RlbHNSZXF1ZXN0EhAKCHByb3ZpZGVyGAEgASgJIm4KEkxpc3RNb2RlbHNSZXNwb25zZRIuCglwcm92aWRlcnMYASADKAsyGy5wcm9tcHRnYXRlLnYxLlByb3ZpZGVySW5mbxIoCgZtb2RlbHMYAiADKAsyGC5wcm9tcHRnYXRlLnYxLk1vZGVsSW5mbyKBAQoMUHJvdmlkZXJJbmZvEgwKBG5hbWUYASABKAkSEAoIYmFzZV91cmwYAiABKAkSGQoRYWNjZXB0c19hbnlfbW9kZWwYAyABKAgSNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKOAQoJTW9kZWxJbmZvEhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEigKBXByaWNlGAMgASgLMhkucHJvbXB0Z2F0ZS52MS5Nb2RlbFByaWNlEjYKDGNhcGFiaWxpdGllcxgEIAEoCzIgLnByb21wdGdhdGUudjEuTW9kZWxDYXBhYmlsaXRpZXMigwEKCk1vZGVsUHJpY2USGQoRaW5wdXRfcGVyX21pbGxpb24YASABKAESGgoSb3V0cHV0X3Blcl9taWxsaW9uGAIgASgBEiAKGGNhY2hlZF9pbnB1dF9wZXJfbWlsbGlvbhgDIAEoARIMCgR1bml0GAQgASgJEg4KBnByaWNlZBgFIAEoCCJKChFNb2RlbENhcGFiaWxpdGllcxIRCglzdHJlYW1pbmcYASABKAgSDQoFdG9vbHMYAiABKAgSEwoLanNvbl9zY2hlbWEYAyABKAgitAEKClBsYW5MaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoA0gAiAEBEiIKFWNvbmN1cnJlbnRfZXhlY3V0aW9ucxgCIAEoA0gBiAEBEhsKDm1vbnRobHlfdG9rZW5zGAMgASgDSAKIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCGAoWX2NvbmN1cnJlbnRfZXhlY3V0aW9uc0IRCg9fbW9udGhseV90b2tlbnMioQIKBkFwaUtleRIKCgJpZBgBIAEoCRIRCgl3b3Jrc3BhY2UYAiABKAkSDAoEbmFtZRgDIAEoCRIOCgZwcmVmaXgYBCABKAkSDgoGc2NvcGVzGAUgAygJEgwKBHBsYW4YBiABKAkSKQoGbGltaXRzGAcgASgLMhkucHJvbXB0Z2F0ZS52MS5QbGFuTGltaXRzEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp0BChNDcmVhdGVBcGlLZXlSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGc2NvcGVzGAIgAygJEgwKBHBsYW4YAyABKAkSKQoGbGltaXRzGAQgASgLMhkucHJvbXB0Z2F0ZS52MS5QbGFuTGltaXRzEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJOChRDcmVhdGVBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIhQKEkxpc3RBcGlLZXlzUmVxdWVzdCI+ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEicKCGFwaV9rZXlzGAEgAygLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiJQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiPgoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJgoHYXBpX2tleRgBIAEoCzIVLnByb21wdGdhdGUudjEuQXBpS2V5Ig8KDVdob0FtSVJlcXVlc3QiowEKDldob0FtSVJlc3BvbnNlEhEKCXdvcmtzcGFjZRgBIAEoCRImCgdhcGlfa2V5GAIgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkSHAoUcmVxdWVzdHNfdGhpc19taW51dGUYAyABKAMSHQoVY29uY3VycmVudF9leGVjdXRpb25zGAQgASgDEhkKEXRva2Vuc190aGlzX21vbnRoGAUgASgDKrQBCg1Vc2FnZUdyb3VwaW5nEh4KGlVTQUdFX0dST1VQSU5HX1VOU1BFQ0lGSUVEEAASGQoVVVNBR0VfR1JPVVBJTkdfUFJPTVBUEAESGgoWVVNBR0VfR1JPVVBJTkdfVkVSU0lPThACEhgKFFVTQUdFX0dST1VQSU5HX01PREVMEAMSFgoSVVNBR0VfR1JPVVBJTkdfREFZEAQSGgoWVVNBR0VfR1JPVVBJTkdfQVBJX0tFWRAFMuIECgxBZG1pblNlcnZpY2USVwoMQ3JlYXRlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJUCgtMaXN0QXBpS2V5cxIhLnByb21wdGdhdGUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElcKDFJldm9rZUFwaUtleRIiLnByb21wdGdhdGUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBojLnByb21wdGdhdGUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USRQoGV2hvQW1JEhwucHJvbXB0Z2F0ZS52MS5XaG9BbUlSZXF1ZXN0Gh0ucHJvbXB0Z2F0ZS52MS5XaG9BbUlSZXNwb25zZRJRCgpMaXN0TW9kZWxzEiAucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnByb21wdGdhdGUudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEksKCEdldFVzYWdlEh4ucHJvbXB0Z2F0ZS52MS5HZXRVc2FnZVJlcXVlc3QaHy5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVzcG9uc2USYwoQR2V0V2ViaG9va1NlY3JldBImLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLkdldFdlYmhvb2tTZWNyZXRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEizgEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGYWN0aW9uGAMgASgJEhAKCHJlc291cmNlGAQgASgJEg0KBWFjdG9yGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIvCgxhdWRpdF9ldmVudHMYASADKAsyGS5wcm9tcHRnYXRlLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsQBCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIQCghyZXNvdXJjZRgFIAEoCRInCgZiZWZvcmUYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBWFmdGVyGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIZChdHZXRXZWJob29rU2VjcmV0UmVxdWVzdCI9ChhHZXRXZWJob29rU2VjcmV0UmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEg4KBnNlY3JldBgCIAEoCSKBAgoPR2V0VXNhZ2VSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCghncm91cF9ieRgDIAMoDjIcLnByb21wdGdhdGUudjEuVXNhZ2VHcm91cGluZxIOCgZwcm9tcHQYBCABKAkSDQoFbW9kZWwYBSABKAkSEgoKYXBpX2tleV9pZBgGIAEoCRIbChNjb21wYXJlX3JlbGVhc2VfdGFnGAcgASgJEhAKCHNwbGl0X2lkGAggASgJIv8BChBHZXRVc2FnZVJlc3BvbnNlEi4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgV0b3RhbBgDIAEoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VTdGF0cxIpCgZncm91cHMYBCADKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXASOAoQc3BsaXRfY29tcGFyaXNvbhgFIAEoCzIeLnByb21wdGdhdGUudjEuU3BsaXRDb21wYXJpc29uIsgBCg9TcGxpdENvbXBhcmlzb24SEwoLcmVsZWFzZV90YWcYASABKAkSEAoIc3BsaXRfaWQYAiABKAkSDgoGYWN0aXZlGAMgASgIEi0KCHZhcmlhbnRzGAQgAygLMhsucHJvbXB0Z2F0ZS52MS5WYXJpYW50U3RhdHMSNQoLY29tcGFyaXNvbnMYBSADKAsyIC5wcm9tcHRnYXRlLnYxLlZhcmlhbnRDb21wYXJpc29uEhgKEGNvbmZpZGVuY2VfbGV2ZWwYBiABKAEinQEKDFZhcmlhbnRTdGF0cxIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBEigKBXN0YXRzGAQgASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzEhsKDnF1YWxpdHlfc3RkZGV2GAUgASgBSACIAQFCEQoPX3F1YWxpdHlfc3RkZGV2Iq0BChFWYXJpYW50Q29tcGFyaXNvbhIPCgd2ZXJzaW9uGAEgASgFEhcKD2NvbnRyb2xfdmVyc2lvbhgCIAEoBRI3CgxtZWFuX3F1YWxpdHkYAyABKAsyIS5wcm9tcHRnYXRlLnYxLkRpZmZlcmVuY2VFc3RpbWF0ZRI1CgplcnJvcl9yYXRlGAQgASgLMiEucHJvbXB0Z2F0ZS52MS5EaWZmZXJlbmNlRXN0aW1hdGUimAEKEkRpZmZlcmVuY2VFc3RpbWF0ZRIQCghlc3RpbWF0ZRgBIAEoARILCgNsb3cYAiABKAESDAoEaGlnaBgDIAEoARINCgVjb3VudBgEIAEoAxIVCg1jb250cm9sX2NvdW50GAUgASgDEhoKEmRlZ3JlZXNfb2ZfZnJlZWRvbRgGIAEoARITCgtzaWduaWZpY2FudBgHIAEoCCKsAQoKVXNhZ2VHcm91cBIOCgZwcm9tcHQYASABKAkSEQoJcHJvbXB0X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSEAoIcHJvdmlkZXIYBCABKAkSDQoFbW9kZWwYBSABKAkSCwoDZGF5GAYgASgJEhIKCmFwaV9rZXlfaWQYByABKAkSKAoFc3RhdHMYCCABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMi1gIKClVzYWdlU3RhdHMSEgoKZXhlY3V0aW9ucxgBIAEoAxIRCglmdWxmaWxsZWQYAiABKAMSEAoIcmVqZWN0ZWQYAyABKAMSEQoJY2FuY2VsbGVkGAQgASgDEhIKCmVycm9yX3JhdGUYBSABKAESFAoMaW5wdXRfdG9rZW5zGAYgASgDEhUKDW91dHB1dF90b2tlbnMYByABKAMSGwoTY2FjaGVkX2lucHV0X3Rva2VucxgIIAEoAxIMCgRjb3N0GAkgASgBEhEKCWNvc3RfdW5pdBgKIAEoCRIWCg5sYXRlbmN5X3A1MF9tcxgLIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgMIAEoARISCgpjYWNoZV9oaXRzGA0gASgDEg0KBXJhdGVkGA4gASgDEhkKDG1lYW5fcXVhbGl0eRgPIAEoAUgAiAEBQg8KDV9tZWFuX3F1YWxpdHkiJQoRTGlzdE1vZGVsc1JlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkibgoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KCXByb3ZpZGVycxgBIAMoCzIbLnByb21wdGdhdGUudjEuUHJvdmlkZXJJbmZvEigKBm1vZGVscxgCIAMoCzIYLnByb21wdGdhdGUudjEuTW9kZWxJbmZvIoEBCgxQcm92aWRlckluZm8SDAoEbmFtZRgBIAEoCRIQCghiYXNlX3VybBgCIAEoCRIZChFhY2NlcHRzX2FueV9tb2RlbBgDIAEoCBI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIo4BCglNb2RlbEluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSKAoFcHJpY2UYAyABKAsyGS5wcm9tcHRnYXRlLnYxLk1vZGVsUHJpY2USNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKDAQoKTW9kZWxQcmljZRIZChFpbnB1dF9wZXJfbWlsbGlvbhgBIAEoARIaChJvdXRwdXRfcGVyX21pbGxpb24YAiABKAESIAoYY2FjaGVkX2lucHV0X3Blcl9taWxsaW9uGAMgASgBEgwKBHVuaXQYBCABKAkSDgoGcHJpY2VkGAUgASgIIkoKEU1vZGVsQ2FwYWJpbGl0aWVzEhEKCXN0cmVhbWluZxgBIAEoCBINCgV0b29scxgCIAEoCBITCgtqc29uX3NjaGVtYRgDIAEoCCK0AQoKUGxhbkxpbWl0cxIgChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgDSACIAQESIgoVY29uY3VycmVudF9leGVjdXRpb25zGAIgASgDSAGIAQESGwoObW9udGhseV90b2tlbnMYAyABKANIAogBAUIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIYChZfY29uY3VycmVudF9leGVjdXRpb25zQhEKD19tb250aGx5X3Rva2VucyKhAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXdvcmtzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIOCgZzY29wZXMYBSADKAkSDAoEcGxhbhgGIAEoCRIpCgZsaW1pdHMYByABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEcGxhbhgDIAEoCRIpCgZsaW1pdHMYBCABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0Ij4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoIYXBpX2tleXMYASADKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiDwoNV2hvQW1JUmVxdWVzdCKjAQoOV2hvQW1JUmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEiYKB2FwaV9rZXkYAiABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIcChRyZXF1ZXN0c190aGlzX21pbnV0ZRgDIAEoAxIdChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYBCABKAMSGQoRdG9rZW5zX3RoaXNfbW9udGgYBSABKAMqtAEKDVVzYWdlR3JvdXBpbmcSHgoaVVNBR0VfR1JPVVBJTkdfVU5TUEVDSUZJRUQQABIZChVVU0FHRV9HUk9VUElOR19QUk9NUFQQARIaChZVU0FHRV9HUk9VUElOR19WRVJTSU9OEAISGAoUVVNBR0VfR1JPVVBJTkdfTU9ERUwQAxIWChJVU0FHRV9HUk9VUElOR19EQVkQBBIaChZVU0FHRV9HUk9VUElOR19BUElfS0VZEAUyxAUKDEFkbWluU2VydmljZRJXCgxDcmVhdGVBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElQKC0xpc3RBcGlLZXlzEiEucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVwoMUmV2b2tlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJFCgZXaG9BbUkSHC5wcm9tcHRnYXRlLnYxLldob0FtSVJlcXVlc3QaHS5wcm9tcHRnYXRlLnYxLldob0FtSVJlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USSwoIR2V0VXNhZ2USHi5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVxdWVzdBofLnByb21wdGdhdGUudjEuR2V0VXNhZ2VSZXNwb25zZRJjChBHZXRXZWJob29rU2VjcmV0EiYucHJvbXB0Z2F0ZS52MS5HZXRXZWJob29rU2VjcmV0UmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEmAKD0xpc3RBdWRpdEV2ZW50cxIlLnByb21wdGdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+
+/**
+ * Request for ListAuditEvents. Empty filters do not filter; a page token is
+ * only accepted with the filters of the call that returned it.
+ *
+ * @generated from message promptgate.v1.ListAuditEventsRequest
+ */
+export type ListAuditEventsRequest = Message<"promptgate.v1.ListAuditEventsRequest"> & {
+  /**
+   * Optional. Entries per page (default 50, at most 200).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. next_page_token of the previous page, sent with the same filters
+   * (other filters: INVALID_ARGUMENT).
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Optional. An action, "prompt.archive", or a kind, the part before the
+   * dot: "prompt" matches every "prompt.*" action (not "prompt_version.*").
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+
+  /**
+   * Optional. A resource name and everything under it: "prompts/support-reply"
+   * matches the prompt, its versions and its release tags ("prompts" matches
+   * every prompt); it does not match "prompts/support-reply-2".
+   *
+   * @generated from field: string resource = 4;
+   */
+  resource: string;
+
+  /**
+   * Optional. Only changes made by this actor: an API key id, "cli" or "system".
+   *
+   * @generated from field: string actor = 5;
+   */
+  actor: string;
+
+  /**
+   * Optional. Only entries at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 6;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Optional. Only entries before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 7;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.ListAuditEventsRequest.
+ * Use `create(ListAuditEventsRequestSchema)` to create a new message.
+ */
+export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 0);
+
+/**
+ * Response for ListAuditEvents.
+ *
+ * @generated from message promptgate.v1.ListAuditEventsResponse
+ */
+export type ListAuditEventsResponse = Message<"promptgate.v1.ListAuditEventsResponse"> & {
+  /**
+   * The entries, newest first.
+   *
+   * @generated from field: repeated promptgate.v1.AuditEvent audit_events = 1;
+   */
+  auditEvents: AuditEvent[];
+
+  /**
+   * The token of the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListAuditEventsResponse.
+ * Use `create(ListAuditEventsResponseSchema)` to create a new message.
+ */
+export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 1);
+
+/**
+ * One administrative change. It is written in the same transaction as the
+ * change: an acknowledged change always has its entry, a refused one none.
+ *
+ * @generated from message promptgate.v1.AuditEvent
+ */
+export type AuditEvent = Message<"promptgate.v1.AuditEvent"> & {
+  /**
+   * Output only. The entry id, "aud_...".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Output only. When the change was made.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * Output only. Who made it: the id of the API key that called, "cli" (the
+   * promptgate command on the database) or "system" (the server itself, e.g.
+   * the demo prompt of --dev).
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * Output only. What was done, "<kind>.<verb>": prompt.create,
+   * prompt.archive, prompt.unarchive, prompt_version.create, release_tag.set,
+   * api_key.create, api_key.revoke, workspace.create.
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * Output only. The changed resource: "prompts/{name}",
+   * "prompts/{name}/versions/{number}", "prompts/{name}/releaseTags/{tag}",
+   * "apiKeys/{id}", "workspaces/{id}".
+   *
+   * @generated from field: string resource = 5;
+   */
+  resource: string;
+
+  /**
+   * Output only. The changed fields before the change; unset for a creation.
+   * Text is bounded (4,096 characters per entry side, 1,024 per string; cut
+   * text ends with "…[truncated]"). Never holds a key or its hash.
+   *
+   * @generated from field: google.protobuf.Struct before = 6;
+   */
+  before?: JsonObject | undefined;
+
+  /**
+   * Output only. The changed fields after the change (for a creation, the new
+   * resource's main fields; a version's number, id, description, model and
+   * provider, not its templates). Bounded like before.
+   *
+   * @generated from field: google.protobuf.Struct after = 7;
+   */
+  after?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.AuditEvent.
+ * Use `create(AuditEventSchema)` to create a new message.
+ */
+export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 2);
 
 /**
  * Request for GetWebhookSecret.
@@ -27,7 +197,7 @@ export type GetWebhookSecretRequest = Message<"promptgate.v1.GetWebhookSecretReq
  * Use `create(GetWebhookSecretRequestSchema)` to create a new message.
  */
 export const GetWebhookSecretRequestSchema: GenMessage<GetWebhookSecretRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 0);
+  messageDesc(file_promptgate_v1_admin_service, 3);
 
 /**
  * Response for GetWebhookSecret.
@@ -55,7 +225,7 @@ export type GetWebhookSecretResponse = Message<"promptgate.v1.GetWebhookSecretRe
  * Use `create(GetWebhookSecretResponseSchema)` to create a new message.
  */
 export const GetWebhookSecretResponseSchema: GenMessage<GetWebhookSecretResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 1);
+  messageDesc(file_promptgate_v1_admin_service, 4);
 
 /**
  * Request for GetUsage.
@@ -129,7 +299,7 @@ export type GetUsageRequest = Message<"promptgate.v1.GetUsageRequest"> & {
  * Use `create(GetUsageRequestSchema)` to create a new message.
  */
 export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 2);
+  messageDesc(file_promptgate_v1_admin_service, 5);
 
 /**
  * Response for GetUsage.
@@ -179,7 +349,7 @@ export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
  * Use `create(GetUsageResponseSchema)` to create a new message.
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 3);
+  messageDesc(file_promptgate_v1_admin_service, 6);
 
 /**
  * The versions of a release tag's traffic split (an A/B test) side by side,
@@ -238,7 +408,7 @@ export type SplitComparison = Message<"promptgate.v1.SplitComparison"> & {
  * Use `create(SplitComparisonSchema)` to create a new message.
  */
 export const SplitComparisonSchema: GenMessage<SplitComparison> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 4);
+  messageDesc(file_promptgate_v1_admin_service, 7);
 
 /**
  * The figures of one version of a split.
@@ -290,7 +460,7 @@ export type VariantStats = Message<"promptgate.v1.VariantStats"> & {
  * Use `create(VariantStatsSchema)` to create a new message.
  */
 export const VariantStatsSchema: GenMessage<VariantStats> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 5);
+  messageDesc(file_promptgate_v1_admin_service, 8);
 
 /**
  * One version of a split against the control (the split's first version).
@@ -337,7 +507,7 @@ export type VariantComparison = Message<"promptgate.v1.VariantComparison"> & {
  * Use `create(VariantComparisonSchema)` to create a new message.
  */
 export const VariantComparisonSchema: GenMessage<VariantComparison> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 6);
+  messageDesc(file_promptgate_v1_admin_service, 9);
 
 /**
  * A difference between a version and the control, with its 95% confidence
@@ -403,7 +573,7 @@ export type DifferenceEstimate = Message<"promptgate.v1.DifferenceEstimate"> & {
  * Use `create(DifferenceEstimateSchema)` to create a new message.
  */
 export const DifferenceEstimateSchema: GenMessage<DifferenceEstimate> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 7);
+  messageDesc(file_promptgate_v1_admin_service, 10);
 
 /**
  * The figures of one group; only the requested dimensions are set.
@@ -473,7 +643,7 @@ export type UsageGroup = Message<"promptgate.v1.UsageGroup"> & {
  * Use `create(UsageGroupSchema)` to create a new message.
  */
 export const UsageGroupSchema: GenMessage<UsageGroup> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 8);
+  messageDesc(file_promptgate_v1_admin_service, 11);
 
 /**
  * Aggregate figures over a set of executions.
@@ -592,7 +762,7 @@ export type UsageStats = Message<"promptgate.v1.UsageStats"> & {
  * Use `create(UsageStatsSchema)` to create a new message.
  */
 export const UsageStatsSchema: GenMessage<UsageStats> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 9);
+  messageDesc(file_promptgate_v1_admin_service, 12);
 
 /**
  * Request for ListModels.
@@ -613,7 +783,7 @@ export type ListModelsRequest = Message<"promptgate.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 10);
+  messageDesc(file_promptgate_v1_admin_service, 13);
 
 /**
  * Response for ListModels.
@@ -641,7 +811,7 @@ export type ListModelsResponse = Message<"promptgate.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 11);
+  messageDesc(file_promptgate_v1_admin_service, 14);
 
 /**
  * A configured provider.
@@ -683,7 +853,7 @@ export type ProviderInfo = Message<"promptgate.v1.ProviderInfo"> & {
  * Use `create(ProviderInfoSchema)` to create a new message.
  */
 export const ProviderInfoSchema: GenMessage<ProviderInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 12);
+  messageDesc(file_promptgate_v1_admin_service, 15);
 
 /**
  * A model a provider serves.
@@ -725,7 +895,7 @@ export type ModelInfo = Message<"promptgate.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 13);
+  messageDesc(file_promptgate_v1_admin_service, 16);
 
 /**
  * USD per million tokens.
@@ -774,7 +944,7 @@ export type ModelPrice = Message<"promptgate.v1.ModelPrice"> & {
  * Use `create(ModelPriceSchema)` to create a new message.
  */
 export const ModelPriceSchema: GenMessage<ModelPrice> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 14);
+  messageDesc(file_promptgate_v1_admin_service, 17);
 
 /**
  * Features of a provider or model.
@@ -809,7 +979,7 @@ export type ModelCapabilities = Message<"promptgate.v1.ModelCapabilities"> & {
  * Use `create(ModelCapabilitiesSchema)` to create a new message.
  */
 export const ModelCapabilitiesSchema: GenMessage<ModelCapabilities> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 15);
+  messageDesc(file_promptgate_v1_admin_service, 18);
 
 /**
  * Limits of a plan or key; an unset field is unlimited.
@@ -844,7 +1014,7 @@ export type PlanLimits = Message<"promptgate.v1.PlanLimits"> & {
  * Use `create(PlanLimitsSchema)` to create a new message.
  */
 export const PlanLimitsSchema: GenMessage<PlanLimits> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 16);
+  messageDesc(file_promptgate_v1_admin_service, 19);
 
 /**
  * An API key, without its secret.
@@ -928,7 +1098,7 @@ export type ApiKey = Message<"promptgate.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 17);
+  messageDesc(file_promptgate_v1_admin_service, 20);
 
 /**
  * Request for CreateApiKey.
@@ -977,7 +1147,7 @@ export type CreateApiKeyRequest = Message<"promptgate.v1.CreateApiKeyRequest"> &
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 18);
+  messageDesc(file_promptgate_v1_admin_service, 21);
 
 /**
  * Response for CreateApiKey.
@@ -1005,7 +1175,7 @@ export type CreateApiKeyResponse = Message<"promptgate.v1.CreateApiKeyResponse">
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 19);
+  messageDesc(file_promptgate_v1_admin_service, 22);
 
 /**
  * Request for ListApiKeys.
@@ -1020,7 +1190,7 @@ export type ListApiKeysRequest = Message<"promptgate.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 20);
+  messageDesc(file_promptgate_v1_admin_service, 23);
 
 /**
  * Response for ListApiKeys.
@@ -1041,7 +1211,7 @@ export type ListApiKeysResponse = Message<"promptgate.v1.ListApiKeysResponse"> &
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 21);
+  messageDesc(file_promptgate_v1_admin_service, 24);
 
 /**
  * Request for RevokeApiKey.
@@ -1062,7 +1232,7 @@ export type RevokeApiKeyRequest = Message<"promptgate.v1.RevokeApiKeyRequest"> &
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 22);
+  messageDesc(file_promptgate_v1_admin_service, 25);
 
 /**
  * Response for RevokeApiKey.
@@ -1083,7 +1253,7 @@ export type RevokeApiKeyResponse = Message<"promptgate.v1.RevokeApiKeyResponse">
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 23);
+  messageDesc(file_promptgate_v1_admin_service, 26);
 
 /**
  * Request for WhoAmI.
@@ -1098,7 +1268,7 @@ export type WhoAmIRequest = Message<"promptgate.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 24);
+  messageDesc(file_promptgate_v1_admin_service, 27);
 
 /**
  * Response for WhoAmI.
@@ -1147,7 +1317,7 @@ export type WhoAmIResponse = Message<"promptgate.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 25);
+  messageDesc(file_promptgate_v1_admin_service, 28);
 
 /**
  * A dimension GetUsage groups by.
@@ -1205,11 +1375,12 @@ export const UsageGroupingSchema: GenEnum<UsageGrouping> = /*@__PURE__*/
   enumDesc(file_promptgate_v1_admin_service, 0);
 
 /**
- * AdminService describes and administers the server and its API keys.
+ * AdminService describes and administers the server, its API keys and its
+ * audit log.
  *
  * Every call needs an API key (`authorization: Bearer <key>` or `x-api-key`).
- * Key management needs the admin.manage scope and acts in the caller's
- * workspace; WhoAmI and ListModels take any valid key.
+ * Key management and the audit log need the admin.manage scope and act in the
+ * caller's workspace; WhoAmI and ListModels take any valid key.
  *
  * @generated from service promptgate.v1.AdminService
  */
@@ -1291,6 +1462,20 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetWebhookSecretRequestSchema;
     output: typeof GetWebhookSecretResponseSchema;
+  },
+  /**
+   * Lists the caller's workspace's audit log, newest first: every
+   * administrative change (prompts, versions, release tags, archive and
+   * unarchive, API keys, the workspace) with who made it, when, and what
+   * changed. Paged and filtered by action or kind, resource, actor and time.
+   * Needs admin.manage.
+   *
+   * @generated from rpc promptgate.v1.AdminService.ListAuditEvents
+   */
+  listAuditEvents: {
+    methodKind: "unary";
+    input: typeof ListAuditEventsRequestSchema;
+    output: typeof ListAuditEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_promptgate_v1_admin_service, 0);
