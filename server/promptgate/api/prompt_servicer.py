@@ -13,6 +13,7 @@ from promptgate.api.convert.prompts import (
     release_tag_to_proto,
     rendering_to_proto,
     spec_from_version,
+    split_entries_from_proto,
     tag_event_to_proto,
     version_to_proto,
 )
@@ -135,6 +136,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             request.tag,
             version=request.version,
             version_id=request.version_id,
+            splits=split_entries_from_proto(request.splits),
         )
         return ppb.SetReleaseTagResponse(release_tag=release_tag_to_proto(tag))
 

@@ -34,7 +34,8 @@ type PromptServiceClient interface {
 	GetPromptVersion(ctx context.Context, in *GetPromptVersionRequest, opts ...grpc.CallOption) (*GetPromptVersionResponse, error)
 	// Lists a prompt's versions, newest first.
 	ListPromptVersions(ctx context.Context, in *ListPromptVersionsRequest, opts ...grpc.CallOption) (*ListPromptVersionsResponse, error)
-	// Points a release tag at a version, recording the move in the tag history.
+	// Points a release tag at a version, or splits its traffic between versions
+	// (an A/B test), recording the move in the tag history.
 	SetReleaseTag(ctx context.Context, in *SetReleaseTagRequest, opts ...grpc.CallOption) (*SetReleaseTagResponse, error)
 	// Lists a prompt's release tags, including "latest".
 	ListReleaseTags(ctx context.Context, in *ListReleaseTagsRequest, opts ...grpc.CallOption) (*ListReleaseTagsResponse, error)
@@ -182,7 +183,8 @@ type PromptServiceServer interface {
 	GetPromptVersion(context.Context, *GetPromptVersionRequest) (*GetPromptVersionResponse, error)
 	// Lists a prompt's versions, newest first.
 	ListPromptVersions(context.Context, *ListPromptVersionsRequest) (*ListPromptVersionsResponse, error)
-	// Points a release tag at a version, recording the move in the tag history.
+	// Points a release tag at a version, or splits its traffic between versions
+	// (an A/B test), recording the move in the tag history.
 	SetReleaseTag(context.Context, *SetReleaseTagRequest) (*SetReleaseTagResponse, error)
 	// Lists a prompt's release tags, including "latest".
 	ListReleaseTags(context.Context, *ListReleaseTagsRequest) (*ListReleaseTagsResponse, error)

@@ -36,7 +36,8 @@ class PromptServiceStub:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @_typing.overload
@@ -62,7 +63,9 @@ class PromptServiceStub:
     ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]
-    """Points a release tag at a version, recording the move in the tag history."""
+    """Points a release tag at a version, or splits its traffic between versions
+    (an A/B test), recording the move in the tag history.
+    """
     ListReleaseTags: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]
     """Lists a prompt's release tags, including "latest"."""
     ListReleaseTagHistory: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagHistoryRequest, _prompt_service_pb2.ListReleaseTagHistoryResponse]
@@ -83,7 +86,8 @@ class PromptServiceAsyncStub(PromptServiceStub):
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -106,7 +110,9 @@ class PromptServiceAsyncStub(PromptServiceStub):
     ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]  # type: ignore[assignment]
-    """Points a release tag at a version, recording the move in the tag history."""
+    """Points a release tag at a version, or splits its traffic between versions
+    (an A/B test), recording the move in the tag history.
+    """
     ListReleaseTags: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]  # type: ignore[assignment]
     """Lists a prompt's release tags, including "latest"."""
     ListReleaseTagHistory: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagHistoryRequest, _prompt_service_pb2.ListReleaseTagHistoryResponse]  # type: ignore[assignment]
@@ -126,7 +132,8 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @_abc_1.abstractmethod
@@ -201,7 +208,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.SetReleaseTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.SetReleaseTagResponse, _abc.Awaitable[_prompt_service_pb2.SetReleaseTagResponse]]:
-        """Points a release tag at a version, recording the move in the tag history."""
+        """Points a release tag at a version, or splits its traffic between versions
+        (an A/B test), recording the move in the tag history.
+        """
 
     @_abc_1.abstractmethod
     def ListReleaseTags(

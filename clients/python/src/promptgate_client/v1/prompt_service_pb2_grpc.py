@@ -35,7 +35,8 @@ class PromptServiceStub:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def __init__(self, channel):
@@ -116,7 +117,8 @@ class PromptServiceServicer:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def CreatePrompt(self, request, context):
@@ -177,7 +179,8 @@ class PromptServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetReleaseTag(self, request, context):
-        """Points a release tag at a version, recording the move in the tag history.
+        """Points a release tag at a version, or splits its traffic between versions
+        (an A/B test), recording the move in the tag history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,7 +289,8 @@ class PromptService:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @staticmethod

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKCAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKD1JlbGVhc2VUYWdFdmVudBILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhgKEHByZXZpb3VzX3ZlcnNpb24YBCABKAUSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiaAoUU2V0UmVsZWFzZVRhZ1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCgd2ZXJzaW9uGAMgASgFSAASFAoKdmVyc2lvbl9pZBgEIAEoCUgAQgoKCHNlbGVjdG9yIkcKFVNldFJlbGVhc2VUYWdSZXNwb25zZRIuCgtyZWxlYXNlX3RhZxgBIAEoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyIoChZMaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJKChdMaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRIvCgxyZWxlYXNlX3RhZ3MYASADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciYgocTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImgKHUxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlEi4KBmV2ZW50cxgBIAMoCzIeLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZ0V2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLOAwoTUmVuZGVyUHJvbXB0UmVxdWVzdBIQCgZwcm9tcHQYASABKAlIABI0Cg1pbmxpbmVfcHJvbXB0GAIgASgLMhsucHJvbXB0Z2F0ZS52MS5JbmxpbmVQcm9tcHRIABITCgtyZWxlYXNlX3RhZxgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEioKBmlucHV0cxgFIAMoCzIaLnByb21wdGdhdGUudjEuUHJvbXB0SW5wdXQSMgoKcGFyYW1ldGVycxgGIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjYKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCzIdLnByb21wdGdhdGUudjEuUmVzcG9uc2VGb3JtYXQSIgoFdG9vbHMYCCADKAsyEy5wcm9tcHRnYXRlLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCSABKAsyGS5wcm9tcHRnYXRlLnYxLlRvb2xDaG9pY2USMgoNcmF3X292ZXJyaWRlcxgKIAEoCzIbLnByb21wdGdhdGUudjEuUmF3T3ZlcnJpZGVzEg0KBW1vZGVsGAsgASgJEhAKCHByb3ZpZGVyGAwgASgJQggKBnRhcmdldCLzAQoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCTKVCQoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkilgEKFFNldFJlbGVhc2VUYWdSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoHdmVyc2lvbhgDIAEoBUgAEhQKCnZlcnNpb25faWQYBCABKAlIABIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHRCCgoIc2VsZWN0b3IiRwoVU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEi4KC3JlbGVhc2VfdGFnGAEgASgLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnIigKFkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkoKF0xpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEi8KDHJlbGVhc2VfdGFncxgBIAMoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyJiChxMaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiaAodTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USLgoGZXZlbnRzGAEgAygLMh4ucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuEDChNSZW5kZXJQcm9tcHRSZXF1ZXN0EhAKBnByb21wdBgBIAEoCUgAEjQKDWlubGluZV9wcm9tcHQYAiABKAsyGy5wcm9tcHRnYXRlLnYxLklubGluZVByb21wdEgAEhMKC3JlbGVhc2VfdGFnGAMgASgJEg8KB3ZlcnNpb24YBCABKAUSKgoGaW5wdXRzGAUgAygLMhoucHJvbXB0Z2F0ZS52MS5Qcm9tcHRJbnB1dBIyCgpwYXJhbWV0ZXJzGAYgASgLMh4ucHJvbXB0Z2F0ZS52MS5Nb2RlbFBhcmFtZXRlcnMSNgoPcmVzcG9uc2VfZm9ybWF0GAcgASgLMh0ucHJvbXB0Z2F0ZS52MS5SZXNwb25zZUZvcm1hdBIiCgV0b29scxgIIAMoCzITLnByb21wdGdhdGUudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgJIAEoCzIZLnByb21wdGdhdGUudjEuVG9vbENob2ljZRIyCg1yYXdfb3ZlcnJpZGVzGAogASgLMhsucHJvbXB0Z2F0ZS52MS5SYXdPdmVycmlkZXMSDQoFbW9kZWwYCyABKAkSEAoIcHJvdmlkZXIYDCABKAkSEQoJc3BsaXRfa2V5GA0gASgJQggKBnRhcmdldCKFAgoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCRIQCghzcGxpdF9pZBgJIAEoCTKVCQoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -255,6 +255,15 @@ export type ReleaseTag = Message<"promptgate.v1.ReleaseTag"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 5;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. Set while the tag splits its traffic between versions (an
+   * A/B test); version and version_id then name the split's first version,
+   * the control, which is also what GetPromptVersion returns for the tag.
+   *
+   * @generated from field: promptgate.v1.TrafficSplit split = 6;
+   */
+  split?: TrafficSplit | undefined;
 };
 
 /**
@@ -263,6 +272,86 @@ export type ReleaseTag = Message<"promptgate.v1.ReleaseTag"> & {
  */
 export const ReleaseTagSchema: GenMessage<ReleaseTag> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 2);
+
+/**
+ * A release tag's traffic split between versions, for an A/B test. Each call
+ * through the tag runs one version: chosen by a hash of the call's split_key
+ * (sticky: the same key gets the same version while the split keeps its id),
+ * or at random by weight when the call has no key.
+ *
+ * @generated from message promptgate.v1.TrafficSplit
+ */
+export type TrafficSplit = Message<"promptgate.v1.TrafficSplit"> & {
+  /**
+   * Output only. The split's id, "spl_...". It stays the same while the same
+   * versions, in the same order, split the tag: changing only the weights
+   * keeps it, and a key then changes version only where a boundary between
+   * the versions' shares moved past it. Another list of versions starts a
+   * new split with a new id (and a fresh assignment of keys).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Output only. The versions and their shares of the traffic (normalised to
+   * sum to 1), in the order given; the first is the control.
+   *
+   * @generated from field: repeated promptgate.v1.VersionWeight versions = 2;
+   */
+  versions: VersionWeight[];
+
+  /**
+   * Output only. When the split with this id started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.TrafficSplit.
+ * Use `create(TrafficSplitSchema)` to create a new message.
+ */
+export const TrafficSplitSchema: GenMessage<TrafficSplit> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 3);
+
+/**
+ * One version of a traffic split and its weight.
+ *
+ * @generated from message promptgate.v1.VersionWeight
+ */
+export type VersionWeight = Message<"promptgate.v1.VersionWeight"> & {
+  /**
+   * Optional. The version number; give it or version_id (both set in output).
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Optional. The version id; give it or version (both set in output).
+   *
+   * @generated from field: string version_id = 2;
+   */
+  versionId: string;
+
+  /**
+   * Required. The version's weight, positive and at most 1,000,000. The
+   * weights of a split need not sum to 1 or 100: each version gets
+   * weight / (sum of weights) of the traffic. Output: that normalised share.
+   *
+   * @generated from field: double weight = 3;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message promptgate.v1.VersionWeight.
+ * Use `create(VersionWeightSchema)` to create a new message.
+ */
+export const VersionWeightSchema: GenMessage<VersionWeight> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 4);
 
 /**
  * One move of a release tag.
@@ -304,6 +393,14 @@ export type ReleaseTagEvent = Message<"promptgate.v1.ReleaseTagEvent"> & {
    * @generated from field: google.protobuf.Timestamp time = 5;
    */
   time?: Timestamp | undefined;
+
+  /**
+   * Output only. The traffic split the tag moved to; unset when it moved to
+   * one version, which ends any split (A/B test) the tag had.
+   *
+   * @generated from field: promptgate.v1.TrafficSplit split = 6;
+   */
+  split?: TrafficSplit | undefined;
 };
 
 /**
@@ -311,7 +408,7 @@ export type ReleaseTagEvent = Message<"promptgate.v1.ReleaseTagEvent"> & {
  * Use `create(ReleaseTagEventSchema)` to create a new message.
  */
 export const ReleaseTagEventSchema: GenMessage<ReleaseTagEvent> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 3);
+  messageDesc(file_promptgate_v1_prompt_service, 5);
 
 /**
  * Request for CreatePrompt.
@@ -346,7 +443,7 @@ export type CreatePromptRequest = Message<"promptgate.v1.CreatePromptRequest"> &
  * Use `create(CreatePromptRequestSchema)` to create a new message.
  */
 export const CreatePromptRequestSchema: GenMessage<CreatePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 4);
+  messageDesc(file_promptgate_v1_prompt_service, 6);
 
 /**
  * Response for CreatePrompt.
@@ -367,7 +464,7 @@ export type CreatePromptResponse = Message<"promptgate.v1.CreatePromptResponse">
  * Use `create(CreatePromptResponseSchema)` to create a new message.
  */
 export const CreatePromptResponseSchema: GenMessage<CreatePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 5);
+  messageDesc(file_promptgate_v1_prompt_service, 7);
 
 /**
  * Request for GetPrompt.
@@ -388,7 +485,7 @@ export type GetPromptRequest = Message<"promptgate.v1.GetPromptRequest"> & {
  * Use `create(GetPromptRequestSchema)` to create a new message.
  */
 export const GetPromptRequestSchema: GenMessage<GetPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 6);
+  messageDesc(file_promptgate_v1_prompt_service, 8);
 
 /**
  * Response for GetPrompt.
@@ -409,7 +506,7 @@ export type GetPromptResponse = Message<"promptgate.v1.GetPromptResponse"> & {
  * Use `create(GetPromptResponseSchema)` to create a new message.
  */
 export const GetPromptResponseSchema: GenMessage<GetPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 7);
+  messageDesc(file_promptgate_v1_prompt_service, 9);
 
 /**
  * Request for ListPrompts.
@@ -451,7 +548,7 @@ export type ListPromptsRequest = Message<"promptgate.v1.ListPromptsRequest"> & {
  * Use `create(ListPromptsRequestSchema)` to create a new message.
  */
 export const ListPromptsRequestSchema: GenMessage<ListPromptsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 8);
+  messageDesc(file_promptgate_v1_prompt_service, 10);
 
 /**
  * Response for ListPrompts.
@@ -479,7 +576,7 @@ export type ListPromptsResponse = Message<"promptgate.v1.ListPromptsResponse"> &
  * Use `create(ListPromptsResponseSchema)` to create a new message.
  */
 export const ListPromptsResponseSchema: GenMessage<ListPromptsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 9);
+  messageDesc(file_promptgate_v1_prompt_service, 11);
 
 /**
  * Request for ArchivePrompt.
@@ -500,7 +597,7 @@ export type ArchivePromptRequest = Message<"promptgate.v1.ArchivePromptRequest">
  * Use `create(ArchivePromptRequestSchema)` to create a new message.
  */
 export const ArchivePromptRequestSchema: GenMessage<ArchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 10);
+  messageDesc(file_promptgate_v1_prompt_service, 12);
 
 /**
  * Response for ArchivePrompt.
@@ -521,7 +618,7 @@ export type ArchivePromptResponse = Message<"promptgate.v1.ArchivePromptResponse
  * Use `create(ArchivePromptResponseSchema)` to create a new message.
  */
 export const ArchivePromptResponseSchema: GenMessage<ArchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 11);
+  messageDesc(file_promptgate_v1_prompt_service, 13);
 
 /**
  * Request for UnarchivePrompt.
@@ -542,7 +639,7 @@ export type UnarchivePromptRequest = Message<"promptgate.v1.UnarchivePromptReque
  * Use `create(UnarchivePromptRequestSchema)` to create a new message.
  */
 export const UnarchivePromptRequestSchema: GenMessage<UnarchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 12);
+  messageDesc(file_promptgate_v1_prompt_service, 14);
 
 /**
  * Response for UnarchivePrompt.
@@ -563,7 +660,7 @@ export type UnarchivePromptResponse = Message<"promptgate.v1.UnarchivePromptResp
  * Use `create(UnarchivePromptResponseSchema)` to create a new message.
  */
 export const UnarchivePromptResponseSchema: GenMessage<UnarchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 13);
+  messageDesc(file_promptgate_v1_prompt_service, 15);
 
 /**
  * Request for CreatePromptVersion.
@@ -598,7 +695,7 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
  * Use `create(CreatePromptVersionRequestSchema)` to create a new message.
  */
 export const CreatePromptVersionRequestSchema: GenMessage<CreatePromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 14);
+  messageDesc(file_promptgate_v1_prompt_service, 16);
 
 /**
  * Response for CreatePromptVersion.
@@ -619,7 +716,7 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
  * Use `create(CreatePromptVersionResponseSchema)` to create a new message.
  */
 export const CreatePromptVersionResponseSchema: GenMessage<CreatePromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 15);
+  messageDesc(file_promptgate_v1_prompt_service, 17);
 
 /**
  * Request for GetPromptVersion.
@@ -657,7 +754,8 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
     case: "versionId";
   } | {
     /**
-     * A release tag, e.g. "production" or "latest".
+     * A release tag, e.g. "production" or "latest". For a tag that splits its
+     * traffic, the split's control (first) version.
      *
      * @generated from field: string release_tag = 4;
      */
@@ -671,7 +769,7 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
  * Use `create(GetPromptVersionRequestSchema)` to create a new message.
  */
 export const GetPromptVersionRequestSchema: GenMessage<GetPromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 16);
+  messageDesc(file_promptgate_v1_prompt_service, 18);
 
 /**
  * Response for GetPromptVersion.
@@ -692,7 +790,7 @@ export type GetPromptVersionResponse = Message<"promptgate.v1.GetPromptVersionRe
  * Use `create(GetPromptVersionResponseSchema)` to create a new message.
  */
 export const GetPromptVersionResponseSchema: GenMessage<GetPromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 17);
+  messageDesc(file_promptgate_v1_prompt_service, 19);
 
 /**
  * Request for ListPromptVersions.
@@ -727,7 +825,7 @@ export type ListPromptVersionsRequest = Message<"promptgate.v1.ListPromptVersion
  * Use `create(ListPromptVersionsRequestSchema)` to create a new message.
  */
 export const ListPromptVersionsRequestSchema: GenMessage<ListPromptVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 18);
+  messageDesc(file_promptgate_v1_prompt_service, 20);
 
 /**
  * Response for ListPromptVersions.
@@ -755,7 +853,7 @@ export type ListPromptVersionsResponse = Message<"promptgate.v1.ListPromptVersio
  * Use `create(ListPromptVersionsResponseSchema)` to create a new message.
  */
 export const ListPromptVersionsResponseSchema: GenMessage<ListPromptVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 19);
+  messageDesc(file_promptgate_v1_prompt_service, 21);
 
 /**
  * Request for SetReleaseTag.
@@ -779,7 +877,8 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
   tag: string;
 
   /**
-   * Required. The version to point at.
+   * Required. The version to point at (or set splits instead). Moving a
+   * split tag to one version ends its split.
    *
    * @generated from oneof promptgate.v1.SetReleaseTagRequest.selector
    */
@@ -800,6 +899,15 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
     value: string;
     case: "versionId";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Optional. Instead of a version: split the tag's traffic between 2 to 10
+   * distinct versions by weight, for an A/B test; the first is the control.
+   * One entry is a plain move to that version.
+   *
+   * @generated from field: repeated promptgate.v1.VersionWeight splits = 6;
+   */
+  splits: VersionWeight[];
 };
 
 /**
@@ -807,7 +915,7 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
  * Use `create(SetReleaseTagRequestSchema)` to create a new message.
  */
 export const SetReleaseTagRequestSchema: GenMessage<SetReleaseTagRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 20);
+  messageDesc(file_promptgate_v1_prompt_service, 22);
 
 /**
  * Response for SetReleaseTag.
@@ -828,7 +936,7 @@ export type SetReleaseTagResponse = Message<"promptgate.v1.SetReleaseTagResponse
  * Use `create(SetReleaseTagResponseSchema)` to create a new message.
  */
 export const SetReleaseTagResponseSchema: GenMessage<SetReleaseTagResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 21);
+  messageDesc(file_promptgate_v1_prompt_service, 23);
 
 /**
  * Request for ListReleaseTags.
@@ -849,7 +957,7 @@ export type ListReleaseTagsRequest = Message<"promptgate.v1.ListReleaseTagsReque
  * Use `create(ListReleaseTagsRequestSchema)` to create a new message.
  */
 export const ListReleaseTagsRequestSchema: GenMessage<ListReleaseTagsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 22);
+  messageDesc(file_promptgate_v1_prompt_service, 24);
 
 /**
  * Response for ListReleaseTags.
@@ -870,7 +978,7 @@ export type ListReleaseTagsResponse = Message<"promptgate.v1.ListReleaseTagsResp
  * Use `create(ListReleaseTagsResponseSchema)` to create a new message.
  */
 export const ListReleaseTagsResponseSchema: GenMessage<ListReleaseTagsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 23);
+  messageDesc(file_promptgate_v1_prompt_service, 25);
 
 /**
  * Request for ListReleaseTagHistory.
@@ -912,7 +1020,7 @@ export type ListReleaseTagHistoryRequest = Message<"promptgate.v1.ListReleaseTag
  * Use `create(ListReleaseTagHistoryRequestSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryRequestSchema: GenMessage<ListReleaseTagHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 24);
+  messageDesc(file_promptgate_v1_prompt_service, 26);
 
 /**
  * Response for ListReleaseTagHistory.
@@ -940,7 +1048,7 @@ export type ListReleaseTagHistoryResponse = Message<"promptgate.v1.ListReleaseTa
  * Use `create(ListReleaseTagHistoryResponseSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryResponseSchema: GenMessage<ListReleaseTagHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 25);
+  messageDesc(file_promptgate_v1_prompt_service, 27);
 
 /**
  * Request for RenderPrompt. The target and inputs are those of
@@ -1041,6 +1149,14 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
    * @generated from field: string provider = 12;
    */
   provider: string;
+
+  /**
+   * Optional. When the release tag splits its traffic: the key to split on,
+   * as in ExecutePromptRequest.split_key (shows which version a key gets).
+   *
+   * @generated from field: string split_key = 13;
+   */
+  splitKey: string;
 };
 
 /**
@@ -1048,7 +1164,7 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
  * Use `create(RenderPromptRequestSchema)` to create a new message.
  */
 export const RenderPromptRequestSchema: GenMessage<RenderPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 26);
+  messageDesc(file_promptgate_v1_prompt_service, 28);
 
 /**
  * Response for RenderPrompt.
@@ -1111,6 +1227,13 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
    * @generated from field: string release_tag = 8;
    */
   releaseTag: string;
+
+  /**
+   * The id of the tag's traffic split that picked the version, if one did.
+   *
+   * @generated from field: string split_id = 9;
+   */
+  splitId: string;
 };
 
 /**
@@ -1118,7 +1241,7 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  * Use `create(RenderPromptResponseSchema)` to create a new message.
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 27);
+  messageDesc(file_promptgate_v1_prompt_service, 29);
 
 /**
  * PromptService manages prompts: named containers of immutable, numbered
@@ -1130,7 +1253,8 @@ export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@_
  * parameters, declared typed input variables, the response format and tools.
  * Versions never change once created. Release tags ("production", "staging",
  * any name) move between versions and keep their history; the tag "latest"
- * always follows the newest version and cannot be set.
+ * always follows the newest version and cannot be set. A tag can also split
+ * its traffic between versions by weight, for an A/B test (TrafficSplit).
  *
  * @generated from service promptgate.v1.PromptService
  */
@@ -1217,7 +1341,8 @@ export const PromptService: GenService<{
     output: typeof ListPromptVersionsResponseSchema;
   },
   /**
-   * Points a release tag at a version, recording the move in the tag history.
+   * Points a release tag at a version, or splits its traffic between versions
+   * (an A/B test), recording the move in the tag history.
    *
    * @generated from rpc promptgate.v1.PromptService.SetReleaseTag
    */
