@@ -168,8 +168,8 @@ async def test_create_version_with_release_tags_refuses_each_breaking_change_unl
     # One violation per change per tag, each naming its tag.
     assert sorted((t, s) for t, s, _ in violations) == [(change, subject)] * 2
     assert {d.split(":")[0] for _, _, d in violations} == {
-        "release tag 'staging'",
-        "release tag 'production'",
+        "release tag 'staging' to version 2",
+        "release tag 'production' to version 2",
     }
     got = await pg.prompts.GetPrompt(ppb.GetPromptRequest(prompt="p"))
     assert got.prompt.latest_version == 1, "a refused version is not created"
@@ -353,3 +353,49 @@ async def test_many_breaking_changes_stay_within_the_trailer_budget(pg: Running)
     assert violations[-1][0] == "…" and "more violations not shown" in violations[-1][2]
     shown = len(violations) - 1
     assert violations[-1][2].startswith(f"{121 - shown} more")
+
+
+def split(*pairs: tuple[int, float]) -> list[ppb.VersionWeight]:
+    return [ppb.VersionWeight(version=v, weight=w) for v, w in pairs]
+
+
+async def test_a_split_tag_is_checked_against_each_of_its_versions(pg: Running) -> None:
+    await prompt_at(pg, "p", version(("q", STRING)), "production")
+    await add(pg, "p", version(("q", STRING), ("extra", STRING, "x")))
+    await pg.prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(prompt="p", tag="production", splits=split((1, 70), (2, 30)))
+    )
+    # Version 3 drops "extra": fine for callers of version 1, not of version 2.
+    await add(pg, "p", version(("q", STRING)))
+    request = ppb.SetReleaseTagRequest(prompt="p", tag="production", version=3)
+    violations = await refused(pg.prompts.SetReleaseTag(request))
+    assert [(t, s) for t, s, _ in violations] == [("VARIABLE_REMOVED", "extra")]
+    assert "callers of version 2" in violations[0][2]
+    # CreatePromptVersion reports against both versions production serves.
+    created = await add(pg, "p", version(("q", STRING)))
+    report = created.compatibility
+    assert sorted(report.versions) == [1, 2] and not report.compatible
+    assert [(c.type, c.variable, c.version) for c in report.breaking_changes] == [
+        (REMOVED, "extra", 2)
+    ]
+    request.allow_breaking_changes = True
+    assert (await pg.prompts.SetReleaseTag(request)).release_tag.version == 3
+
+
+async def test_a_move_to_a_split_checks_each_of_its_versions(pg: Running) -> None:
+    await prompt_at(pg, "p", version(("q", STRING)), "production")
+    await add(pg, "p", version(("q", STRING), ("tone", STRING, "calm")))  # compatible
+    await add(pg, "p", version(("q", STRING), ("lang", STRING)))  # breaking
+    request = ppb.SetReleaseTagRequest(
+        prompt="p", tag="production", splits=split((1, 50), (2, 25), (3, 25))
+    )
+    violations = await refused(pg.prompts.SetReleaseTag(request))
+    assert [(t, s) for t, s, _ in violations] == [("VARIABLE_NOW_REQUIRED", "lang")]
+    assert violations[0][2].startswith("release tag 'production' to version 3:")
+    assert (await tags(pg, "p"))["production"] == 1
+    fine = ppb.SetReleaseTagRequest(prompt="p", tag="production", splits=split((1, 50), (2, 50)))
+    moved = await pg.prompts.SetReleaseTag(fine)
+    assert moved.release_tag.HasField("split")
+    request.allow_breaking_changes = True
+    moved = await pg.prompts.SetReleaseTag(request)
+    assert len(moved.release_tag.split.versions) == 3

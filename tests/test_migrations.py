@@ -1,4 +1,4 @@
-"""Schema migrations: a database written by the previous schema version is brought up to date."""
+"""Schema migrations: a database written by an earlier schema version is brought up to date."""
 
 from __future__ import annotations
 
@@ -10,21 +10,35 @@ from sqlalchemy import text
 
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
+from promptgate.api.v1 import prompt_service_pb2 as ppb
 from promptgate.store.engine import SCHEMA_VERSION, create_engine, prepare_schema
 from tests.conftest import Running
 
-V2_COLUMNS = ("request_fingerprint", "owner", "superseded_key")
+# The columns each schema version added, as (table, column).
+ADDED_COLUMNS = {
+    2: (
+        ("executions", "request_fingerprint"),
+        ("executions", "owner"),
+        ("executions", "superseded_key"),
+    ),
+    3: (
+        ("release_tags", "split"),
+        ("release_tag_events", "split"),
+        ("executions", "split_id"),
+    ),
+}
 
 
-async def _downgrade_to_v1(url: str) -> None:
-    """Make a current database look like one written at schema version 1."""
+async def _downgrade_to(url: str, version: int) -> None:
+    """Make a database (current, or new) look like one written at schema ``version``."""
     engine = create_engine(url)
     try:
         await prepare_schema(engine)
         async with engine.begin() as conn:
-            for column in V2_COLUMNS:
-                await conn.execute(text(f"ALTER TABLE executions DROP COLUMN {column}"))
-            await conn.execute(text("UPDATE schema_version SET version = 1"))
+            for newer in range(SCHEMA_VERSION, version, -1):
+                for table, column in ADDED_COLUMNS[newer]:
+                    await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            await conn.execute(text(f"UPDATE schema_version SET version = {version}"))
     finally:
         await engine.dispose()
 
@@ -52,19 +66,76 @@ async def _idempotent_call(running: Running) -> None:
     assert again.replayed and again.execution_id == first.execution_id
 
 
+async def _split_after_upgrade(running: Running) -> None:
+    """The demo prompt's tag, moved before the upgrade, has no split; one can be set."""
+    prompts = running.prompts
+    tags = (await prompts.ListReleaseTags(ppb.ListReleaseTagsRequest(prompt="demo"))).release_tags
+    production = next(t for t in tags if t.tag == "production")
+    assert production.version == 1 and not production.HasField("split")
+    old = await prompts.GetPromptVersion(ppb.GetPromptVersionRequest(prompt="demo", version=1))
+    await prompts.CreatePromptVersion(
+        ppb.CreatePromptVersionRequest(prompt="demo", version=old.version)
+    )
+    tag = await prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(
+            prompt="demo",
+            tag="production",
+            splits=[ppb.VersionWeight(version=1, weight=1), ppb.VersionWeight(version=2, weight=1)],
+        )
+    )
+    response = await running.executions.ExecutePrompt(
+        epb.ExecutePromptRequest(
+            prompt="demo",
+            inputs=[pb.PromptInput(name="question", string_value="split?")],
+            split_key="user-1",
+        )
+    )
+    assert response.meta.split_id == tag.release_tag.split.id
+    assert response.meta.prompt_version in (1, 2)
+    history = await prompts.ListReleaseTagHistory(
+        ppb.ListReleaseTagHistoryRequest(prompt="demo", tag="production")
+    )
+    assert [e.HasField("split") for e in history.events] == [True, False]
+
+
+async def _upgrade_from(start_server: Any, url: str, version: int) -> Running:
+    """Seed a database at the current version, take it back to ``version``, start on it."""
+    seeded: Running = await start_server(database_url=url)
+    await seeded.channel.close()
+    await seeded.server.stop(grace=0)
+    await _downgrade_to(url, version)
+    running: Running = await start_server(database_url=url)
+    assert await _version(url) == SCHEMA_VERSION == 3
+    return running
+
+
 async def test_sqlite_database_at_version_1_is_migrated(tmp_path: Path, start_server: Any) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await _downgrade_to_v1(url)
+    await _downgrade_to(url, 1)
     running: Running = await start_server(database_url=url)
-    assert await _version(url) == SCHEMA_VERSION == 2
+    assert await _version(url) == SCHEMA_VERSION == 3
     await _idempotent_call(running)
+
+
+async def test_sqlite_database_at_version_2_is_migrated(tmp_path: Path, start_server: Any) -> None:
+    running = await _upgrade_from(start_server, f"sqlite+aiosqlite:///{tmp_path / 'v2.db'}", 2)
+    await _split_after_upgrade(running)
 
 
 @pytest.mark.postgres
 async def test_postgres_database_at_version_1_is_migrated(
     postgres_url: str, start_server: Any
 ) -> None:
-    await _downgrade_to_v1(postgres_url)
+    await _downgrade_to(postgres_url, 1)
     running: Running = await start_server(database_url=postgres_url)
-    assert await _version(postgres_url) == SCHEMA_VERSION == 2
+    assert await _version(postgres_url) == SCHEMA_VERSION == 3
+    await _idempotent_call(running)
+
+
+@pytest.mark.postgres
+async def test_postgres_database_at_version_2_is_migrated(
+    postgres_url: str, start_server: Any
+) -> None:
+    running = await _upgrade_from(start_server, postgres_url, 2)
+    await _split_after_upgrade(running)
     await _idempotent_call(running)

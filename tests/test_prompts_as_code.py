@@ -344,6 +344,33 @@ async def test_a_new_prompt_the_server_refuses_is_caught_by_the_plan(
     assert await missing(pg, "greet")
 
 
+async def test_a_split_tag_stays_unless_the_file_moves_it(pg: Running, tmp_path: Path) -> None:
+    only_production = GREET.replace("[production, staging]", "[production]")
+    root = folder(tmp_path, greet=only_production)
+    assert (await run(pg, "push", root)).code == 0
+    second = ppb.PromptVersion()
+    second.CopyFrom(await version(pg, "greet", 1))
+    second.messages[1].template = "Hi {{ person }}"
+    await pg.prompts.CreatePromptVersion(
+        ppb.CreatePromptVersionRequest(prompt="greet", version=second)
+    )
+    weights = [ppb.VersionWeight(version=1, weight=1), ppb.VersionWeight(version=2, weight=1)]
+    await pg.prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(prompt="greet", tag="production", splits=weights)
+    )
+    # The file is version 1, production's control: nothing to do, the split stays.
+    same = await run(pg, "push", root)
+    assert "unchanged  greet: version 1" in same.out and "up to date" in same.out
+    tagged = {t.tag: t for t in (await prompt(pg, "greet")).release_tags}
+    assert tagged["production"].HasField("split")
+    folder(root, greet=only_production.replace("Greet {{ person }}", "Welcome {{ person }}"))
+    moved = await run(pg, "push", root)
+    assert moved.code == 0, moved
+    assert "tag        greet: production v1 -> v3 (ends its A/B split)" in moved.out
+    production = next(t for t in (await prompt(pg, "greet")).release_tags if t.tag == "production")
+    assert production.version == 3 and not production.HasField("split")
+
+
 BAD_FILES = {
     "yaml syntax": ("model: [mock-1\n", "invalid YAML: line"),
     "unknown key": (GREET + "modle: mock-2\n", "modle: unknown key"),

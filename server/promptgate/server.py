@@ -57,6 +57,7 @@ from promptgate.batches.webhooks.guard import CallbackGuard
 from promptgate.config import Settings
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.cache import MemoryCache, RedisCache, ResponseCache
+from promptgate.execution.comparison import SplitComparer
 from promptgate.execution.executor import Executor, ExecutorLimits
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
@@ -263,15 +264,17 @@ class PromptgateServer:
             ),
             server,
         )
+        usage = UsageReader(self.sessions)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(
                 self.registry,
                 self.prices,
                 self.keys,
                 self.limiter,
-                UsageReader(self.sessions),
+                usage,
                 calls,
                 AuditLog(self.sessions),
+                SplitComparer(self.catalog, usage),
                 webhook_secret=self.settings.webhook_secret or "",
             ),
             server,

@@ -9,6 +9,7 @@ import grpc
 
 from promptgate.api.context import CallContext
 from promptgate.api.convert.audit import audit_event_to_proto, audit_query_from_proto
+from promptgate.api.convert.usage import split_comparison_to_proto, usage_stats_to_proto
 from promptgate.api.convert.values import timestamp, to_datetime
 from promptgate.api.v1 import admin_service_pb2 as apb
 from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
@@ -18,8 +19,9 @@ from promptgate.auth.limits import Limiter
 from promptgate.auth.model import DEFAULT_PLAN, ApiKey, Scope
 from promptgate.batches.webhooks.signing import workspace_secret
 from promptgate.errors import FailedPrecondition, InvalidArgument
+from promptgate.execution.comparison import SplitComparer
 from promptgate.execution.pricing import PriceTable
-from promptgate.execution.usage import Grouping, UsageQuery, UsageReader, UsageStats
+from promptgate.execution.usage import Grouping, UsageQuery, UsageReader
 from promptgate.providers.registry import LISTED_PREFIXES, Capabilities, ProviderRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -37,11 +39,13 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         usage: UsageReader,
         calls: CallContext,
         audit: AuditLog,
+        comparer: SplitComparer,
         webhook_secret: str = "",
     ) -> None:
         self._audit = audit
         self._webhook_secret = webhook_secret
         self._usage = usage
+        self._comparer = comparer
         self._registry = registry
         self._prices = prices
         self._keys = keys
@@ -125,11 +129,22 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             model=request.model,
             api_key_id=request.api_key_id,
         )
-        report = await self._usage.report(self._calls.workspace(context), query)
+        workspace = self._calls.workspace(context)
+        if request.split_id and not request.compare_release_tag:
+            raise InvalidArgument.field("split_id", "needs compare_release_tag")
+        comparison = None
+        if request.compare_release_tag:
+            report, found = await self._comparer.compare(
+                workspace, query, request.compare_release_tag, request.split_id
+            )
+            comparison = split_comparison_to_proto(found)
+        else:
+            report = await self._usage.report(workspace, query)
         response = apb.GetUsageResponse(
             start_time=timestamp(query.start),
             end_time=timestamp(query.end),
-            total=_stats(report.total),
+            total=usage_stats_to_proto(report.total),
+            split_comparison=comparison,
         )
         for key, stats in report.groups:
             response.groups.append(
@@ -141,7 +156,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                     model=key.model,
                     day=key.day,
                     api_key_id=key.api_key_id,
-                    stats=_stats(stats),
+                    stats=usage_stats_to_proto(stats),
                 )
             )
         return response
@@ -255,28 +270,6 @@ _GROUPINGS = {
     apb.USAGE_GROUPING_DAY: Grouping.DAY,
     apb.USAGE_GROUPING_API_KEY: Grouping.API_KEY,
 }
-
-
-def _stats(stats: UsageStats) -> apb.UsageStats:
-    out = apb.UsageStats(
-        executions=stats.executions,
-        fulfilled=stats.fulfilled,
-        rejected=stats.rejected,
-        cancelled=stats.cancelled,
-        error_rate=stats.error_rate,
-        input_tokens=stats.input_tokens,
-        output_tokens=stats.output_tokens,
-        cached_input_tokens=stats.cached_input_tokens,
-        cost=stats.cost,
-        cost_unit="USD",
-        latency_p50_ms=stats.percentile(50),
-        latency_p95_ms=stats.percentile(95),
-        cache_hits=stats.cache_hits,
-        rated=stats.rated,
-    )
-    if stats.mean_quality is not None:
-        out.mean_quality = stats.mean_quality
-    return out
 
 
 def _capabilities(capabilities: Capabilities) -> apb.ModelCapabilities:

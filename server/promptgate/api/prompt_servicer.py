@@ -14,6 +14,7 @@ from promptgate.api.convert.prompts import (
     release_tag_to_proto,
     rendering_to_proto,
     spec_from_version,
+    split_entries_from_proto,
     tag_event_to_proto,
     version_to_proto,
 )
@@ -148,6 +149,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             request.tag,
             version=request.version,
             version_id=request.version_id,
+            splits=split_entries_from_proto(request.splits),
             allow_breaking=request.allow_breaking_changes,
             validate_only=request.validate_only,
         )

@@ -122,6 +122,7 @@ class Executor:
             version_id=plan.record.version_id,
             version=plan.record.version,
             release_tag=plan.record.release_tag,
+            split_id=plan.record.split_id,
         )
 
     async def check(self, request: ExecutionRequest) -> None:

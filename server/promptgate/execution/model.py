@@ -72,6 +72,8 @@ class ExecutionRequest:
     cache: CachePolicy | None = None
     api_key_id: str = ""
     """The API key the execution is made with (its tokens count against it)."""
+    split_key: str = ""
+    """What a release tag's traffic split assigns the version by (random if empty)."""
     resume: bool = False
     fresh: bool = False
     """The caller knows no execution with this external_id exists (skip the lookup)."""
@@ -179,6 +181,8 @@ class ExecutionRecord:
     """The server process that runs the execution (its heartbeat tells if it is alive)."""
     superseded_key: str = ""
     """The external_id this attempt had before a retry of a transient failure replaced it."""
+    split_id: str = ""
+    """The release tag's traffic split that picked the version, if one did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,7 @@ class Rendering:
     version_id: str = ""
     version: int = 0
     release_tag: str = ""
+    split_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

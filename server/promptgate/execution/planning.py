@@ -36,6 +36,7 @@ from promptgate.prompts.model import (
     Strategy,
 )
 from promptgate.prompts.render import render_messages
+from promptgate.prompts.splits import MAX_SPLIT_KEY, assign
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import (
     ModelCheck,
@@ -109,7 +110,7 @@ class Planner:
         """The plan for ``request``; a RequestError if it cannot run."""
         _check_request(request, self._limits, self._registry.check)
         target = request.target
-        prompt_id = prompt_name = version_id = release_tag = ""
+        prompt_id = prompt_name = version_id = release_tag = split_id = ""
         version = 0
         if isinstance(target, InlineTarget):
             spec = target.spec
@@ -133,6 +134,8 @@ class Planner:
                 tag=target.release_tag or self._limits.default_release_tag,
                 version=target.version,
             )
+            resolved = assign(resolved, request.split_key)
+            split_id = resolved.split.id if resolved.split else ""
             spec = resolved.version.spec
             declared = spec.input_variables
             prompt_id, prompt_name = resolved.prompt.id, resolved.prompt.name
@@ -192,6 +195,7 @@ class Planner:
             parameters=first.request.parameters,
             metadata=request.metadata,
             api_key_id=request.api_key_id,
+            split_id=split_id,
         )
         return Plan(
             record=record,
@@ -295,6 +299,8 @@ def _check_request(
         problems.append(FieldViolation("inputs", f"at most {limits.max_inputs} inputs"))
     if len(request.external_id) > MAX_EXTERNAL_ID:
         problems.append(FieldViolation("external_id", f"at most {MAX_EXTERNAL_ID} characters"))
+    if len(request.split_key) > MAX_SPLIT_KEY:
+        problems.append(FieldViolation("split_key", f"at most {MAX_SPLIT_KEY} characters"))
     if request.timeout is not None and request.timeout <= 0:
         problems.append(FieldViolation("timeout", "must be positive"))
     if request.parameters is not None:

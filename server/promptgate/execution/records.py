@@ -90,6 +90,7 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         request_fingerprint=record.fingerprint or None,
         owner=record.owner or None,
         superseded_key=record.superseded_key or None,
+        split_id=record.split_id or None,
     )
 
 
@@ -132,6 +133,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         fingerprint=row.request_fingerprint or "",
         owner=row.owner or "",
         superseded_key=row.superseded_key or "",
+        split_id=row.split_id or "",
     )
 
 
@@ -297,7 +299,7 @@ def request_fingerprint(request: ExecutionRequest) -> str:
     """A hash of what ``request`` asks to run, kept with its external_id.
 
     It covers the target, inputs, model and provider overrides, parameters,
-    response format, tools, raw overrides, routing and cache policy; not the
+    response format, tools, raw overrides, routing, cache policy and split key; not the
     timeout, metadata or which response fields to return, which do not change
     what runs.
     """
@@ -315,6 +317,8 @@ def request_fingerprint(request: ExecutionRequest) -> str:
         "routing": to_jsonable_python(request.routing),
         "cache": to_jsonable_python(request.cache),
     }
+    if request.split_key:  # only when set: fingerprints stored before it existed stay valid
+        document["split_key"] = request.split_key
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

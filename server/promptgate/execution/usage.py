@@ -48,6 +48,8 @@ class UsageQuery:
     prompt: str = ""
     model: str = ""
     api_key_id: str = ""
+    split_id: str = ""
+    """Only executions a release tag's traffic split assigned (then also per version)."""
 
     @classmethod
     def window(
@@ -101,7 +103,16 @@ class UsageStats:
     cache_hits: int = 0
     rated: int = 0
     quality_sum: float = 0.0
+    quality_m2: float = 0.0
+    """Sum of squared deviations from the mean quality (Welford's update)."""
     latencies: list[float] = field(default_factory=list)
+
+    def add_quality(self, quality: float) -> None:
+        """Count one rated execution."""
+        before = self.quality_sum / self.rated if self.rated else 0.0
+        self.rated += 1
+        self.quality_sum += quality
+        self.quality_m2 += (quality - before) * (quality - self.quality_sum / self.rated)
 
     @property
     def error_rate(self) -> float:
@@ -110,6 +121,11 @@ class UsageStats:
     @property
     def mean_quality(self) -> float | None:
         return self.quality_sum / self.rated if self.rated else None
+
+    @property
+    def quality_variance(self) -> float | None:
+        """The sample variance (n - 1) of quality; None with fewer than two rated."""
+        return max(self.quality_m2, 0.0) / (self.rated - 1) if self.rated > 1 else None
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0..100) of latency, nearest-rank; 0 with no data."""
@@ -127,6 +143,8 @@ class UsageReport:
     query: UsageQuery
     total: UsageStats
     groups: list[tuple[GroupKey, UsageStats]]
+    versions: dict[str, UsageStats] = field(default_factory=dict)
+    """With ``query.split_id``: the figures per version id."""
 
 
 def _key(row: Sequence[Any], group_by: tuple[Grouping, ...]) -> GroupKey:
@@ -162,6 +180,7 @@ _COLUMNS = [
     col(ExecutionRow.cost),
     col(ExecutionRow.latency_ms),
     col(ExecutionRow.cache_hit),
+    col(ExecutionRow.version_id),
 ]
 
 
@@ -190,9 +209,12 @@ class UsageReader:
             rows = rows.where(col(ExecutionRow.model) == query.model)
         if query.api_key_id:
             rows = rows.where(col(ExecutionRow.api_key_id) == query.api_key_id)
+        if query.split_id:
+            rows = rows.where(col(ExecutionRow.split_id) == query.split_id)
 
         total = UsageStats()
         groups: dict[GroupKey, UsageStats] = {}
+        versions: dict[str, UsageStats] = {}
         of_execution: dict[str, tuple[UsageStats, ...]] = {}
         async with self._sessions() as session:
             result = await session.stream(rows.execution_options(yield_per=1000))
@@ -201,6 +223,8 @@ class UsageReader:
                 targets = (
                     (total, groups.setdefault(key, UsageStats())) if query.group_by else (total,)
                 )
+                if query.split_id:
+                    targets = (*targets, versions.setdefault(row[16] or "", UsageStats()))
                 state, error = row[8], row[9]
                 cancelled = bool(error) and (error or {}).get("code") == "CANCELLED"
                 for stats in targets:
@@ -240,8 +264,7 @@ class UsageReader:
                     if quality is None:
                         continue
                     for stats in of_execution[execution_id]:
-                        stats.rated += 1
-                        stats.quality_sum += quality
+                        stats.add_quality(quality)
 
         ordered = sorted(
             groups.items(),
@@ -255,4 +278,4 @@ class UsageReader:
                 item[0].api_key_id,
             ),
         )
-        return UsageReport(query=query, total=total, groups=ordered)
+        return UsageReport(query=query, total=total, groups=ordered, versions=versions)

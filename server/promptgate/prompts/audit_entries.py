@@ -8,6 +8,8 @@ and provider, not its templates (ListPromptVersions has those).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from promptgate.audit import record
@@ -57,17 +59,33 @@ def version_created(session: AsyncSession, prompt: PromptRow, row: PromptVersion
 
 
 async def tag_moved(
-    session: AsyncSession, version: PromptVersionRow, tag: str, previous: int
+    session: AsyncSession,
+    version: PromptVersionRow,
+    tag: str,
+    previous: int,
+    *,
+    split_before: dict[str, Any] | None = None,
+    split_after: dict[str, Any] | None = None,
 ) -> None:
-    """A release tag now points at ``version``; ``previous`` is 0 for a new tag."""
+    """A release tag now points at ``version``; ``previous`` is 0 for a new tag.
+
+    A tag that splits its traffic (A/B test) also has its split, as stored, in
+    ``before`` / ``after``; ``version`` is then the split's control.
+    """
     # Already in the session's identity map (the caller read it): no query.
     prompt = await session.get(PromptRow, version.prompt_id)
     name = prompt.name if prompt is not None else version.prompt_id
+    before: dict[str, Any] | None = {"version": previous} if previous else None
+    if before is not None and split_before:
+        before["split"] = split_before
+    after: dict[str, Any] = {"version": version.version, "version_id": version.id}
+    if split_after:
+        after["split"] = split_after
     record(
         session,
         workspace=version.workspace_id,
         action="release_tag.set",
         resource=f"prompts/{name}/releaseTags/{tag}",
-        before={"version": previous} if previous else None,
-        after={"version": version.version, "version_id": version.id},
+        before=before,
+        after=after,
     )

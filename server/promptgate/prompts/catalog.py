@@ -37,10 +37,13 @@ from promptgate.prompts.model import (
     ReleaseTag,
     ReleaseTagEvent,
     ResolvedPrompt,
+    VersionWeight,
     spec_from_json,
     spec_to_json,
 )
 from promptgate.prompts.release_checks import check_tag_moves, tag_report
+from promptgate.prompts.split_store import FoundSplit, find_split, load_split, split_versions
+from promptgate.prompts.splits import check_target, split_from_json, stored_split
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import ModelCheck, validate_spec
 from promptgate.store.engine import SessionFactory
@@ -212,7 +215,7 @@ class PromptCatalog:
                 )
                 session.add(row)
                 await check_tag_moves(
-                    session, prompt.id, release_tags, spec, number, allow_breaking
+                    session, prompt.id, release_tags, [(number, spec)], allow_breaking
                 )
                 if validate_only:
                     would_be = replace(_version(row), id="")
@@ -284,7 +287,15 @@ class PromptCatalog:
                 session, prompt_row, version=version, tag=tag
             )
             prompt = _prompt(prompt_row, [])
-        resolved = ResolvedPrompt(prompt=prompt, version=_version(row), release_tag=used_tag)
+            split, variants = await load_split(session, prompt_row.id, used_tag)
+        # With a split, callers pick a variant per call (splits.assign).
+        resolved = ResolvedPrompt(
+            prompt=prompt,
+            version=_version(row),
+            release_tag=used_tag,
+            split=split,
+            variants=tuple(_version(v) for v in variants),
+        )
         if self._resolve_ttl > 0:
             if len(self._resolved) >= RESOLVE_CACHE_MAX:
                 self._resolved.clear()
@@ -301,19 +312,24 @@ class PromptCatalog:
         *,
         version: int = 0,
         version_id: str = "",
+        splits: Sequence[VersionWeight] = (),
         allow_breaking: bool = False,
         validate_only: bool = False,
     ) -> ReleaseTag:
-        """Point ``tag`` at a version and record the move (``validate_only``: only check
-        it). A move that breaks the tag's callers is refused unless allowed."""
+        """Point ``tag`` at a version, or split it between versions; record the move
+        (``validate_only``: only check it). A move that breaks the callers of what the
+        tag serves is refused unless allowed."""
         _check_tag(tag, "tag")
-        if not version and not version_id:
-            raise InvalidArgument.field("version", "give a version number or a version_id")
+        check_target(version, version_id, splits)
         async with self._sessions.write() as session:
             prompt = await self._prompt_row(session, workspace, ref)
-            row, _ = await self._select_version(
-                session, prompt, version=version, version_id=version_id
-            )
+            weighted = await split_versions(session, prompt, splits) if splits else []
+            if weighted:
+                row = weighted[0][0]
+            else:
+                row, _ = await self._select_version(
+                    session, prompt, version=version, version_id=version_id
+                )
             now = utcnow()
             # Writing the prompt row first serialises tag moves per prompt (a row
             # lock on PostgreSQL, the write lock on SQLite), so the tag row read
@@ -321,9 +337,12 @@ class PromptCatalog:
             await session.exec(
                 update(PromptRow).where(col(PromptRow.id) == prompt.id).values(updated_at=now)
             )
-            candidate = spec_from_json(row.spec)
-            await check_tag_moves(session, prompt.id, [tag], candidate, row.version, allow_breaking)
-            tag_row = await self._move_tag(session, prompt.id, tag, row, now)
+            targets = [r for r, _ in weighted] or [row]
+            candidates = [(r.version, spec_from_json(r.spec)) for r in targets]
+            await check_tag_moves(session, prompt.id, [tag], candidates, allow_breaking)
+            tag_row = await self._move_tag(
+                session, prompt.id, tag, row, now, [(r.version, r.id, w) for r, w in weighted]
+            )
             if validate_only:
                 would_be = _tag(tag_row)
                 await session.rollback()
@@ -348,6 +367,12 @@ class PromptCatalog:
         async with self._sessions() as session:
             prompt = await self._prompt_row(session, workspace, ref)
             return await self._tags(session, prompt)
+
+    async def find_split(self, workspace: str, ref: str, tag: str, split_id: str) -> FoundSplit:
+        """A traffic split of ``tag``: ``split_id``, else the current one, else the latest."""
+        async with self._sessions() as session:
+            prompt = await self._prompt_row(session, workspace, ref)
+            return await find_split(session, prompt, tag, split_id)
 
     async def tag_history(
         self, workspace: str, ref: str, *, tag: str, size: int, token: str
@@ -374,6 +399,7 @@ class PromptCatalog:
                 version_id=r.version_id,
                 previous_version=r.previous_version,
                 time=as_utc(r.created_at),
+                split=split_from_json(r.split),
             )
             for r in page
         ], next_token
@@ -455,9 +481,13 @@ class PromptCatalog:
         tag: str,
         version: PromptVersionRow,
         now: datetime,
+        weighted: Sequence[tuple[int, str, float]] = (),
     ) -> ReleaseTagRow:
+        """Move ``tag`` to ``version``, or to a split of 2+ ``weighted`` versions."""
         current = await session.get(ReleaseTagRow, (prompt_id, tag))
         previous = current.version if current else 0
+        split_before = current.split if current else None
+        split = stored_split(split_before, weighted, now)
         if current is None:
             current = ReleaseTagRow(
                 prompt_id=prompt_id,
@@ -465,11 +495,13 @@ class PromptCatalog:
                 version_id=version.id,
                 version=version.version,
                 updated_at=now,
+                split=split,
             )
         else:
             current.version_id = version.id
             current.version = version.version
             current.updated_at = now
+            current.split = split
         session.add(current)
         session.add(
             ReleaseTagEventRow(
@@ -479,9 +511,12 @@ class PromptCatalog:
                 version=version.version,
                 previous_version=previous,
                 created_at=now,
+                split=split,
             )
         )
-        await audit_entries.tag_moved(session, version, tag, previous)
+        await audit_entries.tag_moved(
+            session, version, tag, previous, split_before=split_before, split_after=split
+        )
         return current
 
     async def _tags(self, session: AsyncSession, prompt: PromptRow) -> list[ReleaseTag]:
@@ -564,4 +599,5 @@ def _tag(row: ReleaseTagRow) -> ReleaseTag:
         version=row.version,
         version_id=row.version_id,
         updated_at=as_utc(row.updated_at),
+        split=split_from_json(row.split),
     )

@@ -142,29 +142,32 @@ def compare(
     )
 
 
-def refusal(reports: Sequence[CompatibilityReport], to_version: int) -> FailedPrecondition:
-    """The FAILED_PRECONDITION (BREAKING_CHANGE) refusing to move the reports' tags
-    to version ``to_version``: one violation per breaking change."""
-    broken = [r for r in reports if not r.compatible]
-    tags = ", ".join(repr(r.release_tag) for r in broken)
-    count = sum(len(r.changes) for r in broken)
-    first = broken[0].changes[0].description if broken else ""
+def refusal(reports: Sequence[tuple[int, CompatibilityReport]]) -> FailedPrecondition:
+    """The FAILED_PRECONDITION (BREAKING_CHANGE) refusing to move tags to versions, given
+    (the version a tag would move to, its report) pairs: one violation per breaking
+    change, naming the tag and the version."""
+    broken = [(to, r) for to, r in reports if not r.compatible]
+    tags = ", ".join(dict.fromkeys(repr(r.release_tag) for _, r in broken))
+    versions = ", ".join(dict.fromkeys(str(to) for to, _ in broken))
+    count = sum(len(r.changes) for _, r in broken)
+    first = broken[0][1].changes[0].description if broken else ""
     more = f" (and {count - 1} more)" if count > 1 else ""
     return FailedPrecondition(
-        f"moving release tag {tags} to version {to_version} breaks its callers: "
+        f"moving release tag {tags} to version {versions} breaks its callers: "
         f"{first}{more}; set allow_breaking_changes to move it anyway",
         reason="BREAKING_CHANGE",
         metadata={
-            "release_tags": ",".join(r.release_tag for r in broken),
-            "version": str(to_version),
+            "release_tags": ",".join(dict.fromkeys(r.release_tag for _, r in broken)),
+            "versions": ",".join(dict.fromkeys(str(to) for to, _ in broken)),
         },
         preconditions=[
             PreconditionViolation(
                 type=change.type.value,
                 subject=change.variable,
-                description=f"release tag {report.release_tag!r}: {change.description}",
+                description=f"release tag {report.release_tag!r} to version {to}: "
+                f"{change.description}",
             )
-            for report in broken
+            for to, report in broken
             for change in report.changes
         ],
     )

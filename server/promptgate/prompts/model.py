@@ -135,14 +135,36 @@ def spec_from_json(data: dict[str, Any]) -> PromptSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionWeight:
+    """A version of a traffic split and its weight (asked for: by number or id)."""
+
+    version: int = 0
+    version_id: str = ""
+    weight: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSplit:
+    """A release tag's split between versions (an A/B test); the first is the control.
+
+    Weights are normalised (they sum to 1). See prompts/splits.py.
+    """
+
+    id: str
+    versions: tuple[VersionWeight, ...]
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseTag:
-    """Where a release tag points."""
+    """Where a release tag points; with a split, ``version`` is its control."""
 
     tag: str
     version: int
     version_id: str
     updated_at: datetime
     automatic: bool = False
+    split: TrafficSplit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +177,7 @@ class ReleaseTagEvent:
     version_id: str
     previous_version: int
     time: datetime
+    split: TrafficSplit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +210,14 @@ class PromptVersion:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedPrompt:
-    """A stored prompt version picked by a tag or number, ready to render."""
+    """A stored prompt version picked by a tag or number, ready to render.
+
+    Through a split tag, ``split`` is set and ``variants`` holds its versions
+    in order; ``version`` is the control until ``splits.assign`` picks one.
+    """
 
     prompt: Prompt
     version: PromptVersion
     release_tag: str
+    split: TrafficSplit | None = None
+    variants: tuple[PromptVersion, ...] = ()

@@ -33,7 +33,7 @@ from promptgate.store.tables import SchemaVersionRow, utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 async def _idempotency_columns(conn: AsyncConnection) -> None:
@@ -42,9 +42,17 @@ async def _idempotency_columns(conn: AsyncConnection) -> None:
         await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {column} VARCHAR({size})"))
 
 
+async def _split_columns(conn: AsyncConnection) -> None:
+    """Version 3: release tags and their history keep A/B splits; executions their split."""
+    await conn.execute(text("ALTER TABLE release_tags ADD COLUMN split JSON"))
+    await conn.execute(text("ALTER TABLE release_tag_events ADD COLUMN split JSON"))
+    await conn.execute(text("ALTER TABLE executions ADD COLUMN split_id VARCHAR(40)"))
+
+
 # Migrations from version N-1 to N, run in order inside one transaction.
 MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
     2: _idempotency_columns,
+    3: _split_columns,
 }
 
 

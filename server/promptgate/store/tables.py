@@ -30,6 +30,11 @@ def _json(factory: type[dict[str, Any]] | type[list[Any]] | None) -> Any:
     return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
 
 
+def _split() -> Any:
+    # none_as_null: None is SQL NULL (not JSON null), so "IS NULL" finds it.
+    return Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+
+
 def _time(index: bool = False) -> Any:
     return Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=index))
 
@@ -86,6 +91,8 @@ class ReleaseTagRow(SQLModel, table=True):
     version_id: str = Field(max_length=40)
     version: int
     updated_at: datetime = _time()
+    # A/B split (schema version 3): the domain's TrafficSplit, or NULL.
+    split: dict[str, Any] | None = _split()
 
 
 class ReleaseTagEventRow(SQLModel, table=True):
@@ -104,6 +111,8 @@ class ReleaseTagEventRow(SQLModel, table=True):
     version: int
     previous_version: int = 0
     created_at: datetime = _time()
+    # The split the tag moved to (schema version 3), or NULL.
+    split: dict[str, Any] | None = _split()
 
 
 class ExecutionRow(SQLModel, table=True):
@@ -161,6 +170,8 @@ class ExecutionRow(SQLModel, table=True):
     request_fingerprint: str | None = Field(default=None, max_length=64)
     owner: str | None = Field(default=None, max_length=40)
     superseded_key: str | None = Field(default=None, max_length=256)
+    # The release tag's traffic split that picked the version (schema version 3).
+    split_id: str | None = Field(default=None, max_length=40)
 
 
 class ActualRow(SQLModel, table=True):

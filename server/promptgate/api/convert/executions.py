@@ -157,6 +157,7 @@ def execution_request_from_proto(
         routing=routing,
         cache=cache,
         api_key_id=api_key_id,
+        split_key=request.split_key,
     )
 
 
@@ -209,6 +210,7 @@ def meta_to_proto(record: ExecutionRecord, expand: pb.ExpandMeta | None = None) 
         meta.prompt_version_id = record.version_id
         meta.prompt_version = record.version
         meta.release_tag = record.release_tag
+        meta.split_id = record.split_id
     if wanted("finish_reason"):
         meta.finish_reason = _FINISH_PB[record.finish_reason]
     if wanted("usage"):

@@ -55,6 +55,8 @@ from promptgate.prompts.model import (
     Routing,
     Strategy,
     TemplateMessage,
+    TrafficSplit,
+    VersionWeight,
 )
 
 _INPUT_TYPES: dict[pb.InputType.ValueType, InputType] = {
@@ -307,6 +309,7 @@ def release_tag_to_proto(tag: ReleaseTag) -> ppb.ReleaseTag:
         version_id=tag.version_id,
         automatic=tag.automatic,
         update_time=timestamp(tag.updated_at),
+        split=split_to_proto(tag.split),
     )
 
 
@@ -318,6 +321,28 @@ def tag_event_to_proto(event: ReleaseTagEvent) -> ppb.ReleaseTagEvent:
         version_id=event.version_id,
         previous_version=event.previous_version,
         time=timestamp(event.time),
+        split=split_to_proto(event.split),
+    )
+
+
+def split_to_proto(split: TrafficSplit | None) -> ppb.TrafficSplit | None:
+    """A domain traffic split as a message (None stays unset)."""
+    if split is None:
+        return None
+    return ppb.TrafficSplit(
+        id=split.id,
+        versions=[
+            ppb.VersionWeight(version=v.version, version_id=v.version_id, weight=v.weight)
+            for v in split.versions
+        ],
+        start_time=timestamp(split.started_at),
+    )
+
+
+def split_entries_from_proto(entries: Iterable[ppb.VersionWeight]) -> tuple[VersionWeight, ...]:
+    """SetReleaseTagRequest.splits as domain entries (checked by the catalog)."""
+    return tuple(
+        VersionWeight(version=e.version, version_id=e.version_id, weight=e.weight) for e in entries
     )
 
 
@@ -357,6 +382,7 @@ def rendering_to_proto(rendering: Rendering) -> ppb.RenderPromptResponse:
         prompt_version_id=rendering.version_id,
         prompt_version=rendering.version,
         release_tag=rendering.release_tag,
+        split_id=rendering.split_id,
     )
 
 

@@ -268,12 +268,24 @@ class GetUsageRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     API_KEY_ID_FIELD_NUMBER: _builtins.int
+    COMPARE_RELEASE_TAG_FIELD_NUMBER: _builtins.int
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Optional. Only executions of this prompt (name or id)."""
     model: _builtins.str
     """Optional. Only executions served by this model."""
     api_key_id: _builtins.str
     """Optional. Only executions made with this API key id."""
+    compare_release_tag: _builtins.str
+    """Optional. Compare the versions of an A/B test: a release tag of `prompt`
+    (required then) that splits, or split, its traffic. Only executions the
+    split assigned are counted (in total and groups too), and the response's
+    split_comparison sets them side by side.
+    """
+    split_id: _builtins.str
+    """Optional. With compare_release_tag: which of the tag's splits, by id
+    ("spl_..."); default: the tag's current split, else its most recent one.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. Start of the window, inclusive (default: 30 days before end_time)."""
@@ -295,10 +307,12 @@ class GetUsageRequest(_message.Message):
         prompt: _builtins.str = ...,
         model: _builtins.str = ...,
         api_key_id: _builtins.str = ...,
+        compare_release_tag: _builtins.str = ...,
+        split_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "end_time", b"end_time", "group_by", b"group_by", "model", b"model", "prompt", b"prompt", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "compare_release_tag", b"compare_release_tag", "end_time", b"end_time", "group_by", b"group_by", "model", b"model", "prompt", b"prompt", "split_id", b"split_id", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +328,7 @@ class GetUsageResponse(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    SPLIT_COMPARISON_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """The window the figures cover, start inclusive."""
@@ -330,6 +345,12 @@ class GetUsageResponse(_message.Message):
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
         """One entry per combination of the grouping dimensions, ordered by them."""
 
+    @_builtins.property
+    def split_comparison(self) -> Global___SplitComparison:
+        """Set when the request names compare_release_tag: the split's versions
+        side by side.
+        """
+
     def __init__(
         self,
         *,
@@ -337,14 +358,212 @@ class GetUsageResponse(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         total: Global___UsageStats | None = ...,
         groups: _abc.Iterable[Global___UsageGroup] | None = ...,
+        split_comparison: Global___SplitComparison | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "split_comparison", b"split_comparison", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "groups", b"groups", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "groups", b"groups", "split_comparison", b"split_comparison", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class SplitComparison(_message.Message):
+    """The versions of a release tag's traffic split (an A/B test) side by side,
+    over the executions the split assigned in the window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_TAG_FIELD_NUMBER: _builtins.int
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    release_tag: _builtins.str
+    """Output only. The release tag."""
+    split_id: _builtins.str
+    """Output only. The split's id, "spl_..."."""
+    active: _builtins.bool
+    """Output only. Whether the tag still splits its traffic this way (false
+    once the tag moved to one version or to other versions).
+    """
+    confidence_level: _builtins.float
+    """Output only. The confidence level of every interval: 0.95."""
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantStats]:
+        """Output only. One entry per version of the split, in the split's order;
+        the first is the control.
+        """
+
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantComparison]:
+        """Output only. Each other version against the control, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        release_tag: _builtins.str = ...,
+        split_id: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        variants: _abc.Iterable[Global___VariantStats] | None = ...,
+        comparisons: _abc.Iterable[Global___VariantComparison] | None = ...,
+        confidence_level: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "comparisons", b"comparisons", "confidence_level", b"confidence_level", "release_tag", b"release_tag", "split_id", b"split_id", "variants", b"variants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitComparison: _TypeAlias = SplitComparison  # noqa: Y015
+
+@_typing.final
+class VariantStats(_message.Message):
+    """The figures of one version of a split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    STATS_FIELD_NUMBER: _builtins.int
+    QUALITY_STDDEV_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Output only. The version number."""
+    version_id: _builtins.str
+    """Output only. The version id."""
+    weight: _builtins.float
+    """Output only. The version's share of the split's traffic (its latest
+    weights).
+    """
+    quality_stddev: _builtins.float
+    """Output only. Sample standard deviation (n - 1) of the current actuals'
+    quality; unset with fewer than two rated executions.
+    """
+    @_builtins.property
+    def stats(self) -> Global___UsageStats:
+        """Output only. Executions, error rate, latency p50/p95, tokens, cost, rated
+        count and mean quality of the executions assigned to this version.
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        version_id: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        stats: Global___UsageStats | None = ...,
+        quality_stddev: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quality_stddev", b"_quality_stddev", "quality_stddev", b"quality_stddev", "stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality_stddev", b"_quality_stddev", "quality_stddev", b"quality_stddev", "stats", b"stats", "version", b"version", "version_id", b"version_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__quality_stddev: _TypeAlias = _typing.Literal["quality_stddev"]  # noqa: Y015
+    _WhichOneofArgType__quality_stddev: _TypeAlias = _typing.Literal["_quality_stddev", b"_quality_stddev"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quality_stddev) -> _WhichOneofReturnType__quality_stddev | None: ...
+
+Global___VariantStats: _TypeAlias = VariantStats  # noqa: Y015
+
+@_typing.final
+class VariantComparison(_message.Message):
+    """One version of a split against the control (the split's first version)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONTROL_VERSION_FIELD_NUMBER: _builtins.int
+    MEAN_QUALITY_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Output only. The version compared."""
+    control_version: _builtins.int
+    """Output only. The control's version number."""
+    @_builtins.property
+    def mean_quality(self) -> Global___DifferenceEstimate:
+        """Output only. Mean quality of the version minus the control's, with a
+        Welch t interval: diff +- t(0.975, df) * sqrt(s1^2/n1 + s2^2/n2), df by
+        Welch-Satterthwaite, t the exact Student t quantile. n counts rated
+        executions. Unset unless both have at least two.
+        """
+
+    @_builtins.property
+    def error_rate(self) -> Global___DifferenceEstimate:
+        """Output only. Error rate of the version minus the control's, with
+        Newcombe's hybrid score interval (from the two 95% Wilson score
+        intervals). Unset unless both have executions.
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        control_version: _builtins.int = ...,
+        mean_quality: Global___DifferenceEstimate | None = ...,
+        error_rate: Global___DifferenceEstimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error_rate", b"error_rate", "mean_quality", b"mean_quality"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_version", b"control_version", "error_rate", b"error_rate", "mean_quality", b"mean_quality", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantComparison: _TypeAlias = VariantComparison  # noqa: Y015
+
+@_typing.final
+class DifferenceEstimate(_message.Message):
+    """A difference between a version and the control, with its 95% confidence
+    interval.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    CONTROL_COUNT_FIELD_NUMBER: _builtins.int
+    DEGREES_OF_FREEDOM_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    estimate: _builtins.float
+    """Output only. The version's value minus the control's."""
+    low: _builtins.float
+    """Output only. The interval's lower bound."""
+    high: _builtins.float
+    """Output only. The interval's upper bound."""
+    count: _builtins.int
+    """Output only. The version's sample size."""
+    control_count: _builtins.int
+    """Output only. The control's sample size."""
+    degrees_of_freedom: _builtins.float
+    """Output only. Welch's degrees of freedom for a mean-quality difference;
+    0 for an error-rate difference.
+    """
+    significant: _builtins.bool
+    """Output only. Whether the interval excludes 0: the difference is unlikely
+    to be luck alone.
+    """
+    def __init__(
+        self,
+        *,
+        estimate: _builtins.float = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+        count: _builtins.int = ...,
+        control_count: _builtins.int = ...,
+        degrees_of_freedom: _builtins.float = ...,
+        significant: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_count", b"control_count", "count", b"count", "degrees_of_freedom", b"degrees_of_freedom", "estimate", b"estimate", "high", b"high", "low", b"low", "significant", b"significant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DifferenceEstimate: _TypeAlias = DifferenceEstimate  # noqa: Y015
 
 @_typing.final
 class UsageGroup(_message.Message):

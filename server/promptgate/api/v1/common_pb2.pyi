@@ -813,6 +813,7 @@ class ExecutionMeta(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CACHE_STATUS_FIELD_NUMBER: _builtins.int
     TARGET_INDEX_FIELD_NUMBER: _builtins.int
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Output only. The provider that served the execution, e.g. "openai"."""
     model: _builtins.str
@@ -840,6 +841,10 @@ class ExecutionMeta(_message.Message):
     target_index: _builtins.int
     """Output only. The index, in the routing targets, of the target that served
     (0 without routing).
+    """
+    split_id: _builtins.str
+    """Output only. The id of the release tag's traffic split that picked the
+    version, "spl_..." (empty when the tag pointed at one version).
     """
     @_builtins.property
     def usage(self) -> Global___Usage:
@@ -880,10 +885,11 @@ class ExecutionMeta(_message.Message):
         attempts: _builtins.int = ...,
         cache_status: Global___CacheStatus.ValueType = ...,
         target_index: _builtins.int = ...,
+        split_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "latency", b"latency", "parameters", b"parameters", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "cache_status", b"cache_status", "cost", b"cost", "finish_reason", b"finish_reason", "latency", b"latency", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "release_tag", b"release_tag", "target_index", b"target_index", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "cache_status", b"cache_status", "cost", b"cost", "finish_reason", b"finish_reason", "latency", b"latency", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "release_tag", b"release_tag", "split_id", b"split_id", "target_index", b"target_index", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1159,7 +1165,9 @@ class ExpandMeta(_message.Message):
     model: _builtins.bool
     """Optional. Return provider and model."""
     prompt_version: _builtins.bool
-    """Optional. Return prompt_id, prompt_version_id, prompt_version, release_tag."""
+    """Optional. Return prompt_id, prompt_version_id, prompt_version, release_tag,
+    split_id.
+    """
     finish_reason: _builtins.bool
     """Optional. Return finish_reason."""
     usage: _builtins.bool

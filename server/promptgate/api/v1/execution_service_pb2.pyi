@@ -120,6 +120,7 @@ class ExecutePromptRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    SPLIT_KEY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """A stored prompt's id or name."""
     release_tag: _builtins.str
@@ -137,6 +138,13 @@ class ExecutePromptRequest(_message.Message):
     """Optional. Overrides the version's model."""
     provider: _builtins.str
     """Optional. Overrides the version's provider."""
+    split_key: _builtins.str
+    """Optional. For a stored prompt run through a release tag that splits its
+    traffic between versions (an A/B test): the key to split on, e.g. a user
+    or session id, at most 256 characters. The same key gets the same version
+    while the split keeps its id; without a key each call draws a version at
+    random by weight. Ignored when the tag points at one version.
+    """
     @_builtins.property
     def inline_prompt(self) -> _common_pb2.InlinePrompt:
         """An ad-hoc prompt."""
@@ -214,10 +222,11 @@ class ExecutePromptRequest(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         routing: _common_pb2.Routing | None = ...,
         cache: _common_pb2.CachePolicy | None = ...,
+        split_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "expand_meta", b"expand_meta", "inline_prompt", b"inline_prompt", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "raw_overrides", b"raw_overrides", "response_format", b"response_format", "routing", b"routing", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "expand_meta", b"expand_meta", "expand_raw", b"expand_raw", "external_id", b"external_id", "inline_prompt", b"inline_prompt", "inputs", b"inputs", "metadata", b"metadata", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "routing", b"routing", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "expand_meta", b"expand_meta", "expand_raw", b"expand_raw", "external_id", b"external_id", "inline_prompt", b"inline_prompt", "inputs", b"inputs", "metadata", b"metadata", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "routing", b"routing", "split_key", b"split_key", "target", b"target", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["prompt", "inline_prompt"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -1043,7 +1052,10 @@ class ExecuteBatchRequest(_message.Message):
     prompt: _builtins.str
     """A stored prompt's id or name."""
     release_tag: _builtins.str
-    """Optional. For a stored prompt: the release tag (default "production")."""
+    """Optional. For a stored prompt: the release tag (default "production").
+    The version is pinned when the batch is created; a tag that splits its
+    traffic (an A/B test) gives every item its control (first) version.
+    """
     version: _builtins.int
     """Optional. For a stored prompt: a version number instead of a tag."""
     display_name: _builtins.str

@@ -36,7 +36,8 @@ class PromptServiceStub:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @_typing.overload
@@ -62,9 +63,10 @@ class PromptServiceStub:
     ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]
-    """Points a release tag at a version, recording the move in the tag history.
-    A move to a version whose input variables break the callers of the
-    version the tag points at now is refused unless allow_breaking_changes.
+    """Points a release tag at a version, or splits its traffic between versions
+    (an A/B test), recording the move in the tag history. A move to versions
+    whose input variables break the callers of the version(s) the tag serves
+    now is refused unless allow_breaking_changes.
     """
     ListReleaseTags: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]
     """Lists a prompt's release tags, including "latest"."""
@@ -86,7 +88,8 @@ class PromptServiceAsyncStub(PromptServiceStub):
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -109,9 +112,10 @@ class PromptServiceAsyncStub(PromptServiceStub):
     ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]  # type: ignore[assignment]
-    """Points a release tag at a version, recording the move in the tag history.
-    A move to a version whose input variables break the callers of the
-    version the tag points at now is refused unless allow_breaking_changes.
+    """Points a release tag at a version, or splits its traffic between versions
+    (an A/B test), recording the move in the tag history. A move to versions
+    whose input variables break the callers of the version(s) the tag serves
+    now is refused unless allow_breaking_changes.
     """
     ListReleaseTags: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]  # type: ignore[assignment]
     """Lists a prompt's release tags, including "latest"."""
@@ -132,7 +136,8 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @_abc_1.abstractmethod
@@ -207,9 +212,10 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.SetReleaseTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.SetReleaseTagResponse, _abc.Awaitable[_prompt_service_pb2.SetReleaseTagResponse]]:
-        """Points a release tag at a version, recording the move in the tag history.
-        A move to a version whose input variables break the callers of the
-        version the tag points at now is refused unless allow_breaking_changes.
+        """Points a release tag at a version, or splits its traffic between versions
+        (an A/B test), recording the move in the tag history. A move to versions
+        whose input variables break the callers of the version(s) the tag serves
+        now is refused unless allow_breaking_changes.
         """
 
     @_abc_1.abstractmethod

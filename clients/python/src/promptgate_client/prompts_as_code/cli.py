@@ -225,6 +225,8 @@ def plan_lines(plans: Sequence[PromptPlan], *, allow_breaking_changes: bool) -> 
                 if move.from_version
                 else f"{move.tag} -> v{plan.version} (new tag)"
             )
+            if move.ends_split:
+                where += " (ends its A/B split)"
             if move.breaking and not allow_breaking_changes:
                 lines.append(
                     f"{'BREAKING':<10} {name}: {where} refused "

@@ -44,11 +44,13 @@ T = TypeVar("T")
 @dataclass
 class TagMove:
     """Point ``tag`` at the plan's version; ``breaking`` lists the changes that break
-    the callers of ``from_version`` (0: a new tag)."""
+    the callers of ``from_version`` (0: a new tag); ``ends_split``: the tag splits
+    its traffic now (an A/B test, ``from_version`` its control) and the move ends it."""
 
     tag: str
     from_version: int
     breaking: list[PreconditionViolation] = field(default_factory=list)
+    ends_split: bool = False
 
 
 @dataclass
@@ -129,7 +131,12 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
         plan.action, plan.version = NEW_VERSION, checked.version.version
         if checked.HasField("compatibility"):
             plan.compatibility = checked.compatibility
-    plan.moves = [TagMove(t, tags.get(t, 0)) for t in file.tags if tags.get(t) != plan.version]
+    split = {t.tag for t in prompt.release_tags if t.HasField("split")}
+    plan.moves = [
+        TagMove(t, tags.get(t, 0), ends_split=t in split)
+        for t in file.tags
+        if tags.get(t) != plan.version
+    ]
     try:
         for move in plan.moves:
             move.breaking = _breaking(client, plan, move.tag)

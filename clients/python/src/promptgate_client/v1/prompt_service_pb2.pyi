@@ -249,6 +249,7 @@ class ReleaseTag(_message.Message):
     VERSION_ID_FIELD_NUMBER: _builtins.int
     AUTOMATIC_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     """Output only. The tag, e.g. "production"."""
     version: _builtins.int
@@ -261,6 +262,13 @@ class ReleaseTag(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the tag last moved."""
 
+    @_builtins.property
+    def split(self) -> Global___TrafficSplit:
+        """Output only. Set while the tag splits its traffic between versions (an
+        A/B test); version and version_id then name the split's first version,
+        the control, which is also what GetPromptVersion returns for the tag.
+        """
+
     def __init__(
         self,
         *,
@@ -269,14 +277,93 @@ class ReleaseTag(_message.Message):
         version_id: _builtins.str = ...,
         automatic: _builtins.bool = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        split: Global___TrafficSplit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["split", b"split", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic", b"automatic", "tag", b"tag", "update_time", b"update_time", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic", b"automatic", "split", b"split", "tag", b"tag", "update_time", b"update_time", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseTag: _TypeAlias = ReleaseTag  # noqa: Y015
+
+@_typing.final
+class TrafficSplit(_message.Message):
+    """A release tag's traffic split between versions, for an A/B test. Each call
+    through the tag runs one version: chosen by a hash of the call's split_key
+    (sticky: the same key gets the same version while the split keeps its id),
+    or at random by weight when the call has no key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. The split's id, "spl_...". It stays the same while the same
+    versions, in the same order, split the tag: changing only the weights
+    keeps it, and a key then changes version only where a boundary between
+    the versions' shares moved past it. Another list of versions starts a
+    new split with a new id (and a fresh assignment of keys).
+    """
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionWeight]:
+        """Output only. The versions and their shares of the traffic (normalised to
+        sum to 1), in the order given; the first is the control.
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the split with this id started."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        versions: _abc.Iterable[Global___VersionWeight] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "start_time", b"start_time", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficSplit: _TypeAlias = TrafficSplit  # noqa: Y015
+
+@_typing.final
+class VersionWeight(_message.Message):
+    """One version of a traffic split and its weight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Optional. The version number; give it or version_id (both set in output)."""
+    version_id: _builtins.str
+    """Optional. The version id; give it or version (both set in output)."""
+    weight: _builtins.float
+    """Required. The version's weight, positive and at most 1,000,000. The
+    weights of a split need not sum to 1 or 100: each version gets
+    weight / (sum of weights) of the traffic. Output: that normalised share.
+    """
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        version_id: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "version_id", b"version_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionWeight: _TypeAlias = VersionWeight  # noqa: Y015
 
 @_typing.final
 class ReleaseTagEvent(_message.Message):
@@ -289,6 +376,7 @@ class ReleaseTagEvent(_message.Message):
     VERSION_ID_FIELD_NUMBER: _builtins.int
     PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     """Output only. The tag."""
     version: _builtins.int
@@ -301,6 +389,12 @@ class ReleaseTagEvent(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the move happened."""
 
+    @_builtins.property
+    def split(self) -> Global___TrafficSplit:
+        """Output only. The traffic split the tag moved to; unset when it moved to
+        one version, which ends any split (A/B test) the tag had.
+        """
+
     def __init__(
         self,
         *,
@@ -309,10 +403,11 @@ class ReleaseTagEvent(_message.Message):
         version_id: _builtins.str = ...,
         previous_version: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        split: Global___TrafficSplit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["split", b"split", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "tag", b"tag", "time", b"time", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "split", b"split", "tag", b"tag", "time", b"time", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -770,7 +865,9 @@ class GetPromptVersionRequest(_message.Message):
     version_id: _builtins.str
     """The version id."""
     release_tag: _builtins.str
-    """A release tag, e.g. "production" or "latest"."""
+    """A release tag, e.g. "production" or "latest". For a tag that splits its
+    traffic, the split's control (first) version.
+    """
     def __init__(
         self,
         *,
@@ -882,6 +979,7 @@ class SetReleaseTagRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     VERSION_ID_FIELD_NUMBER: _builtins.int
     ALLOW_BREAKING_CHANGES_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Required. The prompt's id or name."""
@@ -894,15 +992,22 @@ class SetReleaseTagRequest(_message.Message):
     version_id: _builtins.str
     """The version id."""
     allow_breaking_changes: _builtins.bool
-    """Optional. Move the tag even when the version's input variables break the
-    callers of the version(s) the tag points at now. Without it such a move
-    fails with FAILED_PRECONDITION (BREAKING_CHANGE), with a
-    google.rpc.PreconditionFailure violation per breaking change.
+    """Optional. Move the tag even when the version's (or a split version's)
+    input variables break the callers of the version(s) the tag serves now.
+    Without it such a move fails with FAILED_PRECONDITION (BREAKING_CHANGE),
+    with a google.rpc.PreconditionFailure violation per breaking change.
     """
     validate_only: _builtins.bool
     """Optional. Check the move (including the breaking-change check) without
     making it (AIP-163). The response holds the tag as it would be.
     """
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionWeight]:
+        """Optional. Instead of a version: split the tag's traffic between 2 to 10
+        distinct versions by weight, for an A/B test; the first is the control.
+        One entry is a plain move to that version.
+        """
+
     def __init__(
         self,
         *,
@@ -911,11 +1016,12 @@ class SetReleaseTagRequest(_message.Message):
         version: _builtins.int = ...,
         version_id: _builtins.str = ...,
         allow_breaking_changes: _builtins.bool = ...,
+        splits: _abc.Iterable[Global___VersionWeight] | None = ...,
         validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_breaking_changes", b"allow_breaking_changes", "prompt", b"prompt", "selector", b"selector", "tag", b"tag", "validate_only", b"validate_only", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_breaking_changes", b"allow_breaking_changes", "prompt", b"prompt", "selector", b"selector", "splits", b"splits", "tag", b"tag", "validate_only", b"validate_only", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["version", "version_id"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
@@ -1075,6 +1181,7 @@ class RenderPromptRequest(_message.Message):
     RAW_OVERRIDES_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    SPLIT_KEY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """A stored prompt's id or name."""
     release_tag: _builtins.str
@@ -1085,6 +1192,10 @@ class RenderPromptRequest(_message.Message):
     """Optional. Overrides the version's model."""
     provider: _builtins.str
     """Optional. Overrides the version's provider."""
+    split_key: _builtins.str
+    """Optional. When the release tag splits its traffic: the key to split on,
+    as in ExecutePromptRequest.split_key (shows which version a key gets).
+    """
     @_builtins.property
     def inline_prompt(self) -> _common_pb2.InlinePrompt:
         """An ad-hoc prompt."""
@@ -1128,10 +1239,11 @@ class RenderPromptRequest(_message.Message):
         raw_overrides: _common_pb2.RawOverrides | None = ...,
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
+        split_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inline_prompt", b"inline_prompt", "parameters", b"parameters", "prompt", b"prompt", "raw_overrides", b"raw_overrides", "response_format", b"response_format", "target", b"target", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline_prompt", b"inline_prompt", "inputs", b"inputs", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "target", b"target", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline_prompt", b"inline_prompt", "inputs", b"inputs", "model", b"model", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "raw_overrides", b"raw_overrides", "release_tag", b"release_tag", "response_format", b"response_format", "split_key", b"split_key", "target", b"target", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["prompt", "inline_prompt"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -1153,6 +1265,7 @@ class RenderPromptResponse(_message.Message):
     PROMPT_VERSION_ID_FIELD_NUMBER: _builtins.int
     PROMPT_VERSION_FIELD_NUMBER: _builtins.int
     RELEASE_TAG_FIELD_NUMBER: _builtins.int
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """The provider that would be called."""
     model: _builtins.str
@@ -1165,6 +1278,8 @@ class RenderPromptResponse(_message.Message):
     """The version number (0 for inline prompts)."""
     release_tag: _builtins.str
     """The release tag that selected the version, if one did."""
+    split_id: _builtins.str
+    """The id of the tag's traffic split that picked the version, if one did."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """The rendered messages."""
@@ -1184,10 +1299,11 @@ class RenderPromptResponse(_message.Message):
         prompt_version_id: _builtins.str = ...,
         prompt_version: _builtins.int = ...,
         release_tag: _builtins.str = ...,
+        split_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider_payload", b"provider_payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "provider_payload", b"provider_payload", "release_tag", b"release_tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "provider_payload", b"provider_payload", "release_tag", b"release_tag", "split_id", b"split_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

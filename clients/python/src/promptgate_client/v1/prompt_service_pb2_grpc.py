@@ -35,7 +35,8 @@ class PromptServiceStub:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def __init__(self, channel):
@@ -116,7 +117,8 @@ class PromptServiceServicer:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     def CreatePrompt(self, request, context):
@@ -177,9 +179,10 @@ class PromptServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetReleaseTag(self, request, context):
-        """Points a release tag at a version, recording the move in the tag history.
-        A move to a version whose input variables break the callers of the
-        version the tag points at now is refused unless allow_breaking_changes.
+        """Points a release tag at a version, or splits its traffic between versions
+        (an A/B test), recording the move in the tag history. A move to versions
+        whose input variables break the callers of the version(s) the tag serves
+        now is refused unless allow_breaking_changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -288,7 +291,8 @@ class PromptService:
     parameters, declared typed input variables, the response format and tools.
     Versions never change once created. Release tags ("production", "staging",
     any name) move between versions and keep their history; the tag "latest"
-    always follows the newest version and cannot be set.
+    always follows the newest version and cannot be set. A tag can also split
+    its traffic between versions by weight, for an A/B test (TrafficSplit).
     """
 
     @staticmethod

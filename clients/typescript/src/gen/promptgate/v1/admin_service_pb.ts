@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/admin_service.proto.
  */
 export const file_promptgate_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEizgEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGYWN0aW9uGAMgASgJEhAKCHJlc291cmNlGAQgASgJEg0KBWFjdG9yGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIvCgxhdWRpdF9ldmVudHMYASADKAsyGS5wcm9tcHRnYXRlLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsQBCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIQCghyZXNvdXJjZRgFIAEoCRInCgZiZWZvcmUYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBWFmdGVyGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIZChdHZXRXZWJob29rU2VjcmV0UmVxdWVzdCI9ChhHZXRXZWJob29rU2VjcmV0UmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEg4KBnNlY3JldBgCIAEoCSLSAQoPR2V0VXNhZ2VSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCghncm91cF9ieRgDIAMoDjIcLnByb21wdGdhdGUudjEuVXNhZ2VHcm91cGluZxIOCgZwcm9tcHQYBCABKAkSDQoFbW9kZWwYBSABKAkSEgoKYXBpX2tleV9pZBgGIAEoCSLFAQoQR2V0VXNhZ2VSZXNwb25zZRIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFdG90YWwYAyABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMSKQoGZ3JvdXBzGAQgAygLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZUdyb3VwIqwBCgpVc2FnZUdyb3VwEg4KBnByb21wdBgBIAEoCRIRCglwcm9tcHRfaWQYAiABKAkSDwoHdmVyc2lvbhgDIAEoBRIQCghwcm92aWRlchgEIAEoCRINCgVtb2RlbBgFIAEoCRILCgNkYXkYBiABKAkSEgoKYXBpX2tleV9pZBgHIAEoCRIoCgVzdGF0cxgIIAEoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VTdGF0cyLWAgoKVXNhZ2VTdGF0cxISCgpleGVjdXRpb25zGAEgASgDEhEKCWZ1bGZpbGxlZBgCIAEoAxIQCghyZWplY3RlZBgDIAEoAxIRCgljYW5jZWxsZWQYBCABKAMSEgoKZXJyb3JfcmF0ZRgFIAEoARIUCgxpbnB1dF90b2tlbnMYBiABKAMSFQoNb3V0cHV0X3Rva2VucxgHIAEoAxIbChNjYWNoZWRfaW5wdXRfdG9rZW5zGAggASgDEgwKBGNvc3QYCSABKAESEQoJY29zdF91bml0GAogASgJEhYKDmxhdGVuY3lfcDUwX21zGAsgASgBEhYKDmxhdGVuY3lfcDk1X21zGAwgASgBEhIKCmNhY2hlX2hpdHMYDSABKAMSDQoFcmF0ZWQYDiABKAMSGQoMbWVhbl9xdWFsaXR5GA8gASgBSACIAQFCDwoNX21lYW5fcXVhbGl0eSIlChFMaXN0TW9kZWxzUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCSJuChJMaXN0TW9kZWxzUmVzcG9uc2USLgoJcHJvdmlkZXJzGAEgAygLMhsucHJvbXB0Z2F0ZS52MS5Qcm92aWRlckluZm8SKAoGbW9kZWxzGAIgAygLMhgucHJvbXB0Z2F0ZS52MS5Nb2RlbEluZm8igQEKDFByb3ZpZGVySW5mbxIMCgRuYW1lGAEgASgJEhAKCGJhc2VfdXJsGAIgASgJEhkKEWFjY2VwdHNfYW55X21vZGVsGAMgASgIEjYKDGNhcGFiaWxpdGllcxgEIAEoCzIgLnByb21wdGdhdGUudjEuTW9kZWxDYXBhYmlsaXRpZXMijgEKCU1vZGVsSW5mbxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIoCgVwcmljZRgDIAEoCzIZLnByb21wdGdhdGUudjEuTW9kZWxQcmljZRI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIoMBCgpNb2RlbFByaWNlEhkKEWlucHV0X3Blcl9taWxsaW9uGAEgASgBEhoKEm91dHB1dF9wZXJfbWlsbGlvbhgCIAEoARIgChhjYWNoZWRfaW5wdXRfcGVyX21pbGxpb24YAyABKAESDAoEdW5pdBgEIAEoCRIOCgZwcmljZWQYBSABKAgiSgoRTW9kZWxDYXBhYmlsaXRpZXMSEQoJc3RyZWFtaW5nGAEgASgIEg0KBXRvb2xzGAIgASgIEhMKC2pzb25fc2NoZW1hGAMgASgIIrQBCgpQbGFuTGltaXRzEiAKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKANIAIgBARIiChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYAiABKANIAYgBARIbCg5tb250aGx5X3Rva2VucxgDIAEoA0gCiAEBQhYKFF9yZXF1ZXN0c19wZXJfbWludXRlQhgKFl9jb25jdXJyZW50X2V4ZWN1dGlvbnNCEQoPX21vbnRobHlfdG9rZW5zIqECCgZBcGlLZXkSCgoCaWQYASABKAkSEQoJd29ya3NwYWNlGAIgASgJEgwKBG5hbWUYAyABKAkSDgoGcHJlZml4GAQgASgJEg4KBnNjb3BlcxgFIAMoCRIMCgRwbGFuGAYgASgJEikKBmxpbWl0cxgHIAEoCzIZLnByb21wdGdhdGUudjEuUGxhbkxpbWl0cxIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKdAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnNjb3BlcxgCIAMoCRIMCgRwbGFuGAMgASgJEikKBmxpbWl0cxgEIAEoCzIZLnByb21wdGdhdGUudjEuUGxhbkxpbWl0cxIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTgoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJgoHYXBpX2tleRgBIAEoCzIVLnByb21wdGdhdGUudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSIUChJMaXN0QXBpS2V5c1JlcXVlc3QiPgoTTGlzdEFwaUtleXNSZXNwb25zZRInCghhcGlfa2V5cxgBIAMoCzIVLnByb21wdGdhdGUudjEuQXBpS2V5IiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj4KFFJldm9rZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIPCg1XaG9BbUlSZXF1ZXN0IqMBCg5XaG9BbUlSZXNwb25zZRIRCgl3b3Jrc3BhY2UYASABKAkSJgoHYXBpX2tleRgCIAEoCzIVLnByb21wdGdhdGUudjEuQXBpS2V5EhwKFHJlcXVlc3RzX3RoaXNfbWludXRlGAMgASgDEh0KFWNvbmN1cnJlbnRfZXhlY3V0aW9ucxgEIAEoAxIZChF0b2tlbnNfdGhpc19tb250aBgFIAEoAyq0AQoNVXNhZ2VHcm91cGluZxIeChpVU0FHRV9HUk9VUElOR19VTlNQRUNJRklFRBAAEhkKFVVTQUdFX0dST1VQSU5HX1BST01QVBABEhoKFlVTQUdFX0dST1VQSU5HX1ZFUlNJT04QAhIYChRVU0FHRV9HUk9VUElOR19NT0RFTBADEhYKElVTQUdFX0dST1VQSU5HX0RBWRAEEhoKFlVTQUdFX0dST1VQSU5HX0FQSV9LRVkQBTLEBQoMQWRtaW5TZXJ2aWNlElcKDENyZWF0ZUFwaUtleRIiLnByb21wdGdhdGUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBojLnByb21wdGdhdGUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USVAoLTGlzdEFwaUtleXMSIS5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJXCgxSZXZva2VBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlEkUKBldob0FtSRIcLnByb21wdGdhdGUudjEuV2hvQW1JUmVxdWVzdBodLnByb21wdGdhdGUudjEuV2hvQW1JUmVzcG9uc2USUQoKTGlzdE1vZGVscxIgLnByb21wdGdhdGUudjEuTGlzdE1vZGVsc1JlcXVlc3QaIS5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJLCghHZXRVc2FnZRIeLnByb21wdGdhdGUudjEuR2V0VXNhZ2VSZXF1ZXN0Gh8ucHJvbXB0Z2F0ZS52MS5HZXRVc2FnZVJlc3BvbnNlEmMKEEdldFdlYmhvb2tTZWNyZXQSJi5wcm9tcHRnYXRlLnYxLkdldFdlYmhvb2tTZWNyZXRSZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5HZXRXZWJob29rU2VjcmV0UmVzcG9uc2USYAoPTGlzdEF1ZGl0RXZlbnRzEiUucHJvbXB0Z2F0ZS52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiFwcm9tcHRnYXRlL3YxL2FkbWluX3NlcnZpY2UucHJvdG8SDXByb21wdGdhdGUudjEizgEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGYWN0aW9uGAMgASgJEhAKCHJlc291cmNlGAQgASgJEg0KBWFjdG9yGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIvCgxhdWRpdF9ldmVudHMYASADKAsyGS5wcm9tcHRnYXRlLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsQBCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIQCghyZXNvdXJjZRgFIAEoCRInCgZiZWZvcmUYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBWFmdGVyGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIZChdHZXRXZWJob29rU2VjcmV0UmVxdWVzdCI9ChhHZXRXZWJob29rU2VjcmV0UmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEg4KBnNlY3JldBgCIAEoCSKBAgoPR2V0VXNhZ2VSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCghncm91cF9ieRgDIAMoDjIcLnByb21wdGdhdGUudjEuVXNhZ2VHcm91cGluZxIOCgZwcm9tcHQYBCABKAkSDQoFbW9kZWwYBSABKAkSEgoKYXBpX2tleV9pZBgGIAEoCRIbChNjb21wYXJlX3JlbGVhc2VfdGFnGAcgASgJEhAKCHNwbGl0X2lkGAggASgJIv8BChBHZXRVc2FnZVJlc3BvbnNlEi4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgV0b3RhbBgDIAEoCzIZLnByb21wdGdhdGUudjEuVXNhZ2VTdGF0cxIpCgZncm91cHMYBCADKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlR3JvdXASOAoQc3BsaXRfY29tcGFyaXNvbhgFIAEoCzIeLnByb21wdGdhdGUudjEuU3BsaXRDb21wYXJpc29uIsgBCg9TcGxpdENvbXBhcmlzb24SEwoLcmVsZWFzZV90YWcYASABKAkSEAoIc3BsaXRfaWQYAiABKAkSDgoGYWN0aXZlGAMgASgIEi0KCHZhcmlhbnRzGAQgAygLMhsucHJvbXB0Z2F0ZS52MS5WYXJpYW50U3RhdHMSNQoLY29tcGFyaXNvbnMYBSADKAsyIC5wcm9tcHRnYXRlLnYxLlZhcmlhbnRDb21wYXJpc29uEhgKEGNvbmZpZGVuY2VfbGV2ZWwYBiABKAEinQEKDFZhcmlhbnRTdGF0cxIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBEigKBXN0YXRzGAQgASgLMhkucHJvbXB0Z2F0ZS52MS5Vc2FnZVN0YXRzEhsKDnF1YWxpdHlfc3RkZGV2GAUgASgBSACIAQFCEQoPX3F1YWxpdHlfc3RkZGV2Iq0BChFWYXJpYW50Q29tcGFyaXNvbhIPCgd2ZXJzaW9uGAEgASgFEhcKD2NvbnRyb2xfdmVyc2lvbhgCIAEoBRI3CgxtZWFuX3F1YWxpdHkYAyABKAsyIS5wcm9tcHRnYXRlLnYxLkRpZmZlcmVuY2VFc3RpbWF0ZRI1CgplcnJvcl9yYXRlGAQgASgLMiEucHJvbXB0Z2F0ZS52MS5EaWZmZXJlbmNlRXN0aW1hdGUimAEKEkRpZmZlcmVuY2VFc3RpbWF0ZRIQCghlc3RpbWF0ZRgBIAEoARILCgNsb3cYAiABKAESDAoEaGlnaBgDIAEoARINCgVjb3VudBgEIAEoAxIVCg1jb250cm9sX2NvdW50GAUgASgDEhoKEmRlZ3JlZXNfb2ZfZnJlZWRvbRgGIAEoARITCgtzaWduaWZpY2FudBgHIAEoCCKsAQoKVXNhZ2VHcm91cBIOCgZwcm9tcHQYASABKAkSEQoJcHJvbXB0X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSEAoIcHJvdmlkZXIYBCABKAkSDQoFbW9kZWwYBSABKAkSCwoDZGF5GAYgASgJEhIKCmFwaV9rZXlfaWQYByABKAkSKAoFc3RhdHMYCCABKAsyGS5wcm9tcHRnYXRlLnYxLlVzYWdlU3RhdHMi1gIKClVzYWdlU3RhdHMSEgoKZXhlY3V0aW9ucxgBIAEoAxIRCglmdWxmaWxsZWQYAiABKAMSEAoIcmVqZWN0ZWQYAyABKAMSEQoJY2FuY2VsbGVkGAQgASgDEhIKCmVycm9yX3JhdGUYBSABKAESFAoMaW5wdXRfdG9rZW5zGAYgASgDEhUKDW91dHB1dF90b2tlbnMYByABKAMSGwoTY2FjaGVkX2lucHV0X3Rva2VucxgIIAEoAxIMCgRjb3N0GAkgASgBEhEKCWNvc3RfdW5pdBgKIAEoCRIWCg5sYXRlbmN5X3A1MF9tcxgLIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgMIAEoARISCgpjYWNoZV9oaXRzGA0gASgDEg0KBXJhdGVkGA4gASgDEhkKDG1lYW5fcXVhbGl0eRgPIAEoAUgAiAEBQg8KDV9tZWFuX3F1YWxpdHkiJQoRTGlzdE1vZGVsc1JlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkibgoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KCXByb3ZpZGVycxgBIAMoCzIbLnByb21wdGdhdGUudjEuUHJvdmlkZXJJbmZvEigKBm1vZGVscxgCIAMoCzIYLnByb21wdGdhdGUudjEuTW9kZWxJbmZvIoEBCgxQcm92aWRlckluZm8SDAoEbmFtZRgBIAEoCRIQCghiYXNlX3VybBgCIAEoCRIZChFhY2NlcHRzX2FueV9tb2RlbBgDIAEoCBI2CgxjYXBhYmlsaXRpZXMYBCABKAsyIC5wcm9tcHRnYXRlLnYxLk1vZGVsQ2FwYWJpbGl0aWVzIo4BCglNb2RlbEluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSKAoFcHJpY2UYAyABKAsyGS5wcm9tcHRnYXRlLnYxLk1vZGVsUHJpY2USNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAucHJvbXB0Z2F0ZS52MS5Nb2RlbENhcGFiaWxpdGllcyKDAQoKTW9kZWxQcmljZRIZChFpbnB1dF9wZXJfbWlsbGlvbhgBIAEoARIaChJvdXRwdXRfcGVyX21pbGxpb24YAiABKAESIAoYY2FjaGVkX2lucHV0X3Blcl9taWxsaW9uGAMgASgBEgwKBHVuaXQYBCABKAkSDgoGcHJpY2VkGAUgASgIIkoKEU1vZGVsQ2FwYWJpbGl0aWVzEhEKCXN0cmVhbWluZxgBIAEoCBINCgV0b29scxgCIAEoCBITCgtqc29uX3NjaGVtYRgDIAEoCCK0AQoKUGxhbkxpbWl0cxIgChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgDSACIAQESIgoVY29uY3VycmVudF9leGVjdXRpb25zGAIgASgDSAGIAQESGwoObW9udGhseV90b2tlbnMYAyABKANIAogBAUIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIYChZfY29uY3VycmVudF9leGVjdXRpb25zQhEKD19tb250aGx5X3Rva2VucyKhAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXdvcmtzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIOCgZzY29wZXMYBSADKAkSDAoEcGxhbhgGIAEoCRIpCgZsaW1pdHMYByABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEcGxhbhgDIAEoCRIpCgZsaW1pdHMYBCABKAsyGS5wcm9tcHRnYXRlLnYxLlBsYW5MaW1pdHMSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKB2FwaV9rZXkYASABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0Ij4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoIYXBpX2tleXMYASADKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgdhcGlfa2V5GAEgASgLMhUucHJvbXB0Z2F0ZS52MS5BcGlLZXkiDwoNV2hvQW1JUmVxdWVzdCKjAQoOV2hvQW1JUmVzcG9uc2USEQoJd29ya3NwYWNlGAEgASgJEiYKB2FwaV9rZXkYAiABKAsyFS5wcm9tcHRnYXRlLnYxLkFwaUtleRIcChRyZXF1ZXN0c190aGlzX21pbnV0ZRgDIAEoAxIdChVjb25jdXJyZW50X2V4ZWN1dGlvbnMYBCABKAMSGQoRdG9rZW5zX3RoaXNfbW9udGgYBSABKAMqtAEKDVVzYWdlR3JvdXBpbmcSHgoaVVNBR0VfR1JPVVBJTkdfVU5TUEVDSUZJRUQQABIZChVVU0FHRV9HUk9VUElOR19QUk9NUFQQARIaChZVU0FHRV9HUk9VUElOR19WRVJTSU9OEAISGAoUVVNBR0VfR1JPVVBJTkdfTU9ERUwQAxIWChJVU0FHRV9HUk9VUElOR19EQVkQBBIaChZVU0FHRV9HUk9VUElOR19BUElfS0VZEAUyxAUKDEFkbWluU2VydmljZRJXCgxDcmVhdGVBcGlLZXkSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElQKC0xpc3RBcGlLZXlzEiEucHJvbXB0Z2F0ZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVwoMUmV2b2tlQXBpS2V5EiIucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJFCgZXaG9BbUkSHC5wcm9tcHRnYXRlLnYxLldob0FtSVJlcXVlc3QaHS5wcm9tcHRnYXRlLnYxLldob0FtSVJlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5wcm9tcHRnYXRlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USSwoIR2V0VXNhZ2USHi5wcm9tcHRnYXRlLnYxLkdldFVzYWdlUmVxdWVzdBofLnByb21wdGdhdGUudjEuR2V0VXNhZ2VSZXNwb25zZRJjChBHZXRXZWJob29rU2VjcmV0EiYucHJvbXB0Z2F0ZS52MS5HZXRXZWJob29rU2VjcmV0UmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0V2ViaG9va1NlY3JldFJlc3BvbnNlEmAKD0xpc3RBdWRpdEV2ZW50cxIlLnByb21wdGdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request for ListAuditEvents. Empty filters do not filter; a page token is
@@ -274,6 +274,24 @@ export type GetUsageRequest = Message<"promptgate.v1.GetUsageRequest"> & {
    * @generated from field: string api_key_id = 6;
    */
   apiKeyId: string;
+
+  /**
+   * Optional. Compare the versions of an A/B test: a release tag of `prompt`
+   * (required then) that splits, or split, its traffic. Only executions the
+   * split assigned are counted (in total and groups too), and the response's
+   * split_comparison sets them side by side.
+   *
+   * @generated from field: string compare_release_tag = 7;
+   */
+  compareReleaseTag: string;
+
+  /**
+   * Optional. With compare_release_tag: which of the tag's splits, by id
+   * ("spl_..."); default: the tag's current split, else its most recent one.
+   *
+   * @generated from field: string split_id = 8;
+   */
+  splitId: string;
 };
 
 /**
@@ -316,6 +334,14 @@ export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
    * @generated from field: repeated promptgate.v1.UsageGroup groups = 4;
    */
   groups: UsageGroup[];
+
+  /**
+   * Set when the request names compare_release_tag: the split's versions
+   * side by side.
+   *
+   * @generated from field: promptgate.v1.SplitComparison split_comparison = 5;
+   */
+  splitComparison?: SplitComparison | undefined;
 };
 
 /**
@@ -324,6 +350,230 @@ export type GetUsageResponse = Message<"promptgate.v1.GetUsageResponse"> & {
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_admin_service, 6);
+
+/**
+ * The versions of a release tag's traffic split (an A/B test) side by side,
+ * over the executions the split assigned in the window.
+ *
+ * @generated from message promptgate.v1.SplitComparison
+ */
+export type SplitComparison = Message<"promptgate.v1.SplitComparison"> & {
+  /**
+   * Output only. The release tag.
+   *
+   * @generated from field: string release_tag = 1;
+   */
+  releaseTag: string;
+
+  /**
+   * Output only. The split's id, "spl_...".
+   *
+   * @generated from field: string split_id = 2;
+   */
+  splitId: string;
+
+  /**
+   * Output only. Whether the tag still splits its traffic this way (false
+   * once the tag moved to one version or to other versions).
+   *
+   * @generated from field: bool active = 3;
+   */
+  active: boolean;
+
+  /**
+   * Output only. One entry per version of the split, in the split's order;
+   * the first is the control.
+   *
+   * @generated from field: repeated promptgate.v1.VariantStats variants = 4;
+   */
+  variants: VariantStats[];
+
+  /**
+   * Output only. Each other version against the control, in the same order.
+   *
+   * @generated from field: repeated promptgate.v1.VariantComparison comparisons = 5;
+   */
+  comparisons: VariantComparison[];
+
+  /**
+   * Output only. The confidence level of every interval: 0.95.
+   *
+   * @generated from field: double confidence_level = 6;
+   */
+  confidenceLevel: number;
+};
+
+/**
+ * Describes the message promptgate.v1.SplitComparison.
+ * Use `create(SplitComparisonSchema)` to create a new message.
+ */
+export const SplitComparisonSchema: GenMessage<SplitComparison> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 7);
+
+/**
+ * The figures of one version of a split.
+ *
+ * @generated from message promptgate.v1.VariantStats
+ */
+export type VariantStats = Message<"promptgate.v1.VariantStats"> & {
+  /**
+   * Output only. The version number.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Output only. The version id.
+   *
+   * @generated from field: string version_id = 2;
+   */
+  versionId: string;
+
+  /**
+   * Output only. The version's share of the split's traffic (its latest
+   * weights).
+   *
+   * @generated from field: double weight = 3;
+   */
+  weight: number;
+
+  /**
+   * Output only. Executions, error rate, latency p50/p95, tokens, cost, rated
+   * count and mean quality of the executions assigned to this version.
+   *
+   * @generated from field: promptgate.v1.UsageStats stats = 4;
+   */
+  stats?: UsageStats | undefined;
+
+  /**
+   * Output only. Sample standard deviation (n - 1) of the current actuals'
+   * quality; unset with fewer than two rated executions.
+   *
+   * @generated from field: optional double quality_stddev = 5;
+   */
+  qualityStddev?: number | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.VariantStats.
+ * Use `create(VariantStatsSchema)` to create a new message.
+ */
+export const VariantStatsSchema: GenMessage<VariantStats> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 8);
+
+/**
+ * One version of a split against the control (the split's first version).
+ *
+ * @generated from message promptgate.v1.VariantComparison
+ */
+export type VariantComparison = Message<"promptgate.v1.VariantComparison"> & {
+  /**
+   * Output only. The version compared.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Output only. The control's version number.
+   *
+   * @generated from field: int32 control_version = 2;
+   */
+  controlVersion: number;
+
+  /**
+   * Output only. Mean quality of the version minus the control's, with a
+   * Welch t interval: diff +- t(0.975, df) * sqrt(s1^2/n1 + s2^2/n2), df by
+   * Welch-Satterthwaite, t the exact Student t quantile. n counts rated
+   * executions. Unset unless both have at least two.
+   *
+   * @generated from field: promptgate.v1.DifferenceEstimate mean_quality = 3;
+   */
+  meanQuality?: DifferenceEstimate | undefined;
+
+  /**
+   * Output only. Error rate of the version minus the control's, with
+   * Newcombe's hybrid score interval (from the two 95% Wilson score
+   * intervals). Unset unless both have executions.
+   *
+   * @generated from field: promptgate.v1.DifferenceEstimate error_rate = 4;
+   */
+  errorRate?: DifferenceEstimate | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.VariantComparison.
+ * Use `create(VariantComparisonSchema)` to create a new message.
+ */
+export const VariantComparisonSchema: GenMessage<VariantComparison> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 9);
+
+/**
+ * A difference between a version and the control, with its 95% confidence
+ * interval.
+ *
+ * @generated from message promptgate.v1.DifferenceEstimate
+ */
+export type DifferenceEstimate = Message<"promptgate.v1.DifferenceEstimate"> & {
+  /**
+   * Output only. The version's value minus the control's.
+   *
+   * @generated from field: double estimate = 1;
+   */
+  estimate: number;
+
+  /**
+   * Output only. The interval's lower bound.
+   *
+   * @generated from field: double low = 2;
+   */
+  low: number;
+
+  /**
+   * Output only. The interval's upper bound.
+   *
+   * @generated from field: double high = 3;
+   */
+  high: number;
+
+  /**
+   * Output only. The version's sample size.
+   *
+   * @generated from field: int64 count = 4;
+   */
+  count: bigint;
+
+  /**
+   * Output only. The control's sample size.
+   *
+   * @generated from field: int64 control_count = 5;
+   */
+  controlCount: bigint;
+
+  /**
+   * Output only. Welch's degrees of freedom for a mean-quality difference;
+   * 0 for an error-rate difference.
+   *
+   * @generated from field: double degrees_of_freedom = 6;
+   */
+  degreesOfFreedom: number;
+
+  /**
+   * Output only. Whether the interval excludes 0: the difference is unlikely
+   * to be luck alone.
+   *
+   * @generated from field: bool significant = 7;
+   */
+  significant: boolean;
+};
+
+/**
+ * Describes the message promptgate.v1.DifferenceEstimate.
+ * Use `create(DifferenceEstimateSchema)` to create a new message.
+ */
+export const DifferenceEstimateSchema: GenMessage<DifferenceEstimate> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_admin_service, 10);
 
 /**
  * The figures of one group; only the requested dimensions are set.
@@ -393,7 +643,7 @@ export type UsageGroup = Message<"promptgate.v1.UsageGroup"> & {
  * Use `create(UsageGroupSchema)` to create a new message.
  */
 export const UsageGroupSchema: GenMessage<UsageGroup> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 7);
+  messageDesc(file_promptgate_v1_admin_service, 11);
 
 /**
  * Aggregate figures over a set of executions.
@@ -512,7 +762,7 @@ export type UsageStats = Message<"promptgate.v1.UsageStats"> & {
  * Use `create(UsageStatsSchema)` to create a new message.
  */
 export const UsageStatsSchema: GenMessage<UsageStats> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 8);
+  messageDesc(file_promptgate_v1_admin_service, 12);
 
 /**
  * Request for ListModels.
@@ -533,7 +783,7 @@ export type ListModelsRequest = Message<"promptgate.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 9);
+  messageDesc(file_promptgate_v1_admin_service, 13);
 
 /**
  * Response for ListModels.
@@ -561,7 +811,7 @@ export type ListModelsResponse = Message<"promptgate.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 10);
+  messageDesc(file_promptgate_v1_admin_service, 14);
 
 /**
  * A configured provider.
@@ -603,7 +853,7 @@ export type ProviderInfo = Message<"promptgate.v1.ProviderInfo"> & {
  * Use `create(ProviderInfoSchema)` to create a new message.
  */
 export const ProviderInfoSchema: GenMessage<ProviderInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 11);
+  messageDesc(file_promptgate_v1_admin_service, 15);
 
 /**
  * A model a provider serves.
@@ -645,7 +895,7 @@ export type ModelInfo = Message<"promptgate.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 12);
+  messageDesc(file_promptgate_v1_admin_service, 16);
 
 /**
  * USD per million tokens.
@@ -694,7 +944,7 @@ export type ModelPrice = Message<"promptgate.v1.ModelPrice"> & {
  * Use `create(ModelPriceSchema)` to create a new message.
  */
 export const ModelPriceSchema: GenMessage<ModelPrice> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 13);
+  messageDesc(file_promptgate_v1_admin_service, 17);
 
 /**
  * Features of a provider or model.
@@ -729,7 +979,7 @@ export type ModelCapabilities = Message<"promptgate.v1.ModelCapabilities"> & {
  * Use `create(ModelCapabilitiesSchema)` to create a new message.
  */
 export const ModelCapabilitiesSchema: GenMessage<ModelCapabilities> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 14);
+  messageDesc(file_promptgate_v1_admin_service, 18);
 
 /**
  * Limits of a plan or key; an unset field is unlimited.
@@ -764,7 +1014,7 @@ export type PlanLimits = Message<"promptgate.v1.PlanLimits"> & {
  * Use `create(PlanLimitsSchema)` to create a new message.
  */
 export const PlanLimitsSchema: GenMessage<PlanLimits> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 15);
+  messageDesc(file_promptgate_v1_admin_service, 19);
 
 /**
  * An API key, without its secret.
@@ -848,7 +1098,7 @@ export type ApiKey = Message<"promptgate.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 16);
+  messageDesc(file_promptgate_v1_admin_service, 20);
 
 /**
  * Request for CreateApiKey.
@@ -897,7 +1147,7 @@ export type CreateApiKeyRequest = Message<"promptgate.v1.CreateApiKeyRequest"> &
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 17);
+  messageDesc(file_promptgate_v1_admin_service, 21);
 
 /**
  * Response for CreateApiKey.
@@ -925,7 +1175,7 @@ export type CreateApiKeyResponse = Message<"promptgate.v1.CreateApiKeyResponse">
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 18);
+  messageDesc(file_promptgate_v1_admin_service, 22);
 
 /**
  * Request for ListApiKeys.
@@ -940,7 +1190,7 @@ export type ListApiKeysRequest = Message<"promptgate.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 19);
+  messageDesc(file_promptgate_v1_admin_service, 23);
 
 /**
  * Response for ListApiKeys.
@@ -961,7 +1211,7 @@ export type ListApiKeysResponse = Message<"promptgate.v1.ListApiKeysResponse"> &
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 20);
+  messageDesc(file_promptgate_v1_admin_service, 24);
 
 /**
  * Request for RevokeApiKey.
@@ -982,7 +1232,7 @@ export type RevokeApiKeyRequest = Message<"promptgate.v1.RevokeApiKeyRequest"> &
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 21);
+  messageDesc(file_promptgate_v1_admin_service, 25);
 
 /**
  * Response for RevokeApiKey.
@@ -1003,7 +1253,7 @@ export type RevokeApiKeyResponse = Message<"promptgate.v1.RevokeApiKeyResponse">
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 22);
+  messageDesc(file_promptgate_v1_admin_service, 26);
 
 /**
  * Request for WhoAmI.
@@ -1018,7 +1268,7 @@ export type WhoAmIRequest = Message<"promptgate.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 23);
+  messageDesc(file_promptgate_v1_admin_service, 27);
 
 /**
  * Response for WhoAmI.
@@ -1067,7 +1317,7 @@ export type WhoAmIResponse = Message<"promptgate.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_admin_service, 24);
+  messageDesc(file_promptgate_v1_admin_service, 28);
 
 /**
  * A dimension GetUsage groups by.

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKCAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKD1JlbGVhc2VUYWdFdmVudBILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhgKEHByZXZpb3VzX3ZlcnNpb24YBCABKAUSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIp8BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAYgASgIQgoKCHNlbGVjdG9yIkcKFVNldFJlbGVhc2VUYWdSZXNwb25zZRIuCgtyZWxlYXNlX3RhZxgBIAEoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyIoChZMaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJKChdMaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRIvCgxyZWxlYXNlX3RhZ3MYASADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciYgocTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImgKHUxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlEi4KBmV2ZW50cxgBIAMoCzIeLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZ0V2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLOAwoTUmVuZGVyUHJvbXB0UmVxdWVzdBIQCgZwcm9tcHQYASABKAlIABI0Cg1pbmxpbmVfcHJvbXB0GAIgASgLMhsucHJvbXB0Z2F0ZS52MS5JbmxpbmVQcm9tcHRIABITCgtyZWxlYXNlX3RhZxgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEioKBmlucHV0cxgFIAMoCzIaLnByb21wdGdhdGUudjEuUHJvbXB0SW5wdXQSMgoKcGFyYW1ldGVycxgGIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjYKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCzIdLnByb21wdGdhdGUudjEuUmVzcG9uc2VGb3JtYXQSIgoFdG9vbHMYCCADKAsyEy5wcm9tcHRnYXRlLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCSABKAsyGS5wcm9tcHRnYXRlLnYxLlRvb2xDaG9pY2USMgoNcmF3X292ZXJyaWRlcxgKIAEoCzIbLnByb21wdGdhdGUudjEuUmF3T3ZlcnJpZGVzEg0KBW1vZGVsGAsgASgJEhAKCHByb3ZpZGVyGAwgASgJQggKBnRhcmdldCLzAQoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCSrFAQoSQnJlYWtpbmdDaGFuZ2VUeXBlEiQKIEJSRUFLSU5HX0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASKQolQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfUkVNT1ZFRBABEi4KKkJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX1RZUEVfQ0hBTkdFRBACEi4KKkJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX05PV19SRVFVSVJFRBADMpUJCg1Qcm9tcHRTZXJ2aWNlElcKDENyZWF0ZVByb21wdBIiLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVzcG9uc2USTgoJR2V0UHJvbXB0Eh8ucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXF1ZXN0GiAucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXNwb25zZRJUCgtMaXN0UHJvbXB0cxIhLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1Jlc3BvbnNlEloKDUFyY2hpdmVQcm9tcHQSIy5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVzcG9uc2USYAoPVW5hcmNoaXZlUHJvbXB0EiUucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXNwb25zZRJsChNDcmVhdGVQcm9tcHRWZXJzaW9uEikucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBoqLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEmMKEEdldFByb21wdFZlcnNpb24SJi5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USaQoSTGlzdFByb21wdFZlcnNpb25zEigucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0GikucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRJaCg1TZXRSZWxlYXNlVGFnEiMucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVxdWVzdBokLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEmAKD0xpc3RSZWxlYXNlVGFncxIlLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2UScgoVTGlzdFJlbGVhc2VUYWdIaXN0b3J5EisucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0GiwucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRJXCgxSZW5kZXJQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlc3BvbnNlQkhaRmdpdGh1Yi5jb20vcHJvbXB0Z2F0ZS9wcm9tcHRnYXRlL2NsaWVudHMvZ28vcHJvbXB0Z2F0ZS92MTtwcm9tcHRnYXRldjFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIs0BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSFQoNdmFsaWRhdGVfb25seRgHIAEoCEIKCghzZWxlY3RvciJHChVTZXRSZWxlYXNlVGFnUmVzcG9uc2USLgoLcmVsZWFzZV90YWcYASABKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciKAoWTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBIOCgZwcm9tcHQYASABKAkiSgoXTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2USLwoMcmVsZWFzZV90YWdzGAEgAygLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnImIKHExpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJoCh1MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRIuCgZldmVudHMYASADKAsyHi5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWdFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki4QMKE1JlbmRlclByb21wdFJlcXVlc3QSEAoGcHJvbXB0GAEgASgJSAASNAoNaW5saW5lX3Byb21wdBgCIAEoCzIbLnByb21wdGdhdGUudjEuSW5saW5lUHJvbXB0SAASEwoLcmVsZWFzZV90YWcYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIqCgZpbnB1dHMYBSADKAsyGi5wcm9tcHRnYXRlLnYxLlByb21wdElucHV0EjIKCnBhcmFtZXRlcnMYBiABKAsyHi5wcm9tcHRnYXRlLnYxLk1vZGVsUGFyYW1ldGVycxI2Cg9yZXNwb25zZV9mb3JtYXQYByABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAggAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAkgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEjIKDXJhd19vdmVycmlkZXMYCiABKAsyGy5wcm9tcHRnYXRlLnYxLlJhd092ZXJyaWRlcxINCgVtb2RlbBgLIAEoCRIQCghwcm92aWRlchgMIAEoCRIRCglzcGxpdF9rZXkYDSABKAlCCAoGdGFyZ2V0IoUCChRSZW5kZXJQcm9tcHRSZXNwb25zZRIsCghtZXNzYWdlcxgBIAMoCzIaLnByb21wdGdhdGUudjEuQ2hhdE1lc3NhZ2USEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoQcHJvdmlkZXJfcGF5bG9hZBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEQoJcHJvbXB0X2lkGAUgASgJEhkKEXByb21wdF92ZXJzaW9uX2lkGAYgASgJEhYKDnByb21wdF92ZXJzaW9uGAcgASgFEhMKC3JlbGVhc2VfdGFnGAggASgJEhAKCHNwbGl0X2lkGAkgASgJKsUBChJCcmVha2luZ0NoYW5nZVR5cGUSJAogQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVU5TUEVDSUZJRUQQABIpCiVCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9SRU1PVkVEEAESLgoqQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfVFlQRV9DSEFOR0VEEAISLgoqQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfTk9XX1JFUVVJUkVEEAMylQkKDVByb21wdFNlcnZpY2USVwoMQ3JlYXRlUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRSZXNwb25zZRJOCglHZXRQcm9tcHQSHy5wcm9tcHRnYXRlLnYxLkdldFByb21wdFJlcXVlc3QaIC5wcm9tcHRnYXRlLnYxLkdldFByb21wdFJlc3BvbnNlElQKC0xpc3RQcm9tcHRzEiEucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVzcG9uc2USWgoNQXJjaGl2ZVByb21wdBIjLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXNwb25zZRJgCg9VbmFyY2hpdmVQcm9tcHQSJS5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVByb21wdFJlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVByb21wdFJlc3BvbnNlEmwKE0NyZWF0ZVByb21wdFZlcnNpb24SKS5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXF1ZXN0GioucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USYwoQR2V0UHJvbXB0VmVyc2lvbhImLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXNwb25zZRJpChJMaXN0UHJvbXB0VmVyc2lvbnMSKC5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRWZXJzaW9uc1JlcXVlc3QaKS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRWZXJzaW9uc1Jlc3BvbnNlEloKDVNldFJlbGVhc2VUYWcSIy5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVzcG9uc2USYAoPTGlzdFJlbGVhc2VUYWdzEiUucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRJyChVMaXN0UmVsZWFzZVRhZ0hpc3RvcnkSKy5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QaLC5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlElcKDFJlbmRlclByb21wdBIiLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -255,6 +255,15 @@ export type ReleaseTag = Message<"promptgate.v1.ReleaseTag"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 5;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. Set while the tag splits its traffic between versions (an
+   * A/B test); version and version_id then name the split's first version,
+   * the control, which is also what GetPromptVersion returns for the tag.
+   *
+   * @generated from field: promptgate.v1.TrafficSplit split = 6;
+   */
+  split?: TrafficSplit | undefined;
 };
 
 /**
@@ -263,6 +272,86 @@ export type ReleaseTag = Message<"promptgate.v1.ReleaseTag"> & {
  */
 export const ReleaseTagSchema: GenMessage<ReleaseTag> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 2);
+
+/**
+ * A release tag's traffic split between versions, for an A/B test. Each call
+ * through the tag runs one version: chosen by a hash of the call's split_key
+ * (sticky: the same key gets the same version while the split keeps its id),
+ * or at random by weight when the call has no key.
+ *
+ * @generated from message promptgate.v1.TrafficSplit
+ */
+export type TrafficSplit = Message<"promptgate.v1.TrafficSplit"> & {
+  /**
+   * Output only. The split's id, "spl_...". It stays the same while the same
+   * versions, in the same order, split the tag: changing only the weights
+   * keeps it, and a key then changes version only where a boundary between
+   * the versions' shares moved past it. Another list of versions starts a
+   * new split with a new id (and a fresh assignment of keys).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Output only. The versions and their shares of the traffic (normalised to
+   * sum to 1), in the order given; the first is the control.
+   *
+   * @generated from field: repeated promptgate.v1.VersionWeight versions = 2;
+   */
+  versions: VersionWeight[];
+
+  /**
+   * Output only. When the split with this id started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.TrafficSplit.
+ * Use `create(TrafficSplitSchema)` to create a new message.
+ */
+export const TrafficSplitSchema: GenMessage<TrafficSplit> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 3);
+
+/**
+ * One version of a traffic split and its weight.
+ *
+ * @generated from message promptgate.v1.VersionWeight
+ */
+export type VersionWeight = Message<"promptgate.v1.VersionWeight"> & {
+  /**
+   * Optional. The version number; give it or version_id (both set in output).
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Optional. The version id; give it or version (both set in output).
+   *
+   * @generated from field: string version_id = 2;
+   */
+  versionId: string;
+
+  /**
+   * Required. The version's weight, positive and at most 1,000,000. The
+   * weights of a split need not sum to 1 or 100: each version gets
+   * weight / (sum of weights) of the traffic. Output: that normalised share.
+   *
+   * @generated from field: double weight = 3;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message promptgate.v1.VersionWeight.
+ * Use `create(VersionWeightSchema)` to create a new message.
+ */
+export const VersionWeightSchema: GenMessage<VersionWeight> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 4);
 
 /**
  * One move of a release tag.
@@ -304,6 +393,14 @@ export type ReleaseTagEvent = Message<"promptgate.v1.ReleaseTagEvent"> & {
    * @generated from field: google.protobuf.Timestamp time = 5;
    */
   time?: Timestamp | undefined;
+
+  /**
+   * Output only. The traffic split the tag moved to; unset when it moved to
+   * one version, which ends any split (A/B test) the tag had.
+   *
+   * @generated from field: promptgate.v1.TrafficSplit split = 6;
+   */
+  split?: TrafficSplit | undefined;
 };
 
 /**
@@ -311,7 +408,7 @@ export type ReleaseTagEvent = Message<"promptgate.v1.ReleaseTagEvent"> & {
  * Use `create(ReleaseTagEventSchema)` to create a new message.
  */
 export const ReleaseTagEventSchema: GenMessage<ReleaseTagEvent> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 3);
+  messageDesc(file_promptgate_v1_prompt_service, 5);
 
 /**
  * One change of input variables that breaks callers of a version.
@@ -353,7 +450,7 @@ export type BreakingChange = Message<"promptgate.v1.BreakingChange"> & {
  * Use `create(BreakingChangeSchema)` to create a new message.
  */
 export const BreakingChangeSchema: GenMessage<BreakingChange> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 4);
+  messageDesc(file_promptgate_v1_prompt_service, 6);
 
 /**
  * How a version's input variables compare with those of the version(s) a
@@ -396,7 +493,7 @@ export type CompatibilityReport = Message<"promptgate.v1.CompatibilityReport"> &
  * Use `create(CompatibilityReportSchema)` to create a new message.
  */
 export const CompatibilityReportSchema: GenMessage<CompatibilityReport> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 5);
+  messageDesc(file_promptgate_v1_prompt_service, 7);
 
 /**
  * Request for CreatePrompt.
@@ -431,7 +528,7 @@ export type CreatePromptRequest = Message<"promptgate.v1.CreatePromptRequest"> &
  * Use `create(CreatePromptRequestSchema)` to create a new message.
  */
 export const CreatePromptRequestSchema: GenMessage<CreatePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 6);
+  messageDesc(file_promptgate_v1_prompt_service, 8);
 
 /**
  * Response for CreatePrompt.
@@ -452,7 +549,7 @@ export type CreatePromptResponse = Message<"promptgate.v1.CreatePromptResponse">
  * Use `create(CreatePromptResponseSchema)` to create a new message.
  */
 export const CreatePromptResponseSchema: GenMessage<CreatePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 7);
+  messageDesc(file_promptgate_v1_prompt_service, 9);
 
 /**
  * Request for GetPrompt.
@@ -473,7 +570,7 @@ export type GetPromptRequest = Message<"promptgate.v1.GetPromptRequest"> & {
  * Use `create(GetPromptRequestSchema)` to create a new message.
  */
 export const GetPromptRequestSchema: GenMessage<GetPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 8);
+  messageDesc(file_promptgate_v1_prompt_service, 10);
 
 /**
  * Response for GetPrompt.
@@ -494,7 +591,7 @@ export type GetPromptResponse = Message<"promptgate.v1.GetPromptResponse"> & {
  * Use `create(GetPromptResponseSchema)` to create a new message.
  */
 export const GetPromptResponseSchema: GenMessage<GetPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 9);
+  messageDesc(file_promptgate_v1_prompt_service, 11);
 
 /**
  * Request for ListPrompts.
@@ -536,7 +633,7 @@ export type ListPromptsRequest = Message<"promptgate.v1.ListPromptsRequest"> & {
  * Use `create(ListPromptsRequestSchema)` to create a new message.
  */
 export const ListPromptsRequestSchema: GenMessage<ListPromptsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 10);
+  messageDesc(file_promptgate_v1_prompt_service, 12);
 
 /**
  * Response for ListPrompts.
@@ -564,7 +661,7 @@ export type ListPromptsResponse = Message<"promptgate.v1.ListPromptsResponse"> &
  * Use `create(ListPromptsResponseSchema)` to create a new message.
  */
 export const ListPromptsResponseSchema: GenMessage<ListPromptsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 11);
+  messageDesc(file_promptgate_v1_prompt_service, 13);
 
 /**
  * Request for ArchivePrompt.
@@ -585,7 +682,7 @@ export type ArchivePromptRequest = Message<"promptgate.v1.ArchivePromptRequest">
  * Use `create(ArchivePromptRequestSchema)` to create a new message.
  */
 export const ArchivePromptRequestSchema: GenMessage<ArchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 12);
+  messageDesc(file_promptgate_v1_prompt_service, 14);
 
 /**
  * Response for ArchivePrompt.
@@ -606,7 +703,7 @@ export type ArchivePromptResponse = Message<"promptgate.v1.ArchivePromptResponse
  * Use `create(ArchivePromptResponseSchema)` to create a new message.
  */
 export const ArchivePromptResponseSchema: GenMessage<ArchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 13);
+  messageDesc(file_promptgate_v1_prompt_service, 15);
 
 /**
  * Request for UnarchivePrompt.
@@ -627,7 +724,7 @@ export type UnarchivePromptRequest = Message<"promptgate.v1.UnarchivePromptReque
  * Use `create(UnarchivePromptRequestSchema)` to create a new message.
  */
 export const UnarchivePromptRequestSchema: GenMessage<UnarchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 14);
+  messageDesc(file_promptgate_v1_prompt_service, 16);
 
 /**
  * Response for UnarchivePrompt.
@@ -648,7 +745,7 @@ export type UnarchivePromptResponse = Message<"promptgate.v1.UnarchivePromptResp
  * Use `create(UnarchivePromptResponseSchema)` to create a new message.
  */
 export const UnarchivePromptResponseSchema: GenMessage<UnarchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 15);
+  messageDesc(file_promptgate_v1_prompt_service, 17);
 
 /**
  * Request for CreatePromptVersion.
@@ -705,7 +802,7 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
  * Use `create(CreatePromptVersionRequestSchema)` to create a new message.
  */
 export const CreatePromptVersionRequestSchema: GenMessage<CreatePromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 16);
+  messageDesc(file_promptgate_v1_prompt_service, 18);
 
 /**
  * Response for CreatePromptVersion.
@@ -735,7 +832,7 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
  * Use `create(CreatePromptVersionResponseSchema)` to create a new message.
  */
 export const CreatePromptVersionResponseSchema: GenMessage<CreatePromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 17);
+  messageDesc(file_promptgate_v1_prompt_service, 19);
 
 /**
  * Request for GetPromptVersion.
@@ -773,7 +870,8 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
     case: "versionId";
   } | {
     /**
-     * A release tag, e.g. "production" or "latest".
+     * A release tag, e.g. "production" or "latest". For a tag that splits its
+     * traffic, the split's control (first) version.
      *
      * @generated from field: string release_tag = 4;
      */
@@ -787,7 +885,7 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
  * Use `create(GetPromptVersionRequestSchema)` to create a new message.
  */
 export const GetPromptVersionRequestSchema: GenMessage<GetPromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 18);
+  messageDesc(file_promptgate_v1_prompt_service, 20);
 
 /**
  * Response for GetPromptVersion.
@@ -808,7 +906,7 @@ export type GetPromptVersionResponse = Message<"promptgate.v1.GetPromptVersionRe
  * Use `create(GetPromptVersionResponseSchema)` to create a new message.
  */
 export const GetPromptVersionResponseSchema: GenMessage<GetPromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 19);
+  messageDesc(file_promptgate_v1_prompt_service, 21);
 
 /**
  * Request for ListPromptVersions.
@@ -843,7 +941,7 @@ export type ListPromptVersionsRequest = Message<"promptgate.v1.ListPromptVersion
  * Use `create(ListPromptVersionsRequestSchema)` to create a new message.
  */
 export const ListPromptVersionsRequestSchema: GenMessage<ListPromptVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 20);
+  messageDesc(file_promptgate_v1_prompt_service, 22);
 
 /**
  * Response for ListPromptVersions.
@@ -871,7 +969,7 @@ export type ListPromptVersionsResponse = Message<"promptgate.v1.ListPromptVersio
  * Use `create(ListPromptVersionsResponseSchema)` to create a new message.
  */
 export const ListPromptVersionsResponseSchema: GenMessage<ListPromptVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 21);
+  messageDesc(file_promptgate_v1_prompt_service, 23);
 
 /**
  * Request for SetReleaseTag.
@@ -895,7 +993,8 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
   tag: string;
 
   /**
-   * Required. The version to point at.
+   * Required. The version to point at (or set splits instead). Moving a
+   * split tag to one version ends its split.
    *
    * @generated from oneof promptgate.v1.SetReleaseTagRequest.selector
    */
@@ -918,20 +1017,29 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
   } | { case: undefined; value?: undefined };
 
   /**
-   * Optional. Move the tag even when the version's input variables break the
-   * callers of the version(s) the tag points at now. Without it such a move
-   * fails with FAILED_PRECONDITION (BREAKING_CHANGE), with a
-   * google.rpc.PreconditionFailure violation per breaking change.
+   * Optional. Move the tag even when the version's (or a split version's)
+   * input variables break the callers of the version(s) the tag serves now.
+   * Without it such a move fails with FAILED_PRECONDITION (BREAKING_CHANGE),
+   * with a google.rpc.PreconditionFailure violation per breaking change.
    *
    * @generated from field: bool allow_breaking_changes = 5;
    */
   allowBreakingChanges: boolean;
 
   /**
+   * Optional. Instead of a version: split the tag's traffic between 2 to 10
+   * distinct versions by weight, for an A/B test; the first is the control.
+   * One entry is a plain move to that version.
+   *
+   * @generated from field: repeated promptgate.v1.VersionWeight splits = 6;
+   */
+  splits: VersionWeight[];
+
+  /**
    * Optional. Check the move (including the breaking-change check) without
    * making it (AIP-163). The response holds the tag as it would be.
    *
-   * @generated from field: bool validate_only = 6;
+   * @generated from field: bool validate_only = 7;
    */
   validateOnly: boolean;
 };
@@ -941,7 +1049,7 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
  * Use `create(SetReleaseTagRequestSchema)` to create a new message.
  */
 export const SetReleaseTagRequestSchema: GenMessage<SetReleaseTagRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 22);
+  messageDesc(file_promptgate_v1_prompt_service, 24);
 
 /**
  * Response for SetReleaseTag.
@@ -962,7 +1070,7 @@ export type SetReleaseTagResponse = Message<"promptgate.v1.SetReleaseTagResponse
  * Use `create(SetReleaseTagResponseSchema)` to create a new message.
  */
 export const SetReleaseTagResponseSchema: GenMessage<SetReleaseTagResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 23);
+  messageDesc(file_promptgate_v1_prompt_service, 25);
 
 /**
  * Request for ListReleaseTags.
@@ -983,7 +1091,7 @@ export type ListReleaseTagsRequest = Message<"promptgate.v1.ListReleaseTagsReque
  * Use `create(ListReleaseTagsRequestSchema)` to create a new message.
  */
 export const ListReleaseTagsRequestSchema: GenMessage<ListReleaseTagsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 24);
+  messageDesc(file_promptgate_v1_prompt_service, 26);
 
 /**
  * Response for ListReleaseTags.
@@ -1004,7 +1112,7 @@ export type ListReleaseTagsResponse = Message<"promptgate.v1.ListReleaseTagsResp
  * Use `create(ListReleaseTagsResponseSchema)` to create a new message.
  */
 export const ListReleaseTagsResponseSchema: GenMessage<ListReleaseTagsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 25);
+  messageDesc(file_promptgate_v1_prompt_service, 27);
 
 /**
  * Request for ListReleaseTagHistory.
@@ -1046,7 +1154,7 @@ export type ListReleaseTagHistoryRequest = Message<"promptgate.v1.ListReleaseTag
  * Use `create(ListReleaseTagHistoryRequestSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryRequestSchema: GenMessage<ListReleaseTagHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 26);
+  messageDesc(file_promptgate_v1_prompt_service, 28);
 
 /**
  * Response for ListReleaseTagHistory.
@@ -1074,7 +1182,7 @@ export type ListReleaseTagHistoryResponse = Message<"promptgate.v1.ListReleaseTa
  * Use `create(ListReleaseTagHistoryResponseSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryResponseSchema: GenMessage<ListReleaseTagHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 27);
+  messageDesc(file_promptgate_v1_prompt_service, 29);
 
 /**
  * Request for RenderPrompt. The target and inputs are those of
@@ -1175,6 +1283,14 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
    * @generated from field: string provider = 12;
    */
   provider: string;
+
+  /**
+   * Optional. When the release tag splits its traffic: the key to split on,
+   * as in ExecutePromptRequest.split_key (shows which version a key gets).
+   *
+   * @generated from field: string split_key = 13;
+   */
+  splitKey: string;
 };
 
 /**
@@ -1182,7 +1298,7 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
  * Use `create(RenderPromptRequestSchema)` to create a new message.
  */
 export const RenderPromptRequestSchema: GenMessage<RenderPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 28);
+  messageDesc(file_promptgate_v1_prompt_service, 30);
 
 /**
  * Response for RenderPrompt.
@@ -1245,6 +1361,13 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
    * @generated from field: string release_tag = 8;
    */
   releaseTag: string;
+
+  /**
+   * The id of the tag's traffic split that picked the version, if one did.
+   *
+   * @generated from field: string split_id = 9;
+   */
+  splitId: string;
 };
 
 /**
@@ -1252,7 +1375,7 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  * Use `create(RenderPromptResponseSchema)` to create a new message.
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 29);
+  messageDesc(file_promptgate_v1_prompt_service, 31);
 
 /**
  * The kind of an input-variable change that breaks callers of a version.
@@ -1306,7 +1429,8 @@ export const BreakingChangeTypeSchema: GenEnum<BreakingChangeType> = /*@__PURE__
  * parameters, declared typed input variables, the response format and tools.
  * Versions never change once created. Release tags ("production", "staging",
  * any name) move between versions and keep their history; the tag "latest"
- * always follows the newest version and cannot be set.
+ * always follows the newest version and cannot be set. A tag can also split
+ * its traffic between versions by weight, for an A/B test (TrafficSplit).
  *
  * @generated from service promptgate.v1.PromptService
  */
@@ -1393,9 +1517,10 @@ export const PromptService: GenService<{
     output: typeof ListPromptVersionsResponseSchema;
   },
   /**
-   * Points a release tag at a version, recording the move in the tag history.
-   * A move to a version whose input variables break the callers of the
-   * version the tag points at now is refused unless allow_breaking_changes.
+   * Points a release tag at a version, or splits its traffic between versions
+   * (an A/B test), recording the move in the tag history. A move to versions
+   * whose input variables break the callers of the version(s) the tag serves
+   * now is refused unless allow_breaking_changes.
    *
    * @generated from rpc promptgate.v1.PromptService.SetReleaseTag
    */
