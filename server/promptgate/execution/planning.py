@@ -119,7 +119,7 @@ class Planner:
             # Compiled off the event loop, so validation below hits the cache.
             await self._templates.prepare(m.template for m in spec.messages)
             # An inline prompt includes the latest version of each partial.
-            partials = await self._catalog.partials.for_spec(
+            partials = await self._catalog.partial_sets.for_spec(
                 request.workspace_id, spec, "inline_prompt"
             )
             validate_spec(

@@ -5,6 +5,10 @@ a conditional update of the prompt's ``latest_version``, so two concurrent
 CreatePromptVersion calls get different numbers on SQLite and PostgreSQL.
 Every move of a release tag is appended to its history.
 
+A version pins the partial versions its templates include (the latest of
+each when it is created, see ``promptgate.prompts.partial_resolver``);
+resolving it loads exactly those.
+
 Executions resolve (prompt, tag or version) to a version on every call, so
 resolutions are cached for ``resolve_ttl_s``. Writes through this catalog clear
 the cache at once; the TTL bounds how long another replica's tag move or
@@ -40,6 +44,7 @@ from promptgate.prompts.model import (
     spec_from_json,
     spec_to_json,
 )
+from promptgate.prompts.partial_resolver import PartialResolver
 from promptgate.prompts.partials import PartialStore
 from promptgate.prompts.split_store import FoundSplit, find_split, load_split, split_versions
 from promptgate.prompts.splits import check_target, split_from_json, stored_split
@@ -79,7 +84,8 @@ class PromptCatalog:
         self._resolved: dict[tuple[str, str, str, int], tuple[float, ResolvedPrompt]] = {}
         self._resolving: dict[tuple[str, str, str, int], asyncio.Future[ResolvedPrompt]] = {}
         # The partials templates include; a version pins the ones it was created with.
-        self.partials = PartialStore(sessions, templates)
+        self.partial_sets = PartialResolver(sessions, templates)
+        self.partials = PartialStore(sessions, self.partial_sets)
 
     # Prompts
 
@@ -171,7 +177,7 @@ class PromptCatalog:
         """Validate ``spec`` and store it as the prompt's next version; move tags to it."""
         # Compiled off the event loop, so validation below hits the cache.
         await self._templates.prepare(m.template for m in spec.messages)
-        partials = await self.partials.for_spec(workspace, spec, "version")
+        partials = await self.partial_sets.for_spec(workspace, spec, "version")
         validate_spec(
             spec, self._templates, field="version", check_model=self._check_model, partials=partials
         )
@@ -288,7 +294,7 @@ class PromptCatalog:
             split=split,
             variants=others,
             partials={
-                v.id: await self.partials.pinned(workspace, v.spec.partials)
+                v.id: await self.partial_sets.pinned(workspace, v.spec.partials)
                 for v in (chosen, *others)
             },
         )
