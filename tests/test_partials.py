@@ -173,6 +173,12 @@ async def test_partial_names_are_unique_and_checked(pg: Running) -> None:
         "INVALID_PROMPT",
     )
     violation(details, "content")
+    _, details = await rpc_error(
+        pg.prompts.CreatePartial(ppb.CreatePartialRequest(name="nul", content="a\x00b")),
+        INVALID,
+        "INVALID_PROMPT",
+    )
+    violation(details, "content", "NUL")
     await rpc_error(
         pg.prompts.GetPartial(ppb.GetPartialRequest(partial="missing")),
         NOT_FOUND,
