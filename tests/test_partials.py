@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
+from promptgate.api.v1 import admin_service_pb2 as apb
+from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
@@ -674,6 +676,35 @@ async def test_scopes_reads_with_execute_writes_with_template_manage(pg: Running
     assert partial.latest_version == 2  # only the template.manage key wrote
     listed = await pg.prompts.ListPartials(ppb.ListPartialsRequest(name_prefix="by-"))
     assert [p.name for p in listed.partials] == ["by-templates"]
+
+
+async def test_partial_changes_are_in_the_audit_log(pg: Running) -> None:
+    await new_partial(pg, "audited", "one", description="For the log")
+    await rpc_error(
+        pg.prompts.CreatePartial(ppb.CreatePartialRequest(name="audited", content="dup")),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "PARTIAL_ALREADY_EXISTS",
+    )
+    await new_partial(pg, "inner", "in")
+    await edit_partial(pg, "audited", '{% include "inner" %}', description="nests")
+    await pg.prompts.ArchivePartial(ppb.ArchivePartialRequest(partial="audited"))
+    await pg.prompts.ArchivePartial(ppb.ArchivePartialRequest(partial="audited"))  # no change
+    await pg.prompts.UnarchivePartial(ppb.UnarchivePartialRequest(partial="audited"))
+    log = await apb_grpc.AdminServiceStub(pg.channel).ListAuditEvents(
+        apb.ListAuditEventsRequest(resource="partials/audited")
+    )
+    entries = [(e.action, e.resource) for e in reversed(log.audit_events)]
+    assert entries == [
+        ("partial.create", "partials/audited"),
+        ("partial_version.create", "partials/audited/versions/1"),
+        ("partial_version.create", "partials/audited/versions/2"),
+        ("partial.archive", "partials/audited"),
+        ("partial.unarchive", "partials/audited"),
+    ]
+    second = next(e for e in log.audit_events if e.resource.endswith("/versions/2"))
+    assert dict(second.after)["description"] == "nests"
+    assert list(second.after["includes"]) == ["inner"]
+    assert "content" not in dict(second.after)
 
 
 # PostgreSQL

@@ -11,6 +11,8 @@ includes are stored with it, so the sets prompts render with are resolved
 
 Archived partials are hidden from ``list_partials``, get no new versions and
 cannot be newly included; prompt versions that pinned one keep rendering it.
+Each change has its audit entry (``partial.create``, ``partial.archive``,
+``partial.unarchive``, ``partial_version.create``), committed with it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from promptgate.audit import record
 from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
@@ -96,6 +99,14 @@ class PartialStore:
                 session.add(row)
                 await session.flush()  # the partial first: the version's foreign key needs it
                 session.add(version)
+                record(
+                    session,
+                    workspace=workspace,
+                    action="partial.create",
+                    resource=f"partials/{name}",
+                    after={"id": row.id, "description": description},
+                )
+                _version_created(session, name, version)
                 await session.commit()
             except IntegrityError:
                 raise AlreadyExists(
@@ -137,6 +148,15 @@ class PartialStore:
         """Archive or restore a partial."""
         async with self._sessions.write() as session:
             row = await self._partial_row(session, workspace, ref)
+            if row.archived != archived:
+                record(
+                    session,
+                    workspace=workspace,
+                    action="partial.archive" if archived else "partial.unarchive",
+                    resource=f"partials/{row.name}",
+                    before={"archived": row.archived},
+                    after={"archived": archived},
+                )
             row.archived = archived
             row.updated_at = utcnow()
             session.add(row)
@@ -174,6 +194,7 @@ class PartialStore:
                     continue
                 row = _new_version(partial, number, content, includes, description, now)
                 session.add(row)
+                _version_created(session, partial.name, row)
                 try:
                     await session.commit()
                 except IntegrityError:
@@ -244,6 +265,22 @@ class PartialStore:
 def _archived(name: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"partial {name!r} is archived", reason="PARTIAL_ARCHIVED", metadata={"partial": name}
+    )
+
+
+def _version_created(session: AsyncSession, name: str, row: PartialVersionRow) -> None:
+    """The audit entry of a new version (its content is in ListPartialVersions)."""
+    record(
+        session,
+        workspace=row.workspace_id,
+        action="partial_version.create",
+        resource=f"partials/{name}/versions/{row.version}",
+        after={
+            "version": row.version,
+            "id": row.id,
+            "description": row.description,
+            "includes": list(row.includes),
+        },
     )
 
 
