@@ -11,6 +11,11 @@ ones are cached. ``check_content`` checks a new partial version the same way.
 
 Partial contents are read here, before any template compiles or renders:
 the template loader itself never does I/O.
+
+A new partial version is checked against the latest versions of the others
+outside its write transaction, so two concurrent versions could close a
+cycle between them; every set is checked again when it is formed (for a
+prompt version or an inline prompt), so no render ever meets a cycle.
 """
 
 from __future__ import annotations
