@@ -315,6 +315,32 @@ async def test_nested_partials_are_pinned_at_every_level(start_server: StartServ
     assert await rendered(pg, "nested", version=2) == "<[leaf v2]>[leaf v2] hi"
 
 
+async def test_each_version_of_an_ab_split_renders_with_its_own_partials(
+    start_server: StartServer,
+) -> None:
+    pg = await start_server(resolve_cache_ttl_s=0)
+    await new_partial(pg, "offer", "Offer A.")
+    template = '{% include "offer" %} {{ q }}'
+    await prompt_with(pg, "promo", template, tags=())
+    await edit_partial(pg, "offer", "Offer B.")
+    await new_version(pg, "promo", template)
+    await pg.prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(
+            prompt="promo",
+            tag="production",
+            splits=[ppb.VersionWeight(version=1, weight=1), ppb.VersionWeight(version=2, weight=1)],
+        )
+    )
+    seen: dict[int, set[str]] = {1: set(), 2: set()}
+    for i in range(64):
+        response = await pg.prompts.RenderPrompt(
+            ppb.RenderPromptRequest(prompt="promo", inputs=q("hi"), split_key=f"user-{i}")
+        )
+        seen[response.prompt_version].add(response.messages[0].content)
+        assert dict(response.partials) == {"offer": response.prompt_version}
+    assert seen == {1: {"Offer A. hi"}, 2: {"Offer B. hi"}}
+
+
 async def test_inline_prompts_include_the_latest_partial_versions(pg: Running) -> None:
     await new_partial(pg, "greeting", "Hello")
     request = render_inline('{% include "greeting" %}, {{ q }}!', "Ada")
