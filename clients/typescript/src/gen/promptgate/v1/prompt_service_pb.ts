@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkilgEKFFNldFJlbGVhc2VUYWdSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoHdmVyc2lvbhgDIAEoBUgAEhQKCnZlcnNpb25faWQYBCABKAlIABIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHRCCgoIc2VsZWN0b3IiRwoVU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEi4KC3JlbGVhc2VfdGFnGAEgASgLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnIigKFkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkoKF0xpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEi8KDHJlbGVhc2VfdGFncxgBIAMoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyJiChxMaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiaAodTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USLgoGZXZlbnRzGAEgAygLMh4ucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuEDChNSZW5kZXJQcm9tcHRSZXF1ZXN0EhAKBnByb21wdBgBIAEoCUgAEjQKDWlubGluZV9wcm9tcHQYAiABKAsyGy5wcm9tcHRnYXRlLnYxLklubGluZVByb21wdEgAEhMKC3JlbGVhc2VfdGFnGAMgASgJEg8KB3ZlcnNpb24YBCABKAUSKgoGaW5wdXRzGAUgAygLMhoucHJvbXB0Z2F0ZS52MS5Qcm9tcHRJbnB1dBIyCgpwYXJhbWV0ZXJzGAYgASgLMh4ucHJvbXB0Z2F0ZS52MS5Nb2RlbFBhcmFtZXRlcnMSNgoPcmVzcG9uc2VfZm9ybWF0GAcgASgLMh0ucHJvbXB0Z2F0ZS52MS5SZXNwb25zZUZvcm1hdBIiCgV0b29scxgIIAMoCzITLnByb21wdGdhdGUudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgJIAEoCzIZLnByb21wdGdhdGUudjEuVG9vbENob2ljZRIyCg1yYXdfb3ZlcnJpZGVzGAogASgLMhsucHJvbXB0Z2F0ZS52MS5SYXdPdmVycmlkZXMSDQoFbW9kZWwYCyABKAkSEAoIcHJvdmlkZXIYDCABKAkSEQoJc3BsaXRfa2V5GA0gASgJQggKBnRhcmdldCKFAgoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCRIQCghzcGxpdF9pZBgJIAEoCTKVCQoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpgFCg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeRI8CghwYXJ0aWFscxgQIAMoCzIqLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbi5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkilgEKFFNldFJlbGVhc2VUYWdSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoHdmVyc2lvbhgDIAEoBUgAEhQKCnZlcnNpb25faWQYBCABKAlIABIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHRCCgoIc2VsZWN0b3IiRwoVU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEi4KC3JlbGVhc2VfdGFnGAEgASgLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnIigKFkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkoKF0xpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEi8KDHJlbGVhc2VfdGFncxgBIAMoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyJiChxMaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiaAodTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USLgoGZXZlbnRzGAEgAygLMh4ucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuEDChNSZW5kZXJQcm9tcHRSZXF1ZXN0EhAKBnByb21wdBgBIAEoCUgAEjQKDWlubGluZV9wcm9tcHQYAiABKAsyGy5wcm9tcHRnYXRlLnYxLklubGluZVByb21wdEgAEhMKC3JlbGVhc2VfdGFnGAMgASgJEg8KB3ZlcnNpb24YBCABKAUSKgoGaW5wdXRzGAUgAygLMhoucHJvbXB0Z2F0ZS52MS5Qcm9tcHRJbnB1dBIyCgpwYXJhbWV0ZXJzGAYgASgLMh4ucHJvbXB0Z2F0ZS52MS5Nb2RlbFBhcmFtZXRlcnMSNgoPcmVzcG9uc2VfZm9ybWF0GAcgASgLMh0ucHJvbXB0Z2F0ZS52MS5SZXNwb25zZUZvcm1hdBIiCgV0b29scxgIIAMoCzITLnByb21wdGdhdGUudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgJIAEoCzIZLnByb21wdGdhdGUudjEuVG9vbENob2ljZRIyCg1yYXdfb3ZlcnJpZGVzGAogASgLMhsucHJvbXB0Z2F0ZS52MS5SYXdPdmVycmlkZXMSDQoFbW9kZWwYCyABKAkSEAoIcHJvdmlkZXIYDCABKAkSEQoJc3BsaXRfa2V5GA0gASgJQggKBnRhcmdldCL7AgoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCRIQCghzcGxpdF9pZBgJIAEoCRJDCghwYXJ0aWFscxgKIAMoCzIxLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVzcG9uc2UuUGFydGlhbHNFbnRyeRovCg1QYXJ0aWFsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEixAEKB1BhcnRpYWwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghhcmNoaXZlZBgEIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgFIAEoBRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsBCg5QYXJ0aWFsVmVyc2lvbhIKCgJpZBgBIAEoCRISCgpwYXJ0aWFsX2lkGAIgASgJEg8KB3BhcnRpYWwYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIPCgdjb250ZW50GAUgASgJEhMKC2Rlc2NyaXB0aW9uGAYgASgJEhAKCGluY2x1ZGVzGAcgAygJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJnChRDcmVhdGVQYXJ0aWFsUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg8KB2NvbnRlbnQYAyABKAkSGwoTdmVyc2lvbl9kZXNjcmlwdGlvbhgEIAEoCSJwChVDcmVhdGVQYXJ0aWFsUmVzcG9uc2USJwoHcGFydGlhbBgBIAEoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbBIuCgd2ZXJzaW9uGAIgASgLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbiIkChFHZXRQYXJ0aWFsUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJIj0KEkdldFBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsImgKE0xpc3RQYXJ0aWFsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJZChRMaXN0UGFydGlhbHNSZXNwb25zZRIoCghwYXJ0aWFscxgBIAMoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKAoVQXJjaGl2ZVBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiQQoWQXJjaGl2ZVBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsIioKF1VuYXJjaGl2ZVBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiQwoYVW5hcmNoaXZlUGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiVAobQ3JlYXRlUGFydGlhbFZlcnNpb25SZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSDwoHY29udGVudBgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSJOChxDcmVhdGVQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEi4KB3ZlcnNpb24YASABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIjwKGEdldFBhcnRpYWxWZXJzaW9uUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJEg8KB3ZlcnNpb24YAiABKAUiSwoZR2V0UGFydGlhbFZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbiJUChpMaXN0UGFydGlhbFZlcnNpb25zUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImcKG0xpc3RQYXJ0aWFsVmVyc2lvbnNSZXNwb25zZRIvCgh2ZXJzaW9ucxgBIAMoCzIdLnByb21wdGdhdGUudjEuUGFydGlhbFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMqgPCg1Qcm9tcHRTZXJ2aWNlElcKDENyZWF0ZVByb21wdBIiLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVzcG9uc2USTgoJR2V0UHJvbXB0Eh8ucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXF1ZXN0GiAucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXNwb25zZRJUCgtMaXN0UHJvbXB0cxIhLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1Jlc3BvbnNlEloKDUFyY2hpdmVQcm9tcHQSIy5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVzcG9uc2USYAoPVW5hcmNoaXZlUHJvbXB0EiUucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXNwb25zZRJsChNDcmVhdGVQcm9tcHRWZXJzaW9uEikucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBoqLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEmMKEEdldFByb21wdFZlcnNpb24SJi5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USaQoSTGlzdFByb21wdFZlcnNpb25zEigucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0GikucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRJaCg1TZXRSZWxlYXNlVGFnEiMucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVxdWVzdBokLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEmAKD0xpc3RSZWxlYXNlVGFncxIlLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2UScgoVTGlzdFJlbGVhc2VUYWdIaXN0b3J5EisucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0GiwucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRJXCgxSZW5kZXJQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlc3BvbnNlEloKDUNyZWF0ZVBhcnRpYWwSIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVBhcnRpYWxSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsUmVzcG9uc2USUQoKR2V0UGFydGlhbBIgLnByb21wdGdhdGUudjEuR2V0UGFydGlhbFJlcXVlc3QaIS5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxSZXNwb25zZRJXCgxMaXN0UGFydGlhbHMSIi5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsc1JlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsc1Jlc3BvbnNlEl0KDkFyY2hpdmVQYXJ0aWFsEiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUGFydGlhbFJlcXVlc3QaJS5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USYwoQVW5hcmNoaXZlUGFydGlhbBImLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUGFydGlhbFJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVBhcnRpYWxSZXNwb25zZRJvChRDcmVhdGVQYXJ0aWFsVmVyc2lvbhIqLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFZlcnNpb25SZXF1ZXN0GisucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEmYKEUdldFBhcnRpYWxWZXJzaW9uEicucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsVmVyc2lvblJlcXVlc3QaKC5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxWZXJzaW9uUmVzcG9uc2USbAoTTGlzdFBhcnRpYWxWZXJzaW9ucxIpLnByb21wdGdhdGUudjEuTGlzdFBhcnRpYWxWZXJzaW9uc1JlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -206,6 +206,15 @@ export type PromptVersion = Message<"promptgate.v1.PromptVersion"> & {
    * @generated from field: promptgate.v1.CachePolicy cache = 15;
    */
   cache?: CachePolicy | undefined;
+
+  /**
+   * Output only. The partial versions the templates include, directly or
+   * through other partials, by partial name: the latest version of each when
+   * this version was created. Rendering this version always uses these.
+   *
+   * @generated from field: map<string, int32> partials = 16;
+   */
+  partials: { [key: string]: number };
 };
 
 /**
@@ -1234,6 +1243,15 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
    * @generated from field: string split_id = 9;
    */
   splitId: string;
+
+  /**
+   * Output only. The partial versions the rendered templates included, by
+   * partial name: those the version pinned, or for an inline prompt the
+   * latest ones.
+   *
+   * @generated from field: map<string, int32> partials = 10;
+   */
+  partials: { [key: string]: number };
 };
 
 /**
@@ -1242,6 +1260,577 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 29);
+
+/**
+ * A named template snippet that prompt templates include.
+ *
+ * @generated from message promptgate.v1.Partial
+ */
+export type Partial$ = Message<"promptgate.v1.Partial"> & {
+  /**
+   * Output only. The partial id, "prt_...".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Required. Unique within the workspace: 1-128 characters of letters,
+   * digits, '-', '_' and '.', starting with a letter or digit. Templates
+   * include the partial by this name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Optional. What the partial is for.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * Output only. Whether the partial is archived.
+   *
+   * @generated from field: bool archived = 4;
+   */
+  archived: boolean;
+
+  /**
+   * Output only. The newest version number.
+   *
+   * @generated from field: int32 latest_version = 5;
+   */
+  latestVersion: number;
+
+  /**
+   * Output only. When the partial was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Output only. When the partial last changed (a new version, archived).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.Partial.
+ * Use `create(PartialSchema)` to create a new message.
+ */
+export const PartialSchema: GenMessage<Partial$> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 30);
+
+/**
+ * An immutable version of a partial.
+ *
+ * @generated from message promptgate.v1.PartialVersion
+ */
+export type PartialVersion = Message<"promptgate.v1.PartialVersion"> & {
+  /**
+   * Output only. The version id, "prv_...".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Output only. The partial's id.
+   *
+   * @generated from field: string partial_id = 2;
+   */
+  partialId: string;
+
+  /**
+   * Output only. The partial's name.
+   *
+   * @generated from field: string partial = 3;
+   */
+  partial: string;
+
+  /**
+   * Output only. The version number: 1 for the first, then 2, 3, ...
+   *
+   * @generated from field: int32 version = 4;
+   */
+  version: number;
+
+  /**
+   * Required. The template text (Jinja2, sandboxed like prompt templates).
+   *
+   * @generated from field: string content = 5;
+   */
+  content: string;
+
+  /**
+   * Optional. What changed in this version.
+   *
+   * @generated from field: string description = 6;
+   */
+  description: string;
+
+  /**
+   * Output only. The partials this content includes directly, by name.
+   *
+   * @generated from field: repeated string includes = 7;
+   */
+  includes: string[];
+
+  /**
+   * Output only. When the version was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.PartialVersion.
+ * Use `create(PartialVersionSchema)` to create a new message.
+ */
+export const PartialVersionSchema: GenMessage<PartialVersion> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 31);
+
+/**
+ * Request for CreatePartial.
+ *
+ * @generated from message promptgate.v1.CreatePartialRequest
+ */
+export type CreatePartialRequest = Message<"promptgate.v1.CreatePartialRequest"> & {
+  /**
+   * Required. The unique name (see Partial.name).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional. What the partial is for.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * Required. The first version's template text, at most 200,000
+   * characters; it may include other partials, at most 8 deep and not in a
+   * cycle.
+   *
+   * @generated from field: string content = 3;
+   */
+  content: string;
+
+  /**
+   * Optional. The first version's description.
+   *
+   * @generated from field: string version_description = 4;
+   */
+  versionDescription: string;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialRequest.
+ * Use `create(CreatePartialRequestSchema)` to create a new message.
+ */
+export const CreatePartialRequestSchema: GenMessage<CreatePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 32);
+
+/**
+ * Response for CreatePartial.
+ *
+ * @generated from message promptgate.v1.CreatePartialResponse
+ */
+export type CreatePartialResponse = Message<"promptgate.v1.CreatePartialResponse"> & {
+  /**
+   * The new partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+
+  /**
+   * Its version 1.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 2;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialResponse.
+ * Use `create(CreatePartialResponseSchema)` to create a new message.
+ */
+export const CreatePartialResponseSchema: GenMessage<CreatePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 33);
+
+/**
+ * Request for GetPartial.
+ *
+ * @generated from message promptgate.v1.GetPartialRequest
+ */
+export type GetPartialRequest = Message<"promptgate.v1.GetPartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialRequest.
+ * Use `create(GetPartialRequestSchema)` to create a new message.
+ */
+export const GetPartialRequestSchema: GenMessage<GetPartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 34);
+
+/**
+ * Response for GetPartial.
+ *
+ * @generated from message promptgate.v1.GetPartialResponse
+ */
+export type GetPartialResponse = Message<"promptgate.v1.GetPartialResponse"> & {
+  /**
+   * The partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialResponse.
+ * Use `create(GetPartialResponseSchema)` to create a new message.
+ */
+export const GetPartialResponseSchema: GenMessage<GetPartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 35);
+
+/**
+ * Request for ListPartials.
+ *
+ * @generated from message promptgate.v1.ListPartialsRequest
+ */
+export type ListPartialsRequest = Message<"promptgate.v1.ListPartialsRequest"> & {
+  /**
+   * Optional. At most this many partials (default 50, at most 1000).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. next_page_token from a previous call.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Optional. Include archived partials.
+   *
+   * @generated from field: bool show_archived = 3;
+   */
+  showArchived: boolean;
+
+  /**
+   * Optional. Only partials whose name starts with this.
+   *
+   * @generated from field: string name_prefix = 4;
+   */
+  namePrefix: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialsRequest.
+ * Use `create(ListPartialsRequestSchema)` to create a new message.
+ */
+export const ListPartialsRequestSchema: GenMessage<ListPartialsRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 36);
+
+/**
+ * Response for ListPartials.
+ *
+ * @generated from message promptgate.v1.ListPartialsResponse
+ */
+export type ListPartialsResponse = Message<"promptgate.v1.ListPartialsResponse"> & {
+  /**
+   * The partials, by name.
+   *
+   * @generated from field: repeated promptgate.v1.Partial partials = 1;
+   */
+  partials: Partial$[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialsResponse.
+ * Use `create(ListPartialsResponseSchema)` to create a new message.
+ */
+export const ListPartialsResponseSchema: GenMessage<ListPartialsResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 37);
+
+/**
+ * Request for ArchivePartial.
+ *
+ * @generated from message promptgate.v1.ArchivePartialRequest
+ */
+export type ArchivePartialRequest = Message<"promptgate.v1.ArchivePartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ArchivePartialRequest.
+ * Use `create(ArchivePartialRequestSchema)` to create a new message.
+ */
+export const ArchivePartialRequestSchema: GenMessage<ArchivePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 38);
+
+/**
+ * Response for ArchivePartial.
+ *
+ * @generated from message promptgate.v1.ArchivePartialResponse
+ */
+export type ArchivePartialResponse = Message<"promptgate.v1.ArchivePartialResponse"> & {
+  /**
+   * The archived partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.ArchivePartialResponse.
+ * Use `create(ArchivePartialResponseSchema)` to create a new message.
+ */
+export const ArchivePartialResponseSchema: GenMessage<ArchivePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 39);
+
+/**
+ * Request for UnarchivePartial.
+ *
+ * @generated from message promptgate.v1.UnarchivePartialRequest
+ */
+export type UnarchivePartialRequest = Message<"promptgate.v1.UnarchivePartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.UnarchivePartialRequest.
+ * Use `create(UnarchivePartialRequestSchema)` to create a new message.
+ */
+export const UnarchivePartialRequestSchema: GenMessage<UnarchivePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 40);
+
+/**
+ * Response for UnarchivePartial.
+ *
+ * @generated from message promptgate.v1.UnarchivePartialResponse
+ */
+export type UnarchivePartialResponse = Message<"promptgate.v1.UnarchivePartialResponse"> & {
+  /**
+   * The restored partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.UnarchivePartialResponse.
+ * Use `create(UnarchivePartialResponseSchema)` to create a new message.
+ */
+export const UnarchivePartialResponseSchema: GenMessage<UnarchivePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 41);
+
+/**
+ * Request for CreatePartialVersion.
+ *
+ * @generated from message promptgate.v1.CreatePartialVersionRequest
+ */
+export type CreatePartialVersionRequest = Message<"promptgate.v1.CreatePartialVersionRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Required. The template text (see CreatePartialRequest.content).
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+
+  /**
+   * Optional. What changed in this version.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialVersionRequest.
+ * Use `create(CreatePartialVersionRequestSchema)` to create a new message.
+ */
+export const CreatePartialVersionRequestSchema: GenMessage<CreatePartialVersionRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 42);
+
+/**
+ * Response for CreatePartialVersion.
+ *
+ * @generated from message promptgate.v1.CreatePartialVersionResponse
+ */
+export type CreatePartialVersionResponse = Message<"promptgate.v1.CreatePartialVersionResponse"> & {
+  /**
+   * The new version.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 1;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialVersionResponse.
+ * Use `create(CreatePartialVersionResponseSchema)` to create a new message.
+ */
+export const CreatePartialVersionResponseSchema: GenMessage<CreatePartialVersionResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 43);
+
+/**
+ * Request for GetPartialVersion.
+ *
+ * @generated from message promptgate.v1.GetPartialVersionRequest
+ */
+export type GetPartialVersionRequest = Message<"promptgate.v1.GetPartialVersionRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Optional. The version number; 0 (the default) for the latest.
+   *
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialVersionRequest.
+ * Use `create(GetPartialVersionRequestSchema)` to create a new message.
+ */
+export const GetPartialVersionRequestSchema: GenMessage<GetPartialVersionRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 44);
+
+/**
+ * Response for GetPartialVersion.
+ *
+ * @generated from message promptgate.v1.GetPartialVersionResponse
+ */
+export type GetPartialVersionResponse = Message<"promptgate.v1.GetPartialVersionResponse"> & {
+  /**
+   * The version.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 1;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialVersionResponse.
+ * Use `create(GetPartialVersionResponseSchema)` to create a new message.
+ */
+export const GetPartialVersionResponseSchema: GenMessage<GetPartialVersionResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 45);
+
+/**
+ * Request for ListPartialVersions.
+ *
+ * @generated from message promptgate.v1.ListPartialVersionsRequest
+ */
+export type ListPartialVersionsRequest = Message<"promptgate.v1.ListPartialVersionsRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Optional. At most this many versions (default 50, at most 1000).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. next_page_token from a previous call.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialVersionsRequest.
+ * Use `create(ListPartialVersionsRequestSchema)` to create a new message.
+ */
+export const ListPartialVersionsRequestSchema: GenMessage<ListPartialVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 46);
+
+/**
+ * Response for ListPartialVersions.
+ *
+ * @generated from message promptgate.v1.ListPartialVersionsResponse
+ */
+export type ListPartialVersionsResponse = Message<"promptgate.v1.ListPartialVersionsResponse"> & {
+  /**
+   * The versions, newest first.
+   *
+   * @generated from field: repeated promptgate.v1.PartialVersion versions = 1;
+   */
+  versions: PartialVersion[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialVersionsResponse.
+ * Use `create(ListPartialVersionsResponseSchema)` to create a new message.
+ */
+export const ListPartialVersionsResponseSchema: GenMessage<ListPartialVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 47);
 
 /**
  * PromptService manages prompts: named containers of immutable, numbered
@@ -1381,6 +1970,88 @@ export const PromptService: GenService<{
     methodKind: "unary";
     input: typeof RenderPromptRequestSchema;
     output: typeof RenderPromptResponseSchema;
+  },
+  /**
+   * Creates a partial with its first version.
+   *
+   * @generated from rpc promptgate.v1.PromptService.CreatePartial
+   */
+  createPartial: {
+    methodKind: "unary";
+    input: typeof CreatePartialRequestSchema;
+    output: typeof CreatePartialResponseSchema;
+  },
+  /**
+   * Returns a partial.
+   *
+   * @generated from rpc promptgate.v1.PromptService.GetPartial
+   */
+  getPartial: {
+    methodKind: "unary";
+    input: typeof GetPartialRequestSchema;
+    output: typeof GetPartialResponseSchema;
+  },
+  /**
+   * Lists partials by name.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ListPartials
+   */
+  listPartials: {
+    methodKind: "unary";
+    input: typeof ListPartialsRequestSchema;
+    output: typeof ListPartialsResponseSchema;
+  },
+  /**
+   * Archives a partial: it is hidden from ListPartials, gets no new versions
+   * and cannot be newly included; prompt versions that pinned it keep it.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ArchivePartial
+   */
+  archivePartial: {
+    methodKind: "unary";
+    input: typeof ArchivePartialRequestSchema;
+    output: typeof ArchivePartialResponseSchema;
+  },
+  /**
+   * Restores an archived partial.
+   *
+   * @generated from rpc promptgate.v1.PromptService.UnarchivePartial
+   */
+  unarchivePartial: {
+    methodKind: "unary";
+    input: typeof UnarchivePartialRequestSchema;
+    output: typeof UnarchivePartialResponseSchema;
+  },
+  /**
+   * Creates the next version of a partial. Prompt versions created from now
+   * on include it; existing prompt versions keep the version they pinned.
+   *
+   * @generated from rpc promptgate.v1.PromptService.CreatePartialVersion
+   */
+  createPartialVersion: {
+    methodKind: "unary";
+    input: typeof CreatePartialVersionRequestSchema;
+    output: typeof CreatePartialVersionResponseSchema;
+  },
+  /**
+   * Returns one version of a partial, by number or the latest.
+   *
+   * @generated from rpc promptgate.v1.PromptService.GetPartialVersion
+   */
+  getPartialVersion: {
+    methodKind: "unary";
+    input: typeof GetPartialVersionRequestSchema;
+    output: typeof GetPartialVersionResponseSchema;
+  },
+  /**
+   * Lists a partial's versions, newest first.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ListPartialVersions
+   */
+  listPartialVersions: {
+    methodKind: "unary";
+    input: typeof ListPartialVersionsRequestSchema;
+    output: typeof ListPartialVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_promptgate_v1_prompt_service, 0);
