@@ -77,6 +77,10 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
             "UnarchivePrompt",
             "CreatePromptVersion",
             "SetReleaseTag",
+            "CreatePartial",
+            "CreatePartialVersion",
+            "ArchivePartial",
+            "UnarchivePartial",
         )
     },
     **{
@@ -89,6 +93,10 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
             "ListReleaseTags",
             "ListReleaseTagHistory",
             "RenderPrompt",
+            "GetPartial",
+            "ListPartials",
+            "GetPartialVersion",
+            "ListPartialVersions",
         )
     },
     **{
@@ -228,6 +236,35 @@ MINIMAL: dict[str, tuple[Factory, grpc.StatusCode]] = {
     "PromptService/RenderPrompt": (
         lambda: ppb.RenderPromptRequest(prompt="demo", inputs=_question()),
         OK,
+    ),
+    "PromptService/CreatePartial": (
+        lambda: ppb.CreatePartialRequest(name=f"matrix-{uuid.uuid4().hex[:12]}", content="Hi"),
+        OK,
+    ),
+    "PromptService/GetPartial": (
+        lambda: ppb.GetPartialRequest(partial="no-such-partial"),
+        NOT_FOUND,
+    ),
+    "PromptService/ListPartials": (lambda: ppb.ListPartialsRequest(), OK),
+    "PromptService/ArchivePartial": (
+        lambda: ppb.ArchivePartialRequest(partial="no-such-partial"),
+        NOT_FOUND,
+    ),
+    "PromptService/UnarchivePartial": (
+        lambda: ppb.UnarchivePartialRequest(partial="no-such-partial"),
+        NOT_FOUND,
+    ),
+    "PromptService/CreatePartialVersion": (
+        lambda: ppb.CreatePartialVersionRequest(partial="no-such-partial", content="Hi"),
+        NOT_FOUND,
+    ),
+    "PromptService/GetPartialVersion": (
+        lambda: ppb.GetPartialVersionRequest(partial="no-such-partial"),
+        NOT_FOUND,
+    ),
+    "PromptService/ListPartialVersions": (
+        lambda: ppb.ListPartialVersionsRequest(partial="no-such-partial"),
+        NOT_FOUND,
     ),
     "AdminService/CreateApiKey": (
         lambda: apb.CreateApiKeyRequest(name="matrix", scopes=["prompt.execute"], plan="free"),

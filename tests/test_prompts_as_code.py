@@ -371,6 +371,33 @@ async def test_a_split_tag_stays_unless_the_file_moves_it(pg: Running, tmp_path:
     assert production.version == 3 and not production.HasField("split")
 
 
+async def test_newer_partials_make_a_new_version_that_pins_them(
+    pg: Running, tmp_path: Path
+) -> None:
+    await pg.prompts.CreatePartial(ppb.CreatePartialRequest(name="footer", content="Thanks."))
+    text = GREET.replace("Greet {{ person }}", "Greet {{ person }}. {% include 'footer' %}")
+    root = folder(tmp_path / "repo", greet=text)
+    assert (await run(pg, "push", root)).code == 0
+    assert dict((await version(pg, "greet", 1)).partials) == {"footer": 1}
+    pulled = tmp_path / "pulled"
+    assert (await run(pg, "pull", pulled, "--prompt", "greet")).code == 0
+    assert "partials" not in (pulled / "prompts" / "greet.yaml").read_text()
+    assert "up to date" in (await run(pg, "push", pulled)).out
+    await pg.prompts.CreatePartialVersion(
+        ppb.CreatePartialVersionRequest(partial="footer", content="Thank you.")
+    )
+    result = await run(pg, "push", pulled)
+    assert result.code == 0, result
+    assert "version    greet: new version 2" in result.out
+    assert (
+        "note       greet: same content as version 1; newer partial versions: footer v1 -> v2"
+        in (result.out)
+    )
+    assert dict((await version(pg, "greet", 2)).partials) == {"footer": 2}
+    assert await tags(pg, "greet") == {"production": 2, "staging": 2}
+    assert "up to date" in (await run(pg, "push", pulled)).out
+
+
 BAD_FILES = {
     "yaml syntax": ("model: [mock-1\n", "invalid YAML: line"),
     "unknown key": (GREET + "modle: mock-2\n", "modle: unknown key"),
@@ -393,6 +420,7 @@ BAD_FILES = {
     "name differs": ("name: other\n" + GREET, "name: 'other' differs from the file name 'greet'"),
     "key twice": (GREET + "model: mock-2\n", "found the key 'model' twice"),
     "latest tag": (GREET.replace("[production, staging]", "[latest]"), "tags:"),
+    "output-only field": (GREET + "partials: {footer: 1}\n", "partials: unknown key"),
     "not a mapping": ("- a\n- b\n", "expected a mapping"),
 }
 

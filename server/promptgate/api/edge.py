@@ -58,6 +58,7 @@ _IDENTIFIER_FIELDS: Final = frozenset(
         "name",
         "name_prefix",
         "page_token",
+        "partial",
         "plan",
         "prompt",
         "prompt_id",
@@ -78,6 +79,7 @@ _TEXT_EXCEPTIONS: Final = frozenset(
     {
         "promptgate.v1.InlinePrompt.prompt",
         "promptgate.v1.CreatePromptRequest.name",
+        "promptgate.v1.CreatePartialRequest.name",
         "promptgate.v1.InputVariable.name",
         "promptgate.v1.Tool.name",
         "promptgate.v1.SetReleaseTagRequest.tag",
@@ -112,7 +114,12 @@ _REASONS: Final = {
     "tag": "INVALID_RELEASE_TAG",
     "release_tags": "INVALID_RELEASE_TAG",
 }
-_REQUEST_REASONS: Final = {("promptgate.v1.CreatePromptRequest", "name"): "INVALID_PROMPT_NAME"}
+_REQUEST_REASONS: Final = {
+    ("promptgate.v1.CreatePromptRequest", "name"): "INVALID_PROMPT_NAME",
+    ("promptgate.v1.CreatePartialRequest", "name"): "INVALID_PARTIAL_NAME",
+    ("promptgate.v1.CreatePartialRequest", "content"): "INVALID_PROMPT",
+    ("promptgate.v1.CreatePartialVersionRequest", "content"): "INVALID_PROMPT",
+}
 
 
 def check_request(request: Any) -> None:

@@ -8,6 +8,7 @@ import grpc
 
 from promptgate.api.context import CallContext
 from promptgate.api.convert.executions import execution_request_from_proto
+from promptgate.api.convert.partials import partial_to_proto, partial_version_to_proto
 from promptgate.api.convert.prompts import (
     compatibility_to_proto,
     prompt_to_proto,
@@ -183,3 +184,86 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         )
         rendering = await self._executor.render(domain)
         return rendering_to_proto(rendering)
+
+    # Partials
+
+    async def CreatePartial(
+        self, request: ppb.CreatePartialRequest, context: Context
+    ) -> ppb.CreatePartialResponse:
+        partial, version = await self._catalog.partials.create_partial(
+            self._calls.workspace(context),
+            request.name,
+            request.description,
+            request.content,
+            request.version_description,
+        )
+        return ppb.CreatePartialResponse(
+            partial=partial_to_proto(partial), version=partial_version_to_proto(version)
+        )
+
+    async def GetPartial(
+        self, request: ppb.GetPartialRequest, context: Context
+    ) -> ppb.GetPartialResponse:
+        partial = await self._catalog.partials.get_partial(
+            self._calls.workspace(context), request.partial
+        )
+        return ppb.GetPartialResponse(partial=partial_to_proto(partial))
+
+    async def ListPartials(
+        self, request: ppb.ListPartialsRequest, context: Context
+    ) -> ppb.ListPartialsResponse:
+        partials, token = await self._catalog.partials.list_partials(
+            self._calls.workspace(context),
+            size=request.page_size,
+            token=request.page_token,
+            show_archived=request.show_archived,
+            name_prefix=request.name_prefix,
+        )
+        return ppb.ListPartialsResponse(
+            partials=[partial_to_proto(p) for p in partials], next_page_token=token
+        )
+
+    async def ArchivePartial(
+        self, request: ppb.ArchivePartialRequest, context: Context
+    ) -> ppb.ArchivePartialResponse:
+        partial = await self._catalog.partials.set_archived(
+            self._calls.workspace(context), request.partial, True
+        )
+        return ppb.ArchivePartialResponse(partial=partial_to_proto(partial))
+
+    async def UnarchivePartial(
+        self, request: ppb.UnarchivePartialRequest, context: Context
+    ) -> ppb.UnarchivePartialResponse:
+        partial = await self._catalog.partials.set_archived(
+            self._calls.workspace(context), request.partial, False
+        )
+        return ppb.UnarchivePartialResponse(partial=partial_to_proto(partial))
+
+    async def CreatePartialVersion(
+        self, request: ppb.CreatePartialVersionRequest, context: Context
+    ) -> ppb.CreatePartialVersionResponse:
+        version = await self._catalog.partials.create_version(
+            self._calls.workspace(context), request.partial, request.content, request.description
+        )
+        return ppb.CreatePartialVersionResponse(version=partial_version_to_proto(version))
+
+    async def GetPartialVersion(
+        self, request: ppb.GetPartialVersionRequest, context: Context
+    ) -> ppb.GetPartialVersionResponse:
+        version = await self._catalog.partials.get_version(
+            self._calls.workspace(context), request.partial, version=request.version
+        )
+        return ppb.GetPartialVersionResponse(version=partial_version_to_proto(version))
+
+    async def ListPartialVersions(
+        self, request: ppb.ListPartialVersionsRequest, context: Context
+    ) -> ppb.ListPartialVersionsResponse:
+        versions, token = await self._catalog.partials.list_versions(
+            self._calls.workspace(context),
+            request.partial,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return ppb.ListPartialVersionsResponse(
+            versions=[partial_version_to_proto(v) for v in versions], next_page_token=token
+        )

@@ -123,6 +123,7 @@ class Executor:
             version=plan.record.version,
             release_tag=plan.record.release_tag,
             split_id=plan.record.split_id,
+            partials=plan.partials,
         )
 
     async def check(self, request: ExecutionRequest) -> None:

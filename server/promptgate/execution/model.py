@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -198,6 +199,7 @@ class Rendering:
     version: int = 0
     release_tag: str = ""
     split_id: str = ""
+    partials: Mapping[str, int] = field(default_factory=dict)  # the partial versions included
 
 
 @dataclass(frozen=True, slots=True)

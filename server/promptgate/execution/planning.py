@@ -11,6 +11,7 @@ Every problem is a ``RequestError`` raised before anything is recorded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -74,6 +75,7 @@ class Plan:
     cache_mode: CacheMode
     cache_ttl_s: float
     cache_key: str | None
+    partials: Mapping[str, int]  # the partial versions rendered, by name
 
     @property
     def provider(self) -> Provider:
@@ -116,12 +118,17 @@ class Planner:
             spec = target.spec
             # Compiled off the event loop, so validation below hits the cache.
             await self._templates.prepare(m.template for m in spec.messages)
+            # An inline prompt includes the latest version of each partial.
+            partials = await self._catalog.partial_sets.for_spec(
+                request.workspace_id, spec, "inline_prompt"
+            )
             validate_spec(
                 spec,
                 self._templates,
                 field="inline_prompt",
                 check_model=self._registry.check if not request.model else _accept_model,
                 declared_required=target.declared,
+                partials=partials,
             )
             declared = spec.input_variables if target.declared else None
             model_field = "inline_prompt.model"
@@ -137,6 +144,7 @@ class Planner:
             resolved = assign(resolved, request.split_key)
             split_id = resolved.split.id if resolved.split else ""
             spec = resolved.version.spec
+            partials = resolved.partials_of(resolved.version)
             declared = spec.input_variables
             prompt_id, prompt_name = resolved.prompt.id, resolved.prompt.name
             version_id, version = resolved.version.id, resolved.version.version
@@ -157,6 +165,7 @@ class Planner:
             self._templates,
             field="inline_prompt" if isinstance(target, InlineTarget) else "inputs",
             max_chars=self._limits.max_prompt_chars,
+            partials=partials,
         )
         base = ProviderRequest(
             model=model,
@@ -205,6 +214,7 @@ class Planner:
             cache_mode=cache_mode,
             cache_ttl_s=cache_ttl,
             cache_key=key,
+            partials=partials.pins,
         )
 
     def _candidates(

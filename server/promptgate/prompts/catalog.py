@@ -5,6 +5,10 @@ a conditional update of the prompt's ``latest_version``, so two concurrent
 CreatePromptVersion calls get different numbers on SQLite and PostgreSQL.
 Every move of a release tag is appended to its history.
 
+A version pins the partial versions its templates include (the latest of
+each when it is created, see ``promptgate.prompts.partial_resolver``);
+resolving it loads exactly those.
+
 Executions resolve (prompt, tag or version) to a version on every call, so
 resolutions are cached for ``resolve_ttl_s``. Writes through this catalog clear
 the cache at once; the TTL bounds how long another replica's tag move or
@@ -41,6 +45,8 @@ from promptgate.prompts.model import (
     spec_from_json,
     spec_to_json,
 )
+from promptgate.prompts.partial_resolver import PartialResolver
+from promptgate.prompts.partials import PartialStore
 from promptgate.prompts.release_checks import check_tag_moves, tag_report
 from promptgate.prompts.split_store import FoundSplit, find_split, load_split, split_versions
 from promptgate.prompts.splits import check_target, split_from_json, stored_split
@@ -79,6 +85,9 @@ class PromptCatalog:
         self._resolve_ttl = resolve_ttl_s
         self._resolved: dict[tuple[str, str, str, int], tuple[float, ResolvedPrompt]] = {}
         self._resolving: dict[tuple[str, str, str, int], asyncio.Future[ResolvedPrompt]] = {}
+        # The partials templates include; a version pins the ones it was created with.
+        self.partial_sets = PartialResolver(sessions, templates)
+        self.partials = PartialStore(sessions, self.partial_sets)
 
     # Prompts
 
@@ -178,7 +187,11 @@ class PromptCatalog:
         """
         # Compiled off the event loop, so validation below hits the cache.
         await self._templates.prepare(m.template for m in spec.messages)
-        validate_spec(spec, self._templates, field="version", check_model=self._check_model)
+        partials = await self.partial_sets.for_spec(workspace, spec, "version")
+        validate_spec(
+            spec, self._templates, field="version", check_model=self._check_model, partials=partials
+        )
+        spec = replace(spec, partials=dict(partials.pins))
         for i, tag in enumerate(release_tags):
             _check_tag(tag, f"release_tags[{i}]")
         if len(set(release_tags)) != len(release_tags):
@@ -288,13 +301,19 @@ class PromptCatalog:
             )
             prompt = _prompt(prompt_row, [])
             split, variants = await load_split(session, prompt_row.id, used_tag)
+        chosen = _version(row)
+        others = tuple(_version(v) for v in variants)
         # With a split, callers pick a variant per call (splits.assign).
         resolved = ResolvedPrompt(
             prompt=prompt,
-            version=_version(row),
+            version=chosen,
             release_tag=used_tag,
             split=split,
-            variants=tuple(_version(v) for v in variants),
+            variants=others,
+            partials={
+                v.id: await self.partial_sets.pinned(workspace, v.spec.partials)
+                for v in (chosen, *others)
+            },
         )
         if self._resolve_ttl > 0:
             if len(self._resolved) >= RESOLVE_CACHE_MAX:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from promptgate.chat import ModelParameters, ResponseFormat, Role, Tool, ToolChoice
+from promptgate.prompts.partial_sets import EMPTY_PARTIALS, PartialSet
 
 
 class InputType(enum.StrEnum):
@@ -118,6 +120,8 @@ class PromptSpec:
     tool_choice: ToolChoice | None = None
     routing: Routing | None = None
     cache: CachePolicy | None = None
+    # A stored version's partials, name -> version, pinned when it was created.
+    partials: dict[str, int] = field(default_factory=dict)
 
 
 SPEC_ADAPTER: TypeAdapter[PromptSpec] = TypeAdapter(PromptSpec)
@@ -221,3 +225,9 @@ class ResolvedPrompt:
     release_tag: str
     split: TrafficSplit | None = None
     variants: tuple[PromptVersion, ...] = ()
+    # The partial versions each of them pins (version id -> set); see ``partials_of``.
+    partials: Mapping[str, PartialSet] = field(default_factory=dict)
+
+    def partials_of(self, version: PromptVersion) -> PartialSet:
+        """The partials ``version`` (``version`` or one of ``variants``) renders with."""
+        return self.partials.get(version.id, EMPTY_PARTIALS)

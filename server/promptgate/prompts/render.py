@@ -7,6 +7,7 @@ from typing import Any
 from promptgate.chat import ChatMessage, Role
 from promptgate.errors import InvalidArgument
 from promptgate.prompts.model import PromptSpec
+from promptgate.prompts.partial_sets import EMPTY_PARTIALS, PartialSet
 from promptgate.prompts.templates import TemplateEngine
 
 
@@ -17,15 +18,18 @@ async def render_messages(
     *,
     field: str,
     max_chars: int,
+    partials: PartialSet = EMPTY_PARTIALS,
 ) -> tuple[ChatMessage, ...]:
-    """The rendered messages. An empty or oversized result is INVALID_PROMPT."""
+    """The rendered messages, ``partials`` included. An empty or oversized result is INVALID_PROMPT."""
     messages: list[ChatMessage] = []
     for i, block in enumerate(spec.messages):
         if block.chat_history_input:
             history = values.get(block.chat_history_input) or []
             messages.extend(m for m in history if isinstance(m, ChatMessage))
             continue
-        content = await templates.render(block.template, values, f"{field}.messages[{i}].template")
+        content = await templates.render(
+            block.template, values, f"{field}.messages[{i}].template", partials.sources
+        )
         messages.append(ChatMessage(role=block.role or Role.USER, content=content))
     total = sum(len(m.content) for m in messages)
     if not messages or not any(m.content.strip() or m.function_calls for m in messages):

@@ -14,6 +14,17 @@ loop). A template that ``renders_inline`` (no loops, calls or arithmetic, few
 operations) renders on the event loop, the common and fast case; any other
 renders on a worker thread with the same time limit: past ``timeout_s`` the
 thread is interrupted and the call fails with INVALID_ARGUMENT.
+
+Partials (``promptgate.prompts.partials``) are included by name,
+``{% include "tone" %}``. A template compiles on its own: the include is a
+lookup at render time, through a loader that sees only the partial sources
+passed to that ``render`` (each compiled and cached by its own source, like any
+template), never files nor another render's partials. A template rendered
+with version 1 of a partial and one rendered with version 2 thus share no
+compiled code but their own, whatever the cache holds. Only a partial's name
+as a string constant may be included (so the partials a template uses are
+known before it runs); ``{% import %}``, ``{% from %}`` and ``{% extends %}``
+are refused. A template that includes anything renders on a worker thread.
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ import asyncio
 import contextlib
 import ctypes
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,10 +62,40 @@ class _Interrupted(BaseException):
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateNames:
+    """The names a template uses."""
+
+    variables: frozenset[str]  # read from the values it renders with
+    assigned: frozenset[str]  # made by the template: set, loop targets, macros and arguments
+    includes: frozenset[str]  # the partials it includes
+
+
+@dataclass(frozen=True, slots=True)
 class _Compiled:
     template: jinja2.Template
-    variables: frozenset[str]
+    names: TemplateNames
     inline: bool  # provably cheap: renders on the event loop
+
+
+# The compiled partials of the render under way, by name (see _PartialLoader).
+_partials: ContextVar[Mapping[str, jinja2.Template] | None] = ContextVar(
+    "template_partials", default=None
+)
+
+
+class _PartialLoader(jinja2.BaseLoader):
+    """Finds an included partial among those of the render under way; reads nothing."""
+
+    def load(
+        self,
+        environment: jinja2.Environment,
+        name: str,
+        globals: Any = None,
+    ) -> jinja2.Template:
+        template = (_partials.get() or {}).get(name)
+        if template is None:
+            raise jinja2.TemplateNotFound(name)
+        return template
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +125,7 @@ class TemplateEngine:
             autoescape=False,
             keep_trailing_newline=True,
             cache_size=0,
+            loader=_PartialLoader(),
         )
         self._cache: LRUCache[str, _Compiled | _Refused] = LRUCache(maxsize=cache_size)
         self._max_chars = max_chars
@@ -110,15 +153,22 @@ class TemplateEngine:
         compiled is a cache hit; any other is parsed here, which the source
         limits keep cheap.
         """
+        return set(self.names(source, field).variables)
+
+    def names(self, source: str, field: str) -> TemplateNames:
+        """Validate a template like ``check``; return every name it uses."""
         entry = self._cache.get(source)
         if entry is None:
             parsed = self._parsed(source)
             if isinstance(parsed, _Refused):
                 raise parsed.error(field)
-            return set(meta.find_undeclared_variables(parsed))
+            names = _names(parsed)
+            if isinstance(names, _Refused):
+                raise names.error(field)
+            return names
         if isinstance(entry, _Refused):
             raise entry.error(field)
-        return set(entry.variables)
+        return entry.names
 
     def _parsed(self, source: str) -> nodes.Template | _Refused:
         try:
@@ -148,8 +198,10 @@ class TemplateEngine:
             TypeError,
         ) as exc:
             return _Refused(f"the template cannot be compiled: {exc}")
-        variables = frozenset(meta.find_undeclared_variables(parsed))
-        return _Compiled(template, variables, renders_inline(parsed))
+        names = _names(parsed)
+        if isinstance(names, _Refused):
+            return names
+        return _Compiled(template, names, renders_inline(parsed))
 
     async def _compiled(self, source: str, field: str) -> _Compiled:
         entry = self._cache.get(source)
@@ -161,13 +213,26 @@ class TemplateEngine:
             raise entry.error(field)
         return entry
 
-    async def render(self, source: str, values: dict[str, Any], field: str) -> str:
-        """Render ``source`` with ``values``; template errors become InvalidArgument."""
+    async def render(
+        self,
+        source: str,
+        values: dict[str, Any],
+        field: str,
+        partials: Mapping[str, str] | None = None,
+    ) -> str:
+        """Render ``source`` with ``values``; template errors become InvalidArgument.
+
+        ``partials`` are the sources it may include, by name.
+        """
         compiled = await self._compiled(source, field)
+        included: dict[str, jinja2.Template] = {}
+        if compiled.names.includes and partials:
+            for name, partial in partials.items():
+                included[name] = (await self._compiled(partial, field)).template
         if compiled.inline:
-            return self._render(compiled.template, values, field)
+            return self._render(compiled.template, values, field, included)
         return await self._in_worker(
-            lambda: self._render(compiled.template, values, field), field, "render"
+            lambda: self._render(compiled.template, values, field, included), field, "render"
         )
 
     async def _in_worker(self, job: Callable[[], T], field: str, doing: str) -> T:
@@ -209,7 +274,14 @@ class TemplateEngine:
             for handle in deadline:
                 handle.cancel()
 
-    def _render(self, template: jinja2.Template, values: dict[str, Any], field: str) -> str:
+    def _render(
+        self,
+        template: jinja2.Template,
+        values: dict[str, Any],
+        field: str,
+        included: Mapping[str, jinja2.Template],
+    ) -> str:
+        token = _partials.set(included)
         try:
             with self._env.rendering():
                 parts, size = [], 0
@@ -235,13 +307,43 @@ class TemplateEngine:
             jinja2.TemplateError,
         ) as exc:
             error = _render_error(exc, field)
+        finally:
+            _partials.reset(token)
         # Raised outside the handler, so it does not hold the failed render's
         # frames (and the values they built) as its __context__.
         raise error
 
 
+def _names(template: nodes.Template) -> TemplateNames | _Refused:
+    """The names ``template`` uses; a refusal if it loads templates other than by include."""
+    if any(True for _ in template.find_all((nodes.Extends, nodes.Import, nodes.FromImport))):
+        return _Refused(
+            "only {% include %} can use a partial: {% import %}, {% from %} "
+            "and {% extends %} are not supported"
+        )
+    includes = set()
+    for node in template.find_all(nodes.Include):
+        target = node.template
+        if not (isinstance(target, nodes.Const) and isinstance(target.value, str)):
+            return _Refused(
+                '{% include %} takes the name of a partial as a string, e.g. {% include "tone" %}'
+            )
+        includes.add(target.value)
+    assigned = {n.name for n in template.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    assigned.update(m.name for m in template.find_all(nodes.Macro))
+    return TemplateNames(
+        variables=frozenset(meta.find_undeclared_variables(template)),
+        assigned=frozenset(assigned),
+        includes=frozenset(includes),
+    )
+
+
 def _render_error(exc: BaseException, field: str) -> InvalidArgument:
     """What a failed render tells the caller."""
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return InvalidArgument.field(
+            field, f"includes unknown partial {exc.name!r}", reason="PARTIAL_NOT_FOUND"
+        )
     if isinstance(exc, jinja2.UndefinedError):
         return InvalidArgument.field(
             field, f"undefined in template: {exc.message}", reason="INVALID_INPUT"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from promptgate.chat import (
     ResponseFormat,
@@ -30,8 +30,9 @@ from promptgate.prompts.model import (
     Routing,
     Strategy,
 )
+from promptgate.prompts.partial_sets import PartialSet
 from promptgate.prompts.schemas import schema_problems
-from promptgate.prompts.templates import TemplateEngine
+from promptgate.prompts.templates import TemplateEngine, TemplateNames
 
 MAX_ATTEMPTS = 10
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -48,11 +49,14 @@ def validate_spec(
     field: str,
     check_model: ModelCheck,
     declared_required: bool = True,
+    partials: PartialSet | None = None,
 ) -> None:
     """Raise InvalidArgument listing every problem of ``spec``.
 
     With ``declared_required`` False (inline prompts that declare nothing),
-    template variables need not be declared.
+    template variables need not be declared. ``partials`` are those the
+    templates include: a variable a partial uses must be declared too, unless
+    a template or partial of the include chain sets it (``set``, ``for``...).
     """
     problems: list[FieldViolation] = []
     if not spec.model:
@@ -106,14 +110,20 @@ def validate_spec(
         if message.role is None:
             problems.append(FieldViolation(f"{path}.role", "a role is required"))
         try:
-            used = templates.check(message.template, f"{path}.template")
+            names = templates.names(message.template, f"{path}.template")
         except InvalidArgument as exc:
             problems.extend(exc.violations)
             continue
         if declared_required:
-            for name in sorted(used - declared.keys()):
+            for name in sorted(names.variables - declared.keys()):
                 problems.append(
                     FieldViolation(f"{path}.template", f"uses undeclared variable {name!r}")
+                )
+            if names.includes and partials is not None:
+                problems.extend(
+                    _partial_variable_problems(
+                        templates, partials, names, declared.keys(), f"{path}.template"
+                    )
                 )
     problems.extend(
         FieldViolation(f, d) for f, d in parameter_problems(spec.parameters, f"{field}.parameters")
@@ -124,6 +134,26 @@ def validate_spec(
     problems.extend(cache_problems(spec.cache, f"{field}.cache"))
     if problems:
         raise InvalidArgument.of(problems, reason="INVALID_PROMPT")
+
+
+def _partial_variable_problems(
+    templates: TemplateEngine,
+    partials: PartialSet,
+    names: TemplateNames,
+    declared: Iterable[str],
+    field: str,
+) -> list[FieldViolation]:
+    """Variables that the partials a template includes use, and nothing declares or sets."""
+    reached = {
+        name: templates.names(partials.sources[name], field)
+        for name in partials.reachable(names.includes)
+    }
+    known = names.assigned.union(declared, *(n.assigned for n in reached.values()))
+    return [
+        FieldViolation(field, f"partial {partial!r} uses undeclared variable {variable!r}")
+        for partial, used in sorted(reached.items())
+        for variable in sorted(used.variables - known)
+    ]
 
 
 def _kind(value: object, declared: InputType) -> InputType:

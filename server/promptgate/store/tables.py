@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -355,4 +364,41 @@ class AuditEventRow(SQLModel, table=True):
     resource: str = Field(max_length=512)
     before: dict[str, Any] | None = _json(None)
     after: dict[str, Any] | None = _json(None)
+    created_at: datetime = _time()
+
+
+# Partials
+
+
+class PartialRow(SQLModel, table=True):
+    """A named partial (a template snippet that prompt templates include)."""
+
+    __tablename__ = "partials"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_partials_workspace_name"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    description: str = ""
+    archived: bool = False
+    latest_version: int = 0
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+
+
+class PartialVersionRow(SQLModel, table=True):
+    """An immutable partial version; ``includes`` lists the partials its content includes."""
+
+    __tablename__ = "partial_versions"
+    __table_args__ = (
+        UniqueConstraint("partial_id", "version", name="uq_partial_versions_partial_version"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    partial_id: str = Field(foreign_key="partials.id", max_length=40)
+    workspace_id: str = Field(max_length=64)
+    version: int
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    includes: list[str] = _json(list)
+    description: str = ""
     created_at: datetime = _time()

@@ -46,6 +46,24 @@ type PromptServiceClient interface {
 	// Renders a prompt with inputs and returns the messages and the exact
 	// provider request body, without calling the provider.
 	RenderPrompt(ctx context.Context, in *RenderPromptRequest, opts ...grpc.CallOption) (*RenderPromptResponse, error)
+	// Creates a partial with its first version.
+	CreatePartial(ctx context.Context, in *CreatePartialRequest, opts ...grpc.CallOption) (*CreatePartialResponse, error)
+	// Returns a partial.
+	GetPartial(ctx context.Context, in *GetPartialRequest, opts ...grpc.CallOption) (*GetPartialResponse, error)
+	// Lists partials by name.
+	ListPartials(ctx context.Context, in *ListPartialsRequest, opts ...grpc.CallOption) (*ListPartialsResponse, error)
+	// Archives a partial: it is hidden from ListPartials, gets no new versions
+	// and cannot be newly included; prompt versions that pinned it keep it.
+	ArchivePartial(ctx context.Context, in *ArchivePartialRequest, opts ...grpc.CallOption) (*ArchivePartialResponse, error)
+	// Restores an archived partial.
+	UnarchivePartial(ctx context.Context, in *UnarchivePartialRequest, opts ...grpc.CallOption) (*UnarchivePartialResponse, error)
+	// Creates the next version of a partial. Prompt versions created from now
+	// on include it; existing prompt versions keep the version they pinned.
+	CreatePartialVersion(ctx context.Context, in *CreatePartialVersionRequest, opts ...grpc.CallOption) (*CreatePartialVersionResponse, error)
+	// Returns one version of a partial, by number or the latest.
+	GetPartialVersion(ctx context.Context, in *GetPartialVersionRequest, opts ...grpc.CallOption) (*GetPartialVersionResponse, error)
+	// Lists a partial's versions, newest first.
+	ListPartialVersions(ctx context.Context, in *ListPartialVersionsRequest, opts ...grpc.CallOption) (*ListPartialVersionsResponse, error)
 }
 
 type promptServiceClient struct {
@@ -164,6 +182,78 @@ func (c *promptServiceClient) RenderPrompt(ctx context.Context, in *RenderPrompt
 	return out, nil
 }
 
+func (c *promptServiceClient) CreatePartial(ctx context.Context, in *CreatePartialRequest, opts ...grpc.CallOption) (*CreatePartialResponse, error) {
+	out := new(CreatePartialResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/CreatePartial", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) GetPartial(ctx context.Context, in *GetPartialRequest, opts ...grpc.CallOption) (*GetPartialResponse, error) {
+	out := new(GetPartialResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/GetPartial", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) ListPartials(ctx context.Context, in *ListPartialsRequest, opts ...grpc.CallOption) (*ListPartialsResponse, error) {
+	out := new(ListPartialsResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/ListPartials", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) ArchivePartial(ctx context.Context, in *ArchivePartialRequest, opts ...grpc.CallOption) (*ArchivePartialResponse, error) {
+	out := new(ArchivePartialResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/ArchivePartial", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) UnarchivePartial(ctx context.Context, in *UnarchivePartialRequest, opts ...grpc.CallOption) (*UnarchivePartialResponse, error) {
+	out := new(UnarchivePartialResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/UnarchivePartial", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) CreatePartialVersion(ctx context.Context, in *CreatePartialVersionRequest, opts ...grpc.CallOption) (*CreatePartialVersionResponse, error) {
+	out := new(CreatePartialVersionResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/CreatePartialVersion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) GetPartialVersion(ctx context.Context, in *GetPartialVersionRequest, opts ...grpc.CallOption) (*GetPartialVersionResponse, error) {
+	out := new(GetPartialVersionResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/GetPartialVersion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *promptServiceClient) ListPartialVersions(ctx context.Context, in *ListPartialVersionsRequest, opts ...grpc.CallOption) (*ListPartialVersionsResponse, error) {
+	out := new(ListPartialVersionsResponse)
+	err := c.cc.Invoke(ctx, "/promptgate.v1.PromptService/ListPartialVersions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PromptServiceServer is the server API for PromptService service.
 // All implementations must embed UnimplementedPromptServiceServer
 // for forward compatibility
@@ -197,6 +287,24 @@ type PromptServiceServer interface {
 	// Renders a prompt with inputs and returns the messages and the exact
 	// provider request body, without calling the provider.
 	RenderPrompt(context.Context, *RenderPromptRequest) (*RenderPromptResponse, error)
+	// Creates a partial with its first version.
+	CreatePartial(context.Context, *CreatePartialRequest) (*CreatePartialResponse, error)
+	// Returns a partial.
+	GetPartial(context.Context, *GetPartialRequest) (*GetPartialResponse, error)
+	// Lists partials by name.
+	ListPartials(context.Context, *ListPartialsRequest) (*ListPartialsResponse, error)
+	// Archives a partial: it is hidden from ListPartials, gets no new versions
+	// and cannot be newly included; prompt versions that pinned it keep it.
+	ArchivePartial(context.Context, *ArchivePartialRequest) (*ArchivePartialResponse, error)
+	// Restores an archived partial.
+	UnarchivePartial(context.Context, *UnarchivePartialRequest) (*UnarchivePartialResponse, error)
+	// Creates the next version of a partial. Prompt versions created from now
+	// on include it; existing prompt versions keep the version they pinned.
+	CreatePartialVersion(context.Context, *CreatePartialVersionRequest) (*CreatePartialVersionResponse, error)
+	// Returns one version of a partial, by number or the latest.
+	GetPartialVersion(context.Context, *GetPartialVersionRequest) (*GetPartialVersionResponse, error)
+	// Lists a partial's versions, newest first.
+	ListPartialVersions(context.Context, *ListPartialVersionsRequest) (*ListPartialVersionsResponse, error)
 	mustEmbedUnimplementedPromptServiceServer()
 }
 
@@ -239,6 +347,30 @@ func (UnimplementedPromptServiceServer) ListReleaseTagHistory(context.Context, *
 }
 func (UnimplementedPromptServiceServer) RenderPrompt(context.Context, *RenderPromptRequest) (*RenderPromptResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RenderPrompt not implemented")
+}
+func (UnimplementedPromptServiceServer) CreatePartial(context.Context, *CreatePartialRequest) (*CreatePartialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreatePartial not implemented")
+}
+func (UnimplementedPromptServiceServer) GetPartial(context.Context, *GetPartialRequest) (*GetPartialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetPartial not implemented")
+}
+func (UnimplementedPromptServiceServer) ListPartials(context.Context, *ListPartialsRequest) (*ListPartialsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPartials not implemented")
+}
+func (UnimplementedPromptServiceServer) ArchivePartial(context.Context, *ArchivePartialRequest) (*ArchivePartialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ArchivePartial not implemented")
+}
+func (UnimplementedPromptServiceServer) UnarchivePartial(context.Context, *UnarchivePartialRequest) (*UnarchivePartialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UnarchivePartial not implemented")
+}
+func (UnimplementedPromptServiceServer) CreatePartialVersion(context.Context, *CreatePartialVersionRequest) (*CreatePartialVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreatePartialVersion not implemented")
+}
+func (UnimplementedPromptServiceServer) GetPartialVersion(context.Context, *GetPartialVersionRequest) (*GetPartialVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetPartialVersion not implemented")
+}
+func (UnimplementedPromptServiceServer) ListPartialVersions(context.Context, *ListPartialVersionsRequest) (*ListPartialVersionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPartialVersions not implemented")
 }
 func (UnimplementedPromptServiceServer) mustEmbedUnimplementedPromptServiceServer() {}
 
@@ -469,6 +601,150 @@ func _PromptService_RenderPrompt_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PromptService_CreatePartial_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreatePartialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).CreatePartial(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/CreatePartial",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).CreatePartial(ctx, req.(*CreatePartialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_GetPartial_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPartialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).GetPartial(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/GetPartial",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).GetPartial(ctx, req.(*GetPartialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_ListPartials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPartialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).ListPartials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/ListPartials",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).ListPartials(ctx, req.(*ListPartialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_ArchivePartial_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ArchivePartialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).ArchivePartial(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/ArchivePartial",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).ArchivePartial(ctx, req.(*ArchivePartialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_UnarchivePartial_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnarchivePartialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).UnarchivePartial(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/UnarchivePartial",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).UnarchivePartial(ctx, req.(*UnarchivePartialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_CreatePartialVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreatePartialVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).CreatePartialVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/CreatePartialVersion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).CreatePartialVersion(ctx, req.(*CreatePartialVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_GetPartialVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPartialVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).GetPartialVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/GetPartialVersion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).GetPartialVersion(ctx, req.(*GetPartialVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PromptService_ListPartialVersions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPartialVersionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PromptServiceServer).ListPartialVersions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/promptgate.v1.PromptService/ListPartialVersions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PromptServiceServer).ListPartialVersions(ctx, req.(*ListPartialVersionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _PromptService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "promptgate.v1.PromptService",
 	HandlerType: (*PromptServiceServer)(nil),
@@ -520,6 +796,38 @@ var _PromptService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenderPrompt",
 			Handler:    _PromptService_RenderPrompt_Handler,
+		},
+		{
+			MethodName: "CreatePartial",
+			Handler:    _PromptService_CreatePartial_Handler,
+		},
+		{
+			MethodName: "GetPartial",
+			Handler:    _PromptService_GetPartial_Handler,
+		},
+		{
+			MethodName: "ListPartials",
+			Handler:    _PromptService_ListPartials_Handler,
+		},
+		{
+			MethodName: "ArchivePartial",
+			Handler:    _PromptService_ArchivePartial_Handler,
+		},
+		{
+			MethodName: "UnarchivePartial",
+			Handler:    _PromptService_UnarchivePartial_Handler,
+		},
+		{
+			MethodName: "CreatePartialVersion",
+			Handler:    _PromptService_CreatePartialVersion_Handler,
+		},
+		{
+			MethodName: "GetPartialVersion",
+			Handler:    _PromptService_GetPartialVersion_Handler,
+		},
+		{
+			MethodName: "ListPartialVersions",
+			Handler:    _PromptService_ListPartialVersions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

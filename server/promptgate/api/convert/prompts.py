@@ -289,6 +289,7 @@ def version_to_proto(version: PromptVersion) -> ppb.PromptVersion:
         tools=[tool_to_proto(t) for t in spec.tools],
         description=version.description,
         create_time=timestamp(version.created_at),
+        partials=spec.partials,
     )
     if spec.response_format is not None:
         message.response_format.CopyFrom(response_format_to_proto(spec.response_format))
@@ -383,6 +384,7 @@ def rendering_to_proto(rendering: Rendering) -> ppb.RenderPromptResponse:
         prompt_version=rendering.version,
         release_tag=rendering.release_tag,
         split_id=rendering.split_id,
+        partials=rendering.partials,
     )
 
 

@@ -42,8 +42,12 @@ SUFFIXES = (".yaml", ".yml")
 PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LATEST = "latest"
 
-OUTPUT_ONLY = frozenset({"id", "prompt_id", "version", "create_time"})
-"""PromptVersion fields a file never holds (the server sets them)."""
+SERVER_SET = frozenset({"id", "prompt_id", "version", "create_time"})
+"""PromptVersion fields that differ between equal versions: cleared to compare."""
+
+OUTPUT_ONLY = SERVER_SET | {"partials"}
+"""PromptVersion fields a file never holds: the server sets them (``partials``,
+the partial versions a version pins, is part of what versions compare)."""
 
 PROMPT_KEYS = ("name", "description", "labels", "tags")
 """File keys about the prompt rather than its version, in the order written."""
@@ -74,11 +78,14 @@ class FolderError(Exception):
         self.problems = problems
 
 
-def content(version: prompt_service_pb2.PromptVersion) -> prompt_service_pb2.PromptVersion:
-    """A copy of ``version`` without its output-only fields: what files compare."""
+def content(
+    version: prompt_service_pb2.PromptVersion, *, pins: bool = True
+) -> prompt_service_pb2.PromptVersion:
+    """What versions compare: ``version`` without the fields the server sets for each
+    (id, number, time), and without its partial pins unless ``pins``."""
     copy = prompt_service_pb2.PromptVersion()
     copy.CopyFrom(version)
-    for name in OUTPUT_ONLY:
+    for name in SERVER_SET if pins else OUTPUT_ONLY:
         copy.ClearField(name)  # type: ignore[arg-type]
     return copy
 
@@ -249,7 +256,7 @@ def prompt_document(
         data["labels"] = {k: prompt.labels[k] for k in sorted(prompt.labels)}
     if tags:
         data["tags"] = sorted(tags)
-    body = content(version)
+    body = content(version, pins=False)
     if body.parameters == body.parameters.__class__():
         body.ClearField("parameters")  # no parameters; the server stores them as empty
     fields = write_message(body, skip=OUTPUT_ONLY)

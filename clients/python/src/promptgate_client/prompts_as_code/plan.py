@@ -4,7 +4,9 @@ For each file the plan is one of
 
 - ``create``: the prompt does not exist; create it with the file as version 1;
 - ``version``: the file's content is none of the versions compared with (the
-  latest, and those its tags point at): it becomes a new version;
+  latest, and those its tags point at): it becomes a new version. The partial
+  versions a version pins count: when the partials it includes have newer
+  versions, the same file makes a new version that pins them (a note says so);
 - ``unchanged``: the content equals one of them (no version is made);
 
 then a tag move for each of the file's tags not already at that version. The
@@ -124,13 +126,15 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
     tags = {t.tag: t.version for t in prompt.release_tags if not t.automatic}
     latest = [prompt.latest_version] if prompt.latest_version else []
     compared = list(dict.fromkeys(latest + [tags[t] for t in file.tags if t in tags]))
-    same = next((n for n in compared if _content_of(client, file.name, n) == candidate), 0)
+    stored = {n: _content_of(client, file.name, n) for n in compared}
+    same = next((n for n, v in stored.items() if v == candidate), 0)
     if same:
         plan.action, plan.version = UNCHANGED, same
     else:
         plan.action, plan.version = NEW_VERSION, checked.version.version
         if checked.HasField("compatibility"):
             plan.compatibility = checked.compatibility
+        plan.notes.extend(_repinned(stored, candidate))
     split = {t.tag for t in prompt.release_tags if t.HasField("split")}
     plan.moves = [
         TagMove(t, tags.get(t, 0), ends_split=t in split)
@@ -143,6 +147,21 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
     except StatusError as exc:
         plan.error = exc
     return plan
+
+
+def _repinned(stored: dict[int, ppb.PromptVersion], candidate: ppb.PromptVersion) -> list[str]:
+    """A note when ``candidate`` differs from a stored version only in partial pins."""
+    bare = content(candidate, pins=False)
+    for number, version in stored.items():
+        if content(version, pins=False) == bare:
+            old, new = version.partials, candidate.partials
+            changed = ", ".join(
+                f"{name} v{old.get(name, 0)} -> v{new.get(name, 0)}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            )
+            return [f"same content as version {number}; newer partial versions: {changed}"]
+    return []
 
 
 def _content_of(client: Client, name: str, number: int) -> ppb.PromptVersion:

@@ -144,6 +144,26 @@ class PromptVersion(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PartialsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     PROMPT_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -159,6 +179,7 @@ class PromptVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The version id, "ver_..."."""
     prompt_id: _builtins.str
@@ -211,6 +232,13 @@ class PromptVersion(_message.Message):
     def cache(self) -> _common_pb2.CachePolicy:
         """Optional. Response cache policy."""
 
+    @_builtins.property
+    def partials(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Output only. The partial versions the templates include, directly or
+        through other partials, by partial name: the latest version of each when
+        this version was created. Rendering this version always uses these.
+        """
+
     def __init__(
         self,
         *,
@@ -229,10 +257,11 @@ class PromptVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         routing: _common_pb2.Routing | None = ...,
         cache: _common_pb2.CachePolicy | None = ...,
+        partials: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "create_time", b"create_time", "parameters", b"parameters", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "create_time", b"create_time", "description", b"description", "id", b"id", "input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt_id", b"prompt_id", "provider", b"provider", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "create_time", b"create_time", "description", b"description", "id", b"id", "input_variables", b"input_variables", "messages", b"messages", "model", b"model", "parameters", b"parameters", "partials", b"partials", "prompt_id", b"prompt_id", "provider", b"provider", "response_format", b"response_format", "routing", b"routing", "tool_choice", b"tool_choice", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1257,6 +1286,26 @@ class RenderPromptResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PartialsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MESSAGES_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
@@ -1266,6 +1315,7 @@ class RenderPromptResponse(_message.Message):
     PROMPT_VERSION_FIELD_NUMBER: _builtins.int
     RELEASE_TAG_FIELD_NUMBER: _builtins.int
     SPLIT_ID_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """The provider that would be called."""
     model: _builtins.str
@@ -1288,6 +1338,13 @@ class RenderPromptResponse(_message.Message):
     def provider_payload(self) -> _struct_pb2.Struct:
         """The exact JSON body that would be sent to the provider."""
 
+    @_builtins.property
+    def partials(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Output only. The partial versions the rendered templates included, by
+        partial name: those the version pinned, or for an inline prompt the
+        latest ones.
+        """
+
     def __init__(
         self,
         *,
@@ -1300,11 +1357,551 @@ class RenderPromptResponse(_message.Message):
         prompt_version: _builtins.int = ...,
         release_tag: _builtins.str = ...,
         split_id: _builtins.str = ...,
+        partials: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider_payload", b"provider_payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "provider_payload", b"provider_payload", "release_tag", b"release_tag", "split_id", b"split_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "partials", b"partials", "prompt_id", b"prompt_id", "prompt_version", b"prompt_version", "prompt_version_id", b"prompt_version_id", "provider", b"provider", "provider_payload", b"provider_payload", "release_tag", b"release_tag", "split_id", b"split_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderPromptResponse: _TypeAlias = RenderPromptResponse  # noqa: Y015
+
+@_typing.final
+class Partial(_message.Message):
+    """Partials
+
+    A named template snippet that prompt templates include.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. The partial id, "prt_..."."""
+    name: _builtins.str
+    """Required. Unique within the workspace: 1-128 characters of letters,
+    digits, '-', '_' and '.', starting with a letter or digit. Templates
+    include the partial by this name.
+    """
+    description: _builtins.str
+    """Optional. What the partial is for."""
+    archived: _builtins.bool
+    """Output only. Whether the partial is archived."""
+    latest_version: _builtins.int
+    """Output only. The newest version number."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the partial was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the partial last changed (a new version, archived)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        archived: _builtins.bool = ...,
+        latest_version: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "create_time", b"create_time", "description", b"description", "id", b"id", "latest_version", b"latest_version", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Partial: _TypeAlias = Partial  # noqa: Y015
+
+@_typing.final
+class PartialVersion(_message.Message):
+    """An immutable version of a partial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PARTIAL_ID_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INCLUDES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. The version id, "prv_..."."""
+    partial_id: _builtins.str
+    """Output only. The partial's id."""
+    partial: _builtins.str
+    """Output only. The partial's name."""
+    version: _builtins.int
+    """Output only. The version number: 1 for the first, then 2, 3, ..."""
+    content: _builtins.str
+    """Required. The template text (Jinja2, sandboxed like prompt templates)."""
+    description: _builtins.str
+    """Optional. What changed in this version."""
+    @_builtins.property
+    def includes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The partials this content includes directly, by name."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the version was created."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        partial_id: _builtins.str = ...,
+        partial: _builtins.str = ...,
+        version: _builtins.int = ...,
+        content: _builtins.str = ...,
+        description: _builtins.str = ...,
+        includes: _abc.Iterable[_builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "description", b"description", "id", b"id", "includes", b"includes", "partial", b"partial", "partial_id", b"partial_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartialVersion: _TypeAlias = PartialVersion  # noqa: Y015
+
+@_typing.final
+class CreatePartialRequest(_message.Message):
+    """Request for CreatePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    VERSION_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The unique name (see Partial.name)."""
+    description: _builtins.str
+    """Optional. What the partial is for."""
+    content: _builtins.str
+    """Required. The first version's template text, at most 200,000
+    characters; it may include other partials, at most 8 deep and not in a
+    cycle.
+    """
+    version_description: _builtins.str
+    """Optional. The first version's description."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        content: _builtins.str = ...,
+        version_description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "description", b"description", "name", b"name", "version_description", b"version_description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePartialRequest: _TypeAlias = CreatePartialRequest  # noqa: Y015
+
+@_typing.final
+class CreatePartialResponse(_message.Message):
+    """Response for CreatePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partial(self) -> Global___Partial:
+        """The new partial."""
+
+    @_builtins.property
+    def version(self) -> Global___PartialVersion:
+        """Its version 1."""
+
+    def __init__(
+        self,
+        *,
+        partial: Global___Partial | None = ...,
+        version: Global___PartialVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePartialResponse: _TypeAlias = CreatePartialResponse  # noqa: Y015
+
+@_typing.final
+class GetPartialRequest(_message.Message):
+    """Request for GetPartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPartialRequest: _TypeAlias = GetPartialRequest  # noqa: Y015
+
+@_typing.final
+class GetPartialResponse(_message.Message):
+    """Response for GetPartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partial(self) -> Global___Partial:
+        """The partial."""
+
+    def __init__(
+        self,
+        *,
+        partial: Global___Partial | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPartialResponse: _TypeAlias = GetPartialResponse  # noqa: Y015
+
+@_typing.final
+class ListPartialsRequest(_message.Message):
+    """Request for ListPartials."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_ARCHIVED_FIELD_NUMBER: _builtins.int
+    NAME_PREFIX_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. At most this many partials (default 50, at most 1000)."""
+    page_token: _builtins.str
+    """Optional. next_page_token from a previous call."""
+    show_archived: _builtins.bool
+    """Optional. Include archived partials."""
+    name_prefix: _builtins.str
+    """Optional. Only partials whose name starts with this."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        show_archived: _builtins.bool = ...,
+        name_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token", "show_archived", b"show_archived"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartialsRequest: _TypeAlias = ListPartialsRequest  # noqa: Y015
+
+@_typing.final
+class ListPartialsResponse(_message.Message):
+    """Response for ListPartials."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page; empty on the last page."""
+    @_builtins.property
+    def partials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partial]:
+        """The partials, by name."""
+
+    def __init__(
+        self,
+        *,
+        partials: _abc.Iterable[Global___Partial] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "partials", b"partials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartialsResponse: _TypeAlias = ListPartialsResponse  # noqa: Y015
+
+@_typing.final
+class ArchivePartialRequest(_message.Message):
+    """Request for ArchivePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivePartialRequest: _TypeAlias = ArchivePartialRequest  # noqa: Y015
+
+@_typing.final
+class ArchivePartialResponse(_message.Message):
+    """Response for ArchivePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partial(self) -> Global___Partial:
+        """The archived partial."""
+
+    def __init__(
+        self,
+        *,
+        partial: Global___Partial | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivePartialResponse: _TypeAlias = ArchivePartialResponse  # noqa: Y015
+
+@_typing.final
+class UnarchivePartialRequest(_message.Message):
+    """Request for UnarchivePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnarchivePartialRequest: _TypeAlias = UnarchivePartialRequest  # noqa: Y015
+
+@_typing.final
+class UnarchivePartialResponse(_message.Message):
+    """Response for UnarchivePartial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partial(self) -> Global___Partial:
+        """The restored partial."""
+
+    def __init__(
+        self,
+        *,
+        partial: Global___Partial | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnarchivePartialResponse: _TypeAlias = UnarchivePartialResponse  # noqa: Y015
+
+@_typing.final
+class CreatePartialVersionRequest(_message.Message):
+    """Request for CreatePartialVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    content: _builtins.str
+    """Required. The template text (see CreatePartialRequest.content)."""
+    description: _builtins.str
+    """Optional. What changed in this version."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+        content: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "description", b"description", "partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePartialVersionRequest: _TypeAlias = CreatePartialVersionRequest  # noqa: Y015
+
+@_typing.final
+class CreatePartialVersionResponse(_message.Message):
+    """Response for CreatePartialVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___PartialVersion:
+        """The new version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___PartialVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePartialVersionResponse: _TypeAlias = CreatePartialVersionResponse  # noqa: Y015
+
+@_typing.final
+class GetPartialVersionRequest(_message.Message):
+    """Request for GetPartialVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    version: _builtins.int
+    """Optional. The version number; 0 (the default) for the latest."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPartialVersionRequest: _TypeAlias = GetPartialVersionRequest  # noqa: Y015
+
+@_typing.final
+class GetPartialVersionResponse(_message.Message):
+    """Response for GetPartialVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___PartialVersion:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___PartialVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPartialVersionResponse: _TypeAlias = GetPartialVersionResponse  # noqa: Y015
+
+@_typing.final
+class ListPartialVersionsRequest(_message.Message):
+    """Request for ListPartialVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    partial: _builtins.str
+    """Required. The partial's id or name."""
+    page_size: _builtins.int
+    """Optional. At most this many versions (default 50, at most 1000)."""
+    page_token: _builtins.str
+    """Optional. next_page_token from a previous call."""
+    def __init__(
+        self,
+        *,
+        partial: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartialVersionsRequest: _TypeAlias = ListPartialVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPartialVersionsResponse(_message.Message):
+    """Response for ListPartialVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page; empty on the last page."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartialVersion]:
+        """The versions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___PartialVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartialVersionsResponse: _TypeAlias = ListPartialVersionsResponse  # noqa: Y015

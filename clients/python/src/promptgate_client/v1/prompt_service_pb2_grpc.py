@@ -105,6 +105,46 @@ class PromptServiceStub:
                 request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptRequest.SerializeToString,
                 response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptResponse.FromString,
                 _registered_method=True)
+        self.CreatePartial = channel.unary_unary(
+                '/promptgate.v1.PromptService/CreatePartial',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialResponse.FromString,
+                _registered_method=True)
+        self.GetPartial = channel.unary_unary(
+                '/promptgate.v1.PromptService/GetPartial',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialResponse.FromString,
+                _registered_method=True)
+        self.ListPartials = channel.unary_unary(
+                '/promptgate.v1.PromptService/ListPartials',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsResponse.FromString,
+                _registered_method=True)
+        self.ArchivePartial = channel.unary_unary(
+                '/promptgate.v1.PromptService/ArchivePartial',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialResponse.FromString,
+                _registered_method=True)
+        self.UnarchivePartial = channel.unary_unary(
+                '/promptgate.v1.PromptService/UnarchivePartial',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialResponse.FromString,
+                _registered_method=True)
+        self.CreatePartialVersion = channel.unary_unary(
+                '/promptgate.v1.PromptService/CreatePartialVersion',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionResponse.FromString,
+                _registered_method=True)
+        self.GetPartialVersion = channel.unary_unary(
+                '/promptgate.v1.PromptService/GetPartialVersion',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionResponse.FromString,
+                _registered_method=True)
+        self.ListPartialVersions = channel.unary_unary(
+                '/promptgate.v1.PromptService/ListPartialVersions',
+                request_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsRequest.SerializeToString,
+                response_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class PromptServiceServicer:
@@ -210,6 +250,70 @@ class PromptServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePartial(self, request, context):
+        """Partials: named template snippets that prompt templates include with
+        {% include "name" %}. A partial's versions are immutable and numbered; a
+        prompt version pins the partial versions it was created with (see
+        PromptVersion.partials), so a new partial version never changes a
+        released prompt. Inline prompts include the latest versions.
+
+        Creates a partial with its first version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPartial(self, request, context):
+        """Returns a partial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartials(self, request, context):
+        """Lists partials by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchivePartial(self, request, context):
+        """Archives a partial: it is hidden from ListPartials, gets no new versions
+        and cannot be newly included; prompt versions that pinned it keep it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnarchivePartial(self, request, context):
+        """Restores an archived partial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePartialVersion(self, request, context):
+        """Creates the next version of a partial. Prompt versions created from now
+        on include it; existing prompt versions keep the version they pinned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPartialVersion(self, request, context):
+        """Returns one version of a partial, by number or the latest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartialVersions(self, request, context):
+        """Lists a partial's versions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +376,46 @@ def add_PromptServiceServicer_to_server(servicer, server):
                     servicer.RenderPrompt,
                     request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptRequest.FromString,
                     response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptResponse.SerializeToString,
+            ),
+            'CreatePartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartial,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialResponse.SerializeToString,
+            ),
+            'GetPartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPartial,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialResponse.SerializeToString,
+            ),
+            'ListPartials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartials,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsResponse.SerializeToString,
+            ),
+            'ArchivePartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchivePartial,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialResponse.SerializeToString,
+            ),
+            'UnarchivePartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnarchivePartial,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialResponse.SerializeToString,
+            ),
+            'CreatePartialVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartialVersion,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionResponse.SerializeToString,
+            ),
+            'GetPartialVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPartialVersion,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionResponse.SerializeToString,
+            ),
+            'ListPartialVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartialVersions,
+                    request_deserializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsRequest.FromString,
+                    response_serializer=promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +753,222 @@ class PromptService:
             '/promptgate.v1.PromptService/RenderPrompt',
             promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptRequest.SerializeToString,
             promptgate_dot_v1_dot_prompt__service__pb2.RenderPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/CreatePartial',
+            promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/GetPartial',
+            promptgate_dot_v1_dot_prompt__service__pb2.GetPartialRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.GetPartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/ListPartials',
+            promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.ListPartialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchivePartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/ArchivePartial',
+            promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.ArchivePartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnarchivePartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/UnarchivePartial',
+            promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.UnarchivePartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartialVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/CreatePartialVersion',
+            promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.CreatePartialVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPartialVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/GetPartialVersion',
+            promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.GetPartialVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartialVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptgate.v1.PromptService/ListPartialVersions',
+            promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsRequest.SerializeToString,
+            promptgate_dot_v1_dot_prompt__service__pb2.ListPartialVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

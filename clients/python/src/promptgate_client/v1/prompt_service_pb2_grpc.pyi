@@ -76,6 +76,33 @@ class PromptServiceStub:
     """Renders a prompt with inputs and returns the messages and the exact
     provider request body, without calling the provider.
     """
+    CreatePartial: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePartialRequest, _prompt_service_pb2.CreatePartialResponse]
+    """Partials: named template snippets that prompt templates include with
+    {% include "name" %}. A partial's versions are immutable and numbered; a
+    prompt version pins the partial versions it was created with (see
+    PromptVersion.partials), so a new partial version never changes a
+    released prompt. Inline prompts include the latest versions.
+
+    Creates a partial with its first version.
+    """
+    GetPartial: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPartialRequest, _prompt_service_pb2.GetPartialResponse]
+    """Returns a partial."""
+    ListPartials: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPartialsRequest, _prompt_service_pb2.ListPartialsResponse]
+    """Lists partials by name."""
+    ArchivePartial: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ArchivePartialRequest, _prompt_service_pb2.ArchivePartialResponse]
+    """Archives a partial: it is hidden from ListPartials, gets no new versions
+    and cannot be newly included; prompt versions that pinned it keep it.
+    """
+    UnarchivePartial: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.UnarchivePartialRequest, _prompt_service_pb2.UnarchivePartialResponse]
+    """Restores an archived partial."""
+    CreatePartialVersion: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePartialVersionRequest, _prompt_service_pb2.CreatePartialVersionResponse]
+    """Creates the next version of a partial. Prompt versions created from now
+    on include it; existing prompt versions keep the version they pinned.
+    """
+    GetPartialVersion: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPartialVersionRequest, _prompt_service_pb2.GetPartialVersionResponse]
+    """Returns one version of a partial, by number or the latest."""
+    ListPartialVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPartialVersionsRequest, _prompt_service_pb2.ListPartialVersionsResponse]
+    """Lists a partial's versions, newest first."""
 
 @_typing.type_check_only
 class PromptServiceAsyncStub(PromptServiceStub):
@@ -125,6 +152,33 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """Renders a prompt with inputs and returns the messages and the exact
     provider request body, without calling the provider.
     """
+    CreatePartial: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePartialRequest, _prompt_service_pb2.CreatePartialResponse]  # type: ignore[assignment]
+    """Partials: named template snippets that prompt templates include with
+    {% include "name" %}. A partial's versions are immutable and numbered; a
+    prompt version pins the partial versions it was created with (see
+    PromptVersion.partials), so a new partial version never changes a
+    released prompt. Inline prompts include the latest versions.
+
+    Creates a partial with its first version.
+    """
+    GetPartial: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPartialRequest, _prompt_service_pb2.GetPartialResponse]  # type: ignore[assignment]
+    """Returns a partial."""
+    ListPartials: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPartialsRequest, _prompt_service_pb2.ListPartialsResponse]  # type: ignore[assignment]
+    """Lists partials by name."""
+    ArchivePartial: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ArchivePartialRequest, _prompt_service_pb2.ArchivePartialResponse]  # type: ignore[assignment]
+    """Archives a partial: it is hidden from ListPartials, gets no new versions
+    and cannot be newly included; prompt versions that pinned it keep it.
+    """
+    UnarchivePartial: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.UnarchivePartialRequest, _prompt_service_pb2.UnarchivePartialResponse]  # type: ignore[assignment]
+    """Restores an archived partial."""
+    CreatePartialVersion: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePartialVersionRequest, _prompt_service_pb2.CreatePartialVersionResponse]  # type: ignore[assignment]
+    """Creates the next version of a partial. Prompt versions created from now
+    on include it; existing prompt versions keep the version they pinned.
+    """
+    GetPartialVersion: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPartialVersionRequest, _prompt_service_pb2.GetPartialVersionResponse]  # type: ignore[assignment]
+    """Returns one version of a partial, by number or the latest."""
+    ListPartialVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPartialVersionsRequest, _prompt_service_pb2.ListPartialVersionsResponse]  # type: ignore[assignment]
+    """Lists a partial's versions, newest first."""
 
 class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     """PromptService manages prompts: named containers of immutable, numbered
@@ -243,5 +297,80 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         """Renders a prompt with inputs and returns the messages and the exact
         provider request body, without calling the provider.
         """
+
+    @_abc_1.abstractmethod
+    def CreatePartial(
+        self,
+        request: _prompt_service_pb2.CreatePartialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.CreatePartialResponse, _abc.Awaitable[_prompt_service_pb2.CreatePartialResponse]]:
+        """Partials: named template snippets that prompt templates include with
+        {% include "name" %}. A partial's versions are immutable and numbered; a
+        prompt version pins the partial versions it was created with (see
+        PromptVersion.partials), so a new partial version never changes a
+        released prompt. Inline prompts include the latest versions.
+
+        Creates a partial with its first version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPartial(
+        self,
+        request: _prompt_service_pb2.GetPartialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.GetPartialResponse, _abc.Awaitable[_prompt_service_pb2.GetPartialResponse]]:
+        """Returns a partial."""
+
+    @_abc_1.abstractmethod
+    def ListPartials(
+        self,
+        request: _prompt_service_pb2.ListPartialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.ListPartialsResponse, _abc.Awaitable[_prompt_service_pb2.ListPartialsResponse]]:
+        """Lists partials by name."""
+
+    @_abc_1.abstractmethod
+    def ArchivePartial(
+        self,
+        request: _prompt_service_pb2.ArchivePartialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.ArchivePartialResponse, _abc.Awaitable[_prompt_service_pb2.ArchivePartialResponse]]:
+        """Archives a partial: it is hidden from ListPartials, gets no new versions
+        and cannot be newly included; prompt versions that pinned it keep it.
+        """
+
+    @_abc_1.abstractmethod
+    def UnarchivePartial(
+        self,
+        request: _prompt_service_pb2.UnarchivePartialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.UnarchivePartialResponse, _abc.Awaitable[_prompt_service_pb2.UnarchivePartialResponse]]:
+        """Restores an archived partial."""
+
+    @_abc_1.abstractmethod
+    def CreatePartialVersion(
+        self,
+        request: _prompt_service_pb2.CreatePartialVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.CreatePartialVersionResponse, _abc.Awaitable[_prompt_service_pb2.CreatePartialVersionResponse]]:
+        """Creates the next version of a partial. Prompt versions created from now
+        on include it; existing prompt versions keep the version they pinned.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPartialVersion(
+        self,
+        request: _prompt_service_pb2.GetPartialVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.GetPartialVersionResponse, _abc.Awaitable[_prompt_service_pb2.GetPartialVersionResponse]]:
+        """Returns one version of a partial, by number or the latest."""
+
+    @_abc_1.abstractmethod
+    def ListPartialVersions(
+        self,
+        request: _prompt_service_pb2.ListPartialVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.ListPartialVersionsResponse, _abc.Awaitable[_prompt_service_pb2.ListPartialVersionsResponse]]:
+        """Lists a partial's versions, newest first."""
 
 def add_PromptServiceServicer_to_server(servicer: PromptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkECg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeSKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIs0BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSFQoNdmFsaWRhdGVfb25seRgHIAEoCEIKCghzZWxlY3RvciJHChVTZXRSZWxlYXNlVGFnUmVzcG9uc2USLgoLcmVsZWFzZV90YWcYASABKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciKAoWTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBIOCgZwcm9tcHQYASABKAkiSgoXTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2USLwoMcmVsZWFzZV90YWdzGAEgAygLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnImIKHExpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJoCh1MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRIuCgZldmVudHMYASADKAsyHi5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWdFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki4QMKE1JlbmRlclByb21wdFJlcXVlc3QSEAoGcHJvbXB0GAEgASgJSAASNAoNaW5saW5lX3Byb21wdBgCIAEoCzIbLnByb21wdGdhdGUudjEuSW5saW5lUHJvbXB0SAASEwoLcmVsZWFzZV90YWcYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIqCgZpbnB1dHMYBSADKAsyGi5wcm9tcHRnYXRlLnYxLlByb21wdElucHV0EjIKCnBhcmFtZXRlcnMYBiABKAsyHi5wcm9tcHRnYXRlLnYxLk1vZGVsUGFyYW1ldGVycxI2Cg9yZXNwb25zZV9mb3JtYXQYByABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAggAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAkgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEjIKDXJhd19vdmVycmlkZXMYCiABKAsyGy5wcm9tcHRnYXRlLnYxLlJhd092ZXJyaWRlcxINCgVtb2RlbBgLIAEoCRIQCghwcm92aWRlchgMIAEoCRIRCglzcGxpdF9rZXkYDSABKAlCCAoGdGFyZ2V0IoUCChRSZW5kZXJQcm9tcHRSZXNwb25zZRIsCghtZXNzYWdlcxgBIAMoCzIaLnByb21wdGdhdGUudjEuQ2hhdE1lc3NhZ2USEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoQcHJvdmlkZXJfcGF5bG9hZBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEQoJcHJvbXB0X2lkGAUgASgJEhkKEXByb21wdF92ZXJzaW9uX2lkGAYgASgJEhYKDnByb21wdF92ZXJzaW9uGAcgASgFEhMKC3JlbGVhc2VfdGFnGAggASgJEhAKCHNwbGl0X2lkGAkgASgJKsUBChJCcmVha2luZ0NoYW5nZVR5cGUSJAogQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVU5TUEVDSUZJRUQQABIpCiVCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9SRU1PVkVEEAESLgoqQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfVFlQRV9DSEFOR0VEEAISLgoqQlJFQUtJTkdfQ0hBTkdFX1RZUEVfVkFSSUFCTEVfTk9XX1JFUVVJUkVEEAMylQkKDVByb21wdFNlcnZpY2USVwoMQ3JlYXRlUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRSZXNwb25zZRJOCglHZXRQcm9tcHQSHy5wcm9tcHRnYXRlLnYxLkdldFByb21wdFJlcXVlc3QaIC5wcm9tcHRnYXRlLnYxLkdldFByb21wdFJlc3BvbnNlElQKC0xpc3RQcm9tcHRzEiEucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1JlcXVlc3QaIi5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVzcG9uc2USWgoNQXJjaGl2ZVByb21wdBIjLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXNwb25zZRJgCg9VbmFyY2hpdmVQcm9tcHQSJS5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVByb21wdFJlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVByb21wdFJlc3BvbnNlEmwKE0NyZWF0ZVByb21wdFZlcnNpb24SKS5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXF1ZXN0GioucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USYwoQR2V0UHJvbXB0VmVyc2lvbhImLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXNwb25zZRJpChJMaXN0UHJvbXB0VmVyc2lvbnMSKC5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRWZXJzaW9uc1JlcXVlc3QaKS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRWZXJzaW9uc1Jlc3BvbnNlEloKDVNldFJlbGVhc2VUYWcSIy5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVzcG9uc2USYAoPTGlzdFJlbGVhc2VUYWdzEiUucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ3NSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ3NSZXNwb25zZRJyChVMaXN0UmVsZWFzZVRhZ0hpc3RvcnkSKy5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QaLC5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnSGlzdG9yeVJlc3BvbnNlElcKDFJlbmRlclByb21wdBIiLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpgFCg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeRI8CghwYXJ0aWFscxgQIAMoCzIqLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbi5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIs0BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSFQoNdmFsaWRhdGVfb25seRgHIAEoCEIKCghzZWxlY3RvciJHChVTZXRSZWxlYXNlVGFnUmVzcG9uc2USLgoLcmVsZWFzZV90YWcYASABKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciKAoWTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBIOCgZwcm9tcHQYASABKAkiSgoXTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2USLwoMcmVsZWFzZV90YWdzGAEgAygLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnImIKHExpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJoCh1MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRIuCgZldmVudHMYASADKAsyHi5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWdFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki4QMKE1JlbmRlclByb21wdFJlcXVlc3QSEAoGcHJvbXB0GAEgASgJSAASNAoNaW5saW5lX3Byb21wdBgCIAEoCzIbLnByb21wdGdhdGUudjEuSW5saW5lUHJvbXB0SAASEwoLcmVsZWFzZV90YWcYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIqCgZpbnB1dHMYBSADKAsyGi5wcm9tcHRnYXRlLnYxLlByb21wdElucHV0EjIKCnBhcmFtZXRlcnMYBiABKAsyHi5wcm9tcHRnYXRlLnYxLk1vZGVsUGFyYW1ldGVycxI2Cg9yZXNwb25zZV9mb3JtYXQYByABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAggAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAkgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEjIKDXJhd19vdmVycmlkZXMYCiABKAsyGy5wcm9tcHRnYXRlLnYxLlJhd092ZXJyaWRlcxINCgVtb2RlbBgLIAEoCRIQCghwcm92aWRlchgMIAEoCRIRCglzcGxpdF9rZXkYDSABKAlCCAoGdGFyZ2V0IvsCChRSZW5kZXJQcm9tcHRSZXNwb25zZRIsCghtZXNzYWdlcxgBIAMoCzIaLnByb21wdGdhdGUudjEuQ2hhdE1lc3NhZ2USEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoQcHJvdmlkZXJfcGF5bG9hZBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEQoJcHJvbXB0X2lkGAUgASgJEhkKEXByb21wdF92ZXJzaW9uX2lkGAYgASgJEhYKDnByb21wdF92ZXJzaW9uGAcgASgFEhMKC3JlbGVhc2VfdGFnGAggASgJEhAKCHNwbGl0X2lkGAkgASgJEkMKCHBhcnRpYWxzGAogAygLMjEucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZS5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASLEAQoHUGFydGlhbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCGFyY2hpdmVkGAQgASgIEhYKDmxhdGVzdF92ZXJzaW9uGAUgASgFEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiuwEKDlBhcnRpYWxWZXJzaW9uEgoKAmlkGAEgASgJEhIKCnBhcnRpYWxfaWQYAiABKAkSDwoHcGFydGlhbBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEg8KB2NvbnRlbnQYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSEAoIaW5jbHVkZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImcKFENyZWF0ZVBhcnRpYWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDwoHY29udGVudBgDIAEoCRIbChN2ZXJzaW9uX2Rlc2NyaXB0aW9uGAQgASgJInAKFUNyZWF0ZVBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsEi4KB3ZlcnNpb24YAiABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIiQKEUdldFBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiPQoSR2V0UGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiaAoTTGlzdFBhcnRpYWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlkKFExpc3RQYXJ0aWFsc1Jlc3BvbnNlEigKCHBhcnRpYWxzGAEgAygLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChVBcmNoaXZlUGFydGlhbFJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCSJBChZBcmNoaXZlUGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiKgoXVW5hcmNoaXZlUGFydGlhbFJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCSJDChhVbmFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USJwoHcGFydGlhbBgBIAEoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbCJUChtDcmVhdGVQYXJ0aWFsVmVyc2lvblJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCRIPCgdjb250ZW50GAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIk4KHENyZWF0ZVBhcnRpYWxWZXJzaW9uUmVzcG9uc2USLgoHdmVyc2lvbhgBIAEoCzIdLnByb21wdGdhdGUudjEuUGFydGlhbFZlcnNpb24iPAoYR2V0UGFydGlhbFZlcnNpb25SZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJLChlHZXRQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEi4KB3ZlcnNpb24YASABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIlQKGkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZwobTGlzdFBhcnRpYWxWZXJzaW9uc1Jlc3BvbnNlEi8KCHZlcnNpb25zGAEgAygLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqxQEKEkJyZWFraW5nQ2hhbmdlVHlwZRIkCiBCUkVBS0lOR19DSEFOR0VfVFlQRV9VTlNQRUNJRklFRBAAEikKJUJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX1JFTU9WRUQQARIuCipCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9UWVBFX0NIQU5HRUQQAhIuCipCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9OT1dfUkVRVUlSRUQQAzKoDwoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZRJaCg1DcmVhdGVQYXJ0aWFsEiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsUmVxdWVzdBokLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFJlc3BvbnNlElEKCkdldFBhcnRpYWwSIC5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsUmVzcG9uc2USVwoMTGlzdFBhcnRpYWxzEiIucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbHNSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbHNSZXNwb25zZRJdCg5BcmNoaXZlUGFydGlhbBIkLnByb21wdGdhdGUudjEuQXJjaGl2ZVBhcnRpYWxSZXF1ZXN0GiUucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUGFydGlhbFJlc3BvbnNlEmMKEFVuYXJjaGl2ZVBhcnRpYWwSJi5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVBhcnRpYWxSZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USbwoUQ3JlYXRlUGFydGlhbFZlcnNpb24SKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVBhcnRpYWxWZXJzaW9uUmVxdWVzdBorLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFZlcnNpb25SZXNwb25zZRJmChFHZXRQYXJ0aWFsVmVyc2lvbhInLnByb21wdGdhdGUudjEuR2V0UGFydGlhbFZlcnNpb25SZXF1ZXN0GigucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEmwKE0xpc3RQYXJ0aWFsVmVyc2lvbnMSKS5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXF1ZXN0GioucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbFZlcnNpb25zUmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -206,6 +206,15 @@ export type PromptVersion = Message<"promptgate.v1.PromptVersion"> & {
    * @generated from field: promptgate.v1.CachePolicy cache = 15;
    */
   cache?: CachePolicy | undefined;
+
+  /**
+   * Output only. The partial versions the templates include, directly or
+   * through other partials, by partial name: the latest version of each when
+   * this version was created. Rendering this version always uses these.
+   *
+   * @generated from field: map<string, int32> partials = 16;
+   */
+  partials: { [key: string]: number };
 };
 
 /**
@@ -1368,6 +1377,15 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
    * @generated from field: string split_id = 9;
    */
   splitId: string;
+
+  /**
+   * Output only. The partial versions the rendered templates included, by
+   * partial name: those the version pinned, or for an inline prompt the
+   * latest ones.
+   *
+   * @generated from field: map<string, int32> partials = 10;
+   */
+  partials: { [key: string]: number };
 };
 
 /**
@@ -1376,6 +1394,577 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 31);
+
+/**
+ * A named template snippet that prompt templates include.
+ *
+ * @generated from message promptgate.v1.Partial
+ */
+export type Partial$ = Message<"promptgate.v1.Partial"> & {
+  /**
+   * Output only. The partial id, "prt_...".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Required. Unique within the workspace: 1-128 characters of letters,
+   * digits, '-', '_' and '.', starting with a letter or digit. Templates
+   * include the partial by this name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Optional. What the partial is for.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * Output only. Whether the partial is archived.
+   *
+   * @generated from field: bool archived = 4;
+   */
+  archived: boolean;
+
+  /**
+   * Output only. The newest version number.
+   *
+   * @generated from field: int32 latest_version = 5;
+   */
+  latestVersion: number;
+
+  /**
+   * Output only. When the partial was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Output only. When the partial last changed (a new version, archived).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.Partial.
+ * Use `create(PartialSchema)` to create a new message.
+ */
+export const PartialSchema: GenMessage<Partial$> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 32);
+
+/**
+ * An immutable version of a partial.
+ *
+ * @generated from message promptgate.v1.PartialVersion
+ */
+export type PartialVersion = Message<"promptgate.v1.PartialVersion"> & {
+  /**
+   * Output only. The version id, "prv_...".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Output only. The partial's id.
+   *
+   * @generated from field: string partial_id = 2;
+   */
+  partialId: string;
+
+  /**
+   * Output only. The partial's name.
+   *
+   * @generated from field: string partial = 3;
+   */
+  partial: string;
+
+  /**
+   * Output only. The version number: 1 for the first, then 2, 3, ...
+   *
+   * @generated from field: int32 version = 4;
+   */
+  version: number;
+
+  /**
+   * Required. The template text (Jinja2, sandboxed like prompt templates).
+   *
+   * @generated from field: string content = 5;
+   */
+  content: string;
+
+  /**
+   * Optional. What changed in this version.
+   *
+   * @generated from field: string description = 6;
+   */
+  description: string;
+
+  /**
+   * Output only. The partials this content includes directly, by name.
+   *
+   * @generated from field: repeated string includes = 7;
+   */
+  includes: string[];
+
+  /**
+   * Output only. When the version was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.PartialVersion.
+ * Use `create(PartialVersionSchema)` to create a new message.
+ */
+export const PartialVersionSchema: GenMessage<PartialVersion> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 33);
+
+/**
+ * Request for CreatePartial.
+ *
+ * @generated from message promptgate.v1.CreatePartialRequest
+ */
+export type CreatePartialRequest = Message<"promptgate.v1.CreatePartialRequest"> & {
+  /**
+   * Required. The unique name (see Partial.name).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional. What the partial is for.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * Required. The first version's template text, at most 200,000
+   * characters; it may include other partials, at most 8 deep and not in a
+   * cycle.
+   *
+   * @generated from field: string content = 3;
+   */
+  content: string;
+
+  /**
+   * Optional. The first version's description.
+   *
+   * @generated from field: string version_description = 4;
+   */
+  versionDescription: string;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialRequest.
+ * Use `create(CreatePartialRequestSchema)` to create a new message.
+ */
+export const CreatePartialRequestSchema: GenMessage<CreatePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 34);
+
+/**
+ * Response for CreatePartial.
+ *
+ * @generated from message promptgate.v1.CreatePartialResponse
+ */
+export type CreatePartialResponse = Message<"promptgate.v1.CreatePartialResponse"> & {
+  /**
+   * The new partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+
+  /**
+   * Its version 1.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 2;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialResponse.
+ * Use `create(CreatePartialResponseSchema)` to create a new message.
+ */
+export const CreatePartialResponseSchema: GenMessage<CreatePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 35);
+
+/**
+ * Request for GetPartial.
+ *
+ * @generated from message promptgate.v1.GetPartialRequest
+ */
+export type GetPartialRequest = Message<"promptgate.v1.GetPartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialRequest.
+ * Use `create(GetPartialRequestSchema)` to create a new message.
+ */
+export const GetPartialRequestSchema: GenMessage<GetPartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 36);
+
+/**
+ * Response for GetPartial.
+ *
+ * @generated from message promptgate.v1.GetPartialResponse
+ */
+export type GetPartialResponse = Message<"promptgate.v1.GetPartialResponse"> & {
+  /**
+   * The partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialResponse.
+ * Use `create(GetPartialResponseSchema)` to create a new message.
+ */
+export const GetPartialResponseSchema: GenMessage<GetPartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 37);
+
+/**
+ * Request for ListPartials.
+ *
+ * @generated from message promptgate.v1.ListPartialsRequest
+ */
+export type ListPartialsRequest = Message<"promptgate.v1.ListPartialsRequest"> & {
+  /**
+   * Optional. At most this many partials (default 50, at most 1000).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. next_page_token from a previous call.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Optional. Include archived partials.
+   *
+   * @generated from field: bool show_archived = 3;
+   */
+  showArchived: boolean;
+
+  /**
+   * Optional. Only partials whose name starts with this.
+   *
+   * @generated from field: string name_prefix = 4;
+   */
+  namePrefix: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialsRequest.
+ * Use `create(ListPartialsRequestSchema)` to create a new message.
+ */
+export const ListPartialsRequestSchema: GenMessage<ListPartialsRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 38);
+
+/**
+ * Response for ListPartials.
+ *
+ * @generated from message promptgate.v1.ListPartialsResponse
+ */
+export type ListPartialsResponse = Message<"promptgate.v1.ListPartialsResponse"> & {
+  /**
+   * The partials, by name.
+   *
+   * @generated from field: repeated promptgate.v1.Partial partials = 1;
+   */
+  partials: Partial$[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialsResponse.
+ * Use `create(ListPartialsResponseSchema)` to create a new message.
+ */
+export const ListPartialsResponseSchema: GenMessage<ListPartialsResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 39);
+
+/**
+ * Request for ArchivePartial.
+ *
+ * @generated from message promptgate.v1.ArchivePartialRequest
+ */
+export type ArchivePartialRequest = Message<"promptgate.v1.ArchivePartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ArchivePartialRequest.
+ * Use `create(ArchivePartialRequestSchema)` to create a new message.
+ */
+export const ArchivePartialRequestSchema: GenMessage<ArchivePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 40);
+
+/**
+ * Response for ArchivePartial.
+ *
+ * @generated from message promptgate.v1.ArchivePartialResponse
+ */
+export type ArchivePartialResponse = Message<"promptgate.v1.ArchivePartialResponse"> & {
+  /**
+   * The archived partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.ArchivePartialResponse.
+ * Use `create(ArchivePartialResponseSchema)` to create a new message.
+ */
+export const ArchivePartialResponseSchema: GenMessage<ArchivePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 41);
+
+/**
+ * Request for UnarchivePartial.
+ *
+ * @generated from message promptgate.v1.UnarchivePartialRequest
+ */
+export type UnarchivePartialRequest = Message<"promptgate.v1.UnarchivePartialRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+};
+
+/**
+ * Describes the message promptgate.v1.UnarchivePartialRequest.
+ * Use `create(UnarchivePartialRequestSchema)` to create a new message.
+ */
+export const UnarchivePartialRequestSchema: GenMessage<UnarchivePartialRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 42);
+
+/**
+ * Response for UnarchivePartial.
+ *
+ * @generated from message promptgate.v1.UnarchivePartialResponse
+ */
+export type UnarchivePartialResponse = Message<"promptgate.v1.UnarchivePartialResponse"> & {
+  /**
+   * The restored partial.
+   *
+   * @generated from field: promptgate.v1.Partial partial = 1;
+   */
+  partial?: Partial$ | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.UnarchivePartialResponse.
+ * Use `create(UnarchivePartialResponseSchema)` to create a new message.
+ */
+export const UnarchivePartialResponseSchema: GenMessage<UnarchivePartialResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 43);
+
+/**
+ * Request for CreatePartialVersion.
+ *
+ * @generated from message promptgate.v1.CreatePartialVersionRequest
+ */
+export type CreatePartialVersionRequest = Message<"promptgate.v1.CreatePartialVersionRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Required. The template text (see CreatePartialRequest.content).
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+
+  /**
+   * Optional. What changed in this version.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialVersionRequest.
+ * Use `create(CreatePartialVersionRequestSchema)` to create a new message.
+ */
+export const CreatePartialVersionRequestSchema: GenMessage<CreatePartialVersionRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 44);
+
+/**
+ * Response for CreatePartialVersion.
+ *
+ * @generated from message promptgate.v1.CreatePartialVersionResponse
+ */
+export type CreatePartialVersionResponse = Message<"promptgate.v1.CreatePartialVersionResponse"> & {
+  /**
+   * The new version.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 1;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.CreatePartialVersionResponse.
+ * Use `create(CreatePartialVersionResponseSchema)` to create a new message.
+ */
+export const CreatePartialVersionResponseSchema: GenMessage<CreatePartialVersionResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 45);
+
+/**
+ * Request for GetPartialVersion.
+ *
+ * @generated from message promptgate.v1.GetPartialVersionRequest
+ */
+export type GetPartialVersionRequest = Message<"promptgate.v1.GetPartialVersionRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Optional. The version number; 0 (the default) for the latest.
+   *
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialVersionRequest.
+ * Use `create(GetPartialVersionRequestSchema)` to create a new message.
+ */
+export const GetPartialVersionRequestSchema: GenMessage<GetPartialVersionRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 46);
+
+/**
+ * Response for GetPartialVersion.
+ *
+ * @generated from message promptgate.v1.GetPartialVersionResponse
+ */
+export type GetPartialVersionResponse = Message<"promptgate.v1.GetPartialVersionResponse"> & {
+  /**
+   * The version.
+   *
+   * @generated from field: promptgate.v1.PartialVersion version = 1;
+   */
+  version?: PartialVersion | undefined;
+};
+
+/**
+ * Describes the message promptgate.v1.GetPartialVersionResponse.
+ * Use `create(GetPartialVersionResponseSchema)` to create a new message.
+ */
+export const GetPartialVersionResponseSchema: GenMessage<GetPartialVersionResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 47);
+
+/**
+ * Request for ListPartialVersions.
+ *
+ * @generated from message promptgate.v1.ListPartialVersionsRequest
+ */
+export type ListPartialVersionsRequest = Message<"promptgate.v1.ListPartialVersionsRequest"> & {
+  /**
+   * Required. The partial's id or name.
+   *
+   * @generated from field: string partial = 1;
+   */
+  partial: string;
+
+  /**
+   * Optional. At most this many versions (default 50, at most 1000).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. next_page_token from a previous call.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialVersionsRequest.
+ * Use `create(ListPartialVersionsRequestSchema)` to create a new message.
+ */
+export const ListPartialVersionsRequestSchema: GenMessage<ListPartialVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 48);
+
+/**
+ * Response for ListPartialVersions.
+ *
+ * @generated from message promptgate.v1.ListPartialVersionsResponse
+ */
+export type ListPartialVersionsResponse = Message<"promptgate.v1.ListPartialVersionsResponse"> & {
+  /**
+   * The versions, newest first.
+   *
+   * @generated from field: repeated promptgate.v1.PartialVersion versions = 1;
+   */
+  versions: PartialVersion[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message promptgate.v1.ListPartialVersionsResponse.
+ * Use `create(ListPartialVersionsResponseSchema)` to create a new message.
+ */
+export const ListPartialVersionsResponseSchema: GenMessage<ListPartialVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 49);
 
 /**
  * The kind of an input-variable change that breaks callers of a version.
@@ -1559,6 +2148,88 @@ export const PromptService: GenService<{
     methodKind: "unary";
     input: typeof RenderPromptRequestSchema;
     output: typeof RenderPromptResponseSchema;
+  },
+  /**
+   * Creates a partial with its first version.
+   *
+   * @generated from rpc promptgate.v1.PromptService.CreatePartial
+   */
+  createPartial: {
+    methodKind: "unary";
+    input: typeof CreatePartialRequestSchema;
+    output: typeof CreatePartialResponseSchema;
+  },
+  /**
+   * Returns a partial.
+   *
+   * @generated from rpc promptgate.v1.PromptService.GetPartial
+   */
+  getPartial: {
+    methodKind: "unary";
+    input: typeof GetPartialRequestSchema;
+    output: typeof GetPartialResponseSchema;
+  },
+  /**
+   * Lists partials by name.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ListPartials
+   */
+  listPartials: {
+    methodKind: "unary";
+    input: typeof ListPartialsRequestSchema;
+    output: typeof ListPartialsResponseSchema;
+  },
+  /**
+   * Archives a partial: it is hidden from ListPartials, gets no new versions
+   * and cannot be newly included; prompt versions that pinned it keep it.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ArchivePartial
+   */
+  archivePartial: {
+    methodKind: "unary";
+    input: typeof ArchivePartialRequestSchema;
+    output: typeof ArchivePartialResponseSchema;
+  },
+  /**
+   * Restores an archived partial.
+   *
+   * @generated from rpc promptgate.v1.PromptService.UnarchivePartial
+   */
+  unarchivePartial: {
+    methodKind: "unary";
+    input: typeof UnarchivePartialRequestSchema;
+    output: typeof UnarchivePartialResponseSchema;
+  },
+  /**
+   * Creates the next version of a partial. Prompt versions created from now
+   * on include it; existing prompt versions keep the version they pinned.
+   *
+   * @generated from rpc promptgate.v1.PromptService.CreatePartialVersion
+   */
+  createPartialVersion: {
+    methodKind: "unary";
+    input: typeof CreatePartialVersionRequestSchema;
+    output: typeof CreatePartialVersionResponseSchema;
+  },
+  /**
+   * Returns one version of a partial, by number or the latest.
+   *
+   * @generated from rpc promptgate.v1.PromptService.GetPartialVersion
+   */
+  getPartialVersion: {
+    methodKind: "unary";
+    input: typeof GetPartialVersionRequestSchema;
+    output: typeof GetPartialVersionResponseSchema;
+  },
+  /**
+   * Lists a partial's versions, newest first.
+   *
+   * @generated from rpc promptgate.v1.PromptService.ListPartialVersions
+   */
+  listPartialVersions: {
+    methodKind: "unary";
+    input: typeof ListPartialVersionsRequestSchema;
+    output: typeof ListPartialVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_promptgate_v1_prompt_service, 0);
