@@ -567,7 +567,12 @@ async def test_tag_moves_on_another_replica_are_seen_within_the_cache_ttl(
         input_variables=[pb.InputVariable(name="question", type=pb.INPUT_TYPE_STRING)],
     )
     await second.prompts.CreatePromptVersion(
-        ppb.CreatePromptVersionRequest(prompt="demo", version=version, release_tags=["production"])
+        ppb.CreatePromptVersionRequest(
+            prompt="demo",
+            version=version,
+            release_tags=["production"],
+            allow_breaking_changes=True,  # drops the demo's "audience" variable
+        )
     )
     # The replica that moved the tag sees it at once.
     assert (await second.executions.ExecutePrompt(demo())).meta.prompt_version == 2

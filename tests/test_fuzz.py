@@ -342,12 +342,16 @@ VALID: dict[str, Any] = {
         prompt=st.sampled_from(["demo", "fuzzed"]),
         version=_version(),
         release_tags=st.lists(texts, max_size=2),
+        allow_breaking_changes=st.booleans(),
+        validate_only=st.booleans(),
     ),
     "promptgate.v1.SetReleaseTagRequest": lambda: st.builds(
         ppb.SetReleaseTagRequest,
         prompt=st.sampled_from(["demo", "fuzzed"]),
         tag=texts,
         version=st.integers(-1, 4),
+        allow_breaking_changes=st.booleans(),
+        validate_only=st.booleans(),
     ),
     "promptgate.v1.RenderPromptRequest": lambda: st.builds(
         ppb.RenderPromptRequest, prompt=st.just("demo"), inputs=_inputs()

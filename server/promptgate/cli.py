@@ -3,8 +3,12 @@
     promptgate serve [--host H] [--port P] [--database-url URL] [--dev] ...
     promptgate workspaces create NAME [--database-url URL]
     promptgate keys create --workspace W --scope S [--scope S ...] [--plan P] [--name N]
+    promptgate prompts push|pull DIR ...   (prompts as code, from promptgate-client)
 
 Flags override the PROMPTGATE_* environment variables (see config.py).
+``prompts`` runs the client package's command (it talks to a server over gRPC);
+the client package installs the same ``promptgate`` script, which hands the
+other commands back here.
 """
 
 from __future__ import annotations
@@ -66,12 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--plan", default=DEFAULT_PLAN, choices=list(PLANS))
     create_key.add_argument("--name", default="")
     create_key.add_argument("--database-url")
+    # Listed for --help only: main() hands "prompts ..." to promptgate-client.
+    commands.add_parser(
+        "prompts", help="push or pull prompt files over gRPC (see: promptgate prompts --help)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``promptgate`` command."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["prompts"]:
+        return _prompts(arguments[1:])
+    args = _parser().parse_args(arguments)
     options = {
         "host",
         "port",
@@ -98,6 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_workers(settings)
         return run_loop(serve(settings), settings.event_loop)
     return asyncio.run(_manage(args, settings))
+
+
+def _prompts(argv: list[str]) -> int:
+    """``promptgate prompts ...``: the prompts-as-code command of promptgate-client."""
+    try:
+        from promptgate_client.prompts_as_code.cli import prompts_main
+    except ImportError as exc:
+        if not (exc.name or "").startswith("promptgate_client"):
+            raise
+        print(
+            "promptgate: `promptgate prompts` needs the promptgate-client package "
+            "(pip install ./clients/python)",
+            file=sys.stderr,
+        )
+        return 2
+    return prompts_main(argv)
 
 
 async def _manage(args: argparse.Namespace, settings: Settings) -> int:

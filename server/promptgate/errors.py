@@ -9,7 +9,7 @@ maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
     │   ├── InvalidArgument          INVALID_ARGUMENT   (INVALID_PROMPT, INVALID_INPUT, ...)
     │   ├── NotFound                 NOT_FOUND          (PROMPT_NOT_FOUND, ...)
     │   ├── AlreadyExists            ALREADY_EXISTS     (PROMPT_ALREADY_EXISTS)
-    │   ├── FailedPrecondition       FAILED_PRECONDITION (PROMPT_ARCHIVED)
+    │   ├── FailedPrecondition       FAILED_PRECONDITION (PROMPT_ARCHIVED, BREAKING_CHANGE)
     │   ├── Aborted                  ABORTED            (EXECUTION_IN_PROGRESS)
     │   ├── Unauthenticated          UNAUTHENTICATED    (MISSING_AUTHORIZATION, INVALID_API_KEY)
     │   ├── PermissionDenied         PERMISSION_DENIED  (INSUFFICIENT_PERMISSIONS)
@@ -23,7 +23,8 @@ maps them to gRPC status in one place (``promptgate.api.errors``); nothing below
         └── ProviderBadResponse      the provider answered something unreadable
 
 ``RequestError`` carries a stable ``reason`` (google.rpc.ErrorInfo.reason) and
-optional field violations (google.rpc.BadRequest); ``ResourceExhausted`` and an
+optional field violations (google.rpc.BadRequest); a ``FailedPrecondition`` may
+list the unmet conditions (google.rpc.PreconditionFailure); ``ResourceExhausted`` and an
 ``Unavailable`` with a ``retry_after`` also say when to retry (google.rpc.RetryInfo).
 ``StoreUnavailable`` is what a database outage becomes (``promptgate.store.faults``
 classifies the driver's exceptions), never INTERNAL. ``ProviderError`` carries the
@@ -107,11 +108,34 @@ class AlreadyExists(RequestError):
     default_reason = "ALREADY_EXISTS"
 
 
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    """One unmet condition (google.rpc.PreconditionFailure): a type, its subject and why."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class FailedPrecondition(RequestError):
-    """The resource is in a state that does not allow the request."""
+    """The resource is in a state that does not allow the request.
+
+    ``preconditions`` lists each unmet condition (e.g. one per breaking change).
+    """
 
     status = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        preconditions: list[PreconditionViolation] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.preconditions = preconditions or []
 
 
 class Aborted(RequestError):

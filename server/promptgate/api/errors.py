@@ -1,8 +1,9 @@
 """The one place where domain errors become gRPC status.
 
 A ``RequestError`` becomes its status code with google.rpc details:
-ErrorInfo (reason = the error code, domain "promptgate", metadata) and, for
-bad fields, BadRequest field violations. Anything unexpected becomes INTERNAL
+ErrorInfo (reason = the error code, domain "promptgate", metadata), for
+bad fields BadRequest field violations, and for unmet conditions (a
+FailedPrecondition that lists them) PreconditionFailure violations. Anything unexpected becomes INTERNAL
 with a reference id that is also logged with the traceback; callers never see
 a stack trace or an exception's text. A database outage is the exception:
 it becomes UNAVAILABLE (STORE_UNAVAILABLE) with RetryInfo. Messages and
@@ -23,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from promptgate.api.edge import check_request
 from promptgate.errors import (
+    FailedPrecondition,
     InvalidArgument,
     ProviderError,
     RequestError,
@@ -91,6 +93,25 @@ def _bad_request(error: RequestError, budget: int) -> error_details_pb2.BadReque
     return bad
 
 
+def _precondition_failure(
+    error: FailedPrecondition, budget: int
+) -> error_details_pb2.PreconditionFailure:
+    failure = error_details_pb2.PreconditionFailure()
+    for i, v in enumerate(error.preconditions):
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=bounded(v.type, MAX_DETAIL_VALUE_BYTES),
+            subject=bounded(v.subject, MAX_DETAIL_VALUE_BYTES),
+            description=bounded(v.description, MAX_DETAIL_VALUE_BYTES),
+        )
+        if failure.ByteSize() + violation.ByteSize() + 64 > budget:
+            failure.violations.add(
+                type="…", description=f"{len(error.preconditions) - i} more violations not shown"
+            )
+            break
+        failure.violations.append(violation)
+    return failure
+
+
 def status_for(error: RequestError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
     """The status code, message and google.rpc.Status for ``error``.
 
@@ -125,6 +146,9 @@ def status_for(error: RequestError) -> tuple[grpc.StatusCode, str, status_pb2.St
     if error.violations:
         used = sum(d.ByteSize() for d in details)
         details.append(_bad_request(error, MAX_DETAILS_BYTES - used))
+    if isinstance(error, FailedPrecondition) and error.preconditions:
+        used = sum(d.ByteSize() for d in details)
+        details.append(_precondition_failure(error, MAX_DETAILS_BYTES - used))
     status = status_pb2.Status(
         code=code.value[0], message=message, details=[_pack(d) for d in details]
     )

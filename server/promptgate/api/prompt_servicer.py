@@ -10,6 +10,7 @@ from promptgate.api.context import CallContext
 from promptgate.api.convert.executions import execution_request_from_proto
 from promptgate.api.convert.partials import partial_to_proto, partial_version_to_proto
 from promptgate.api.convert.prompts import (
+    compatibility_to_proto,
     prompt_to_proto,
     release_tag_to_proto,
     rendering_to_proto,
@@ -87,14 +88,26 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
                 "version", "the version's content is required", reason="INVALID_PROMPT"
             )
         spec = spec_from_version(request.version)
+        workspace = self._calls.workspace(context)
+        # Against what production serves before the call (a release_tags move
+        # may point production at the new version).
+        report = await self._catalog.compatibility(workspace, request.prompt, spec)
         version = await self._catalog.create_version(
-            self._calls.workspace(context),
+            workspace,
             request.prompt,
             spec,
             request.version.description,
             list(request.release_tags),
+            allow_breaking=request.allow_breaking_changes,
+            validate_only=request.validate_only,
         )
-        return ppb.CreatePromptVersionResponse(version=version_to_proto(version))
+        response = ppb.CreatePromptVersionResponse(
+            version=version_to_proto(version),
+            compatibility=compatibility_to_proto(report) if report else None,
+        )
+        if request.validate_only:
+            response.version.ClearField("create_time")
+        return response
 
     async def GetPromptVersion(
         self, request: ppb.GetPromptVersionRequest, context: Context
@@ -138,6 +151,8 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
             version=request.version,
             version_id=request.version_id,
             splits=split_entries_from_proto(request.splits),
+            allow_breaking=request.allow_breaking_changes,
+            validate_only=request.validate_only,
         )
         return ppb.SetReleaseTagResponse(release_tag=release_tag_to_proto(tag))
 

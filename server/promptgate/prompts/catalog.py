@@ -33,6 +33,7 @@ from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts import audit_entries
+from promptgate.prompts.compatibility import PRODUCTION, CompatibilityReport
 from promptgate.prompts.model import (
     Prompt,
     PromptSpec,
@@ -46,6 +47,7 @@ from promptgate.prompts.model import (
 )
 from promptgate.prompts.partial_resolver import PartialResolver
 from promptgate.prompts.partials import PartialStore
+from promptgate.prompts.release_checks import check_tag_moves, tag_report
 from promptgate.prompts.split_store import FoundSplit, find_split, load_split, split_versions
 from promptgate.prompts.splits import check_target, split_from_json, stored_split
 from promptgate.prompts.templates import TemplateEngine
@@ -173,8 +175,16 @@ class PromptCatalog:
         spec: PromptSpec,
         description: str,
         release_tags: Sequence[str],
+        *,
+        allow_breaking: bool = False,
+        validate_only: bool = False,
     ) -> PromptVersion:
-        """Validate ``spec`` and store it as the prompt's next version; move tags to it."""
+        """Validate ``spec`` and store it as the prompt's next version; move tags to it.
+
+        A tag move that breaks the tag's callers is refused unless allowed
+        (``release_checks``). ``validate_only`` does it all, then rolls back:
+        the result is the version as it would be stored, without an id.
+        """
         # Compiled off the event loop, so validation below hits the cache.
         await self._templates.prepare(m.template for m in spec.messages)
         partials = await self.partial_sets.for_spec(workspace, spec, "version")
@@ -217,6 +227,13 @@ class PromptCatalog:
                     created_at=now,
                 )
                 session.add(row)
+                await check_tag_moves(
+                    session, prompt.id, release_tags, [(number, spec)], allow_breaking
+                )
+                if validate_only:
+                    would_be = replace(_version(row), id="")
+                    await session.rollback()
+                    return would_be
                 audit_entries.version_created(session, prompt, row)
                 for tag in release_tags:
                     await self._move_tag(session, prompt.id, tag, row, now)
@@ -315,8 +332,12 @@ class PromptCatalog:
         version: int = 0,
         version_id: str = "",
         splits: Sequence[VersionWeight] = (),
+        allow_breaking: bool = False,
+        validate_only: bool = False,
     ) -> ReleaseTag:
-        """Point ``tag`` at a version, or split it between versions; record the move."""
+        """Point ``tag`` at a version, or split it between versions; record the move
+        (``validate_only``: only check it). A move that breaks the callers of what the
+        tag serves is refused unless allowed."""
         _check_tag(tag, "tag")
         check_target(version, version_id, splits)
         async with self._sessions.write() as session:
@@ -335,12 +356,30 @@ class PromptCatalog:
             await session.exec(
                 update(PromptRow).where(col(PromptRow.id) == prompt.id).values(updated_at=now)
             )
+            targets = [r for r, _ in weighted] or [row]
+            candidates = [(r.version, spec_from_json(r.spec)) for r in targets]
+            await check_tag_moves(session, prompt.id, [tag], candidates, allow_breaking)
             tag_row = await self._move_tag(
                 session, prompt.id, tag, row, now, [(r.version, r.id, w) for r, w in weighted]
             )
+            if validate_only:
+                would_be = _tag(tag_row)
+                await session.rollback()
+                return would_be
             await session.commit()
             self._resolved.clear()
             return _tag(tag_row)
+
+    async def compatibility(
+        self, workspace: str, ref: str, spec: PromptSpec, tag: str = PRODUCTION
+    ) -> CompatibilityReport | None:
+        """``spec`` against what ``tag`` of prompt ``ref`` serves; None if either is missing."""
+        async with self._sessions() as session:
+            try:
+                prompt = await self._prompt_row(session, workspace, ref)
+            except (NotFound, InvalidArgument):
+                return None
+            return await tag_report(session, prompt.id, tag, spec)
 
     async def list_release_tags(self, workspace: str, ref: str) -> list[ReleaseTag]:
         """The prompt's tags by name, with "latest"."""

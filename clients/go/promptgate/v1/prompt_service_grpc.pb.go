@@ -35,7 +35,9 @@ type PromptServiceClient interface {
 	// Lists a prompt's versions, newest first.
 	ListPromptVersions(ctx context.Context, in *ListPromptVersionsRequest, opts ...grpc.CallOption) (*ListPromptVersionsResponse, error)
 	// Points a release tag at a version, or splits its traffic between versions
-	// (an A/B test), recording the move in the tag history.
+	// (an A/B test), recording the move in the tag history. A move to versions
+	// whose input variables break the callers of the version(s) the tag serves
+	// now is refused unless allow_breaking_changes.
 	SetReleaseTag(ctx context.Context, in *SetReleaseTagRequest, opts ...grpc.CallOption) (*SetReleaseTagResponse, error)
 	// Lists a prompt's release tags, including "latest".
 	ListReleaseTags(ctx context.Context, in *ListReleaseTagsRequest, opts ...grpc.CallOption) (*ListReleaseTagsResponse, error)
@@ -274,7 +276,9 @@ type PromptServiceServer interface {
 	// Lists a prompt's versions, newest first.
 	ListPromptVersions(context.Context, *ListPromptVersionsRequest) (*ListPromptVersionsResponse, error)
 	// Points a release tag at a version, or splits its traffic between versions
-	// (an A/B test), recording the move in the tag history.
+	// (an A/B test), recording the move in the tag history. A move to versions
+	// whose input variables break the callers of the version(s) the tag serves
+	// now is refused unless allow_breaking_changes.
 	SetReleaseTag(context.Context, *SetReleaseTagRequest) (*SetReleaseTagResponse, error)
 	// Lists a prompt's release tags, including "latest".
 	ListReleaseTags(context.Context, *ListReleaseTagsRequest) (*ListReleaseTagsResponse, error)

@@ -25,13 +25,24 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    """One unmet condition (google.rpc.PreconditionFailure), e.g. a breaking change:
+    ``type`` VARIABLE_REMOVED, ``subject`` the variable, and why."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class StatusError(PromptgateError):
     """The call failed with a gRPC status.
 
     ``reason``, ``domain`` and ``metadata`` come from the google.rpc.ErrorInfo
     the server sends in ``grpc-status-details-bin`` (e.g. reason
     ``PROMPT_NOT_FOUND``); ``violations`` from google.rpc.BadRequest;
-    ``retry_delay`` (seconds) from google.rpc.RetryInfo.
+    ``preconditions`` from google.rpc.PreconditionFailure; ``retry_delay``
+    (seconds) from google.rpc.RetryInfo.
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -45,6 +56,7 @@ class StatusError(PromptgateError):
         domain: str = "",
         metadata: dict[str, str] | None = None,
         violations: list[FieldViolation] | None = None,
+        preconditions: list[PreconditionViolation] | None = None,
         retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
@@ -55,6 +67,7 @@ class StatusError(PromptgateError):
         self.domain = domain
         self.metadata = metadata or {}
         self.violations = violations or []
+        self.preconditions = preconditions or []
         self.retry_delay = retry_delay
 
     def __str__(self) -> str:
@@ -178,6 +191,12 @@ def _add_details(error: StatusError, raw: bytes) -> None:
             detail.Unpack(bad)
             error.violations = [
                 FieldViolation(v.field, v.description) for v in bad.field_violations
+            ]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            error.preconditions = [
+                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
             ]
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()

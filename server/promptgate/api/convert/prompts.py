@@ -38,6 +38,7 @@ from promptgate.execution.model import (
     InlineTarget,
     Rendering,
 )
+from promptgate.prompts.compatibility import BreakingChangeType, CompatibilityReport
 from promptgate.prompts.model import (
     CacheMode,
     CachePolicy,
@@ -343,6 +344,31 @@ def split_entries_from_proto(entries: Iterable[ppb.VersionWeight]) -> tuple[Vers
     """SetReleaseTagRequest.splits as domain entries (checked by the catalog)."""
     return tuple(
         VersionWeight(version=e.version, version_id=e.version_id, weight=e.weight) for e in entries
+    )
+
+
+_BREAKING_CHANGE_TYPES_PB = {
+    BreakingChangeType.VARIABLE_REMOVED: ppb.BREAKING_CHANGE_TYPE_VARIABLE_REMOVED,
+    BreakingChangeType.VARIABLE_TYPE_CHANGED: ppb.BREAKING_CHANGE_TYPE_VARIABLE_TYPE_CHANGED,
+    BreakingChangeType.VARIABLE_NOW_REQUIRED: ppb.BREAKING_CHANGE_TYPE_VARIABLE_NOW_REQUIRED,
+}
+
+
+def compatibility_to_proto(report: CompatibilityReport) -> ppb.CompatibilityReport:
+    """A domain CompatibilityReport as a message."""
+    return ppb.CompatibilityReport(
+        release_tag=report.release_tag,
+        versions=list(report.versions),
+        compatible=report.compatible,
+        breaking_changes=[
+            ppb.BreakingChange(
+                type=_BREAKING_CHANGE_TYPES_PB[c.type],
+                variable=c.variable,
+                description=c.description,
+                version=c.version,
+            )
+            for c in report.changes
+        ],
     )
 
 

@@ -220,7 +220,9 @@ class PromptServiceServicer:
 
     def SetReleaseTag(self, request, context):
         """Points a release tag at a version, or splits its traffic between versions
-        (an A/B test), recording the move in the tag history.
+        (an A/B test), recording the move in the tag history. A move to versions
+        whose input variables break the callers of the version(s) the tag serves
+        now is refused unless allow_breaking_changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,7 +64,9 @@ class PromptServiceStub:
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]
     """Points a release tag at a version, or splits its traffic between versions
-    (an A/B test), recording the move in the tag history.
+    (an A/B test), recording the move in the tag history. A move to versions
+    whose input variables break the callers of the version(s) the tag serves
+    now is refused unless allow_breaking_changes.
     """
     ListReleaseTags: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]
     """Lists a prompt's release tags, including "latest"."""
@@ -138,7 +140,9 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """Lists a prompt's versions, newest first."""
     SetReleaseTag: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetReleaseTagRequest, _prompt_service_pb2.SetReleaseTagResponse]  # type: ignore[assignment]
     """Points a release tag at a version, or splits its traffic between versions
-    (an A/B test), recording the move in the tag history.
+    (an A/B test), recording the move in the tag history. A move to versions
+    whose input variables break the callers of the version(s) the tag serves
+    now is refused unless allow_breaking_changes.
     """
     ListReleaseTags: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListReleaseTagsRequest, _prompt_service_pb2.ListReleaseTagsResponse]  # type: ignore[assignment]
     """Lists a prompt's release tags, including "latest"."""
@@ -263,7 +267,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.SetReleaseTagResponse, _abc.Awaitable[_prompt_service_pb2.SetReleaseTagResponse]]:
         """Points a release tag at a version, or splits its traffic between versions
-        (an A/B test), recording the move in the tag history.
+        (an A/B test), recording the move in the tag history. A move to versions
+        whose input variables break the callers of the version(s) the tag serves
+        now is refused unless allow_breaking_changes.
         """
 
     @_abc_1.abstractmethod

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from promptgate_client.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _BreakingChangeType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakingChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakingChangeType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAKING_CHANGE_TYPE_UNSPECIFIED: _BreakingChangeType.ValueType  # 0
+    """Not set."""
+    BREAKING_CHANGE_TYPE_VARIABLE_REMOVED: _BreakingChangeType.ValueType  # 1
+    """A variable callers may send is no longer declared."""
+    BREAKING_CHANGE_TYPE_VARIABLE_TYPE_CHANGED: _BreakingChangeType.ValueType  # 2
+    """A variable's type changed, so callers' values no longer fit."""
+    BREAKING_CHANGE_TYPE_VARIABLE_NOW_REQUIRED: _BreakingChangeType.ValueType  # 3
+    """A variable callers may omit became required: a new variable without a
+    default, or an existing one that lost its default.
+    """
+
+class BreakingChangeType(_BreakingChangeType, metaclass=_BreakingChangeTypeEnumTypeWrapper):
+    """The kind of an input-variable change that breaks callers of a version."""
+
+BREAKING_CHANGE_TYPE_UNSPECIFIED: BreakingChangeType.ValueType  # 0
+"""Not set."""
+BREAKING_CHANGE_TYPE_VARIABLE_REMOVED: BreakingChangeType.ValueType  # 1
+"""A variable callers may send is no longer declared."""
+BREAKING_CHANGE_TYPE_VARIABLE_TYPE_CHANGED: BreakingChangeType.ValueType  # 2
+"""A variable's type changed, so callers' values no longer fit."""
+BREAKING_CHANGE_TYPE_VARIABLE_NOW_REQUIRED: BreakingChangeType.ValueType  # 3
+"""A variable callers may omit became required: a new variable without a
+default, or an existing one that lost its default.
+"""
+Global___BreakingChangeType: _TypeAlias = BreakingChangeType  # noqa: Y015
 
 @_typing.final
 class Prompt(_message.Message):
@@ -410,6 +443,80 @@ class ReleaseTagEvent(_message.Message):
 Global___ReleaseTagEvent: _TypeAlias = ReleaseTagEvent  # noqa: Y015
 
 @_typing.final
+class BreakingChange(_message.Message):
+    """One change of input variables that breaks callers of a version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    VARIABLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    type: Global___BreakingChangeType.ValueType
+    """Output only. What kind of change."""
+    variable: _builtins.str
+    """Output only. The variable's name."""
+    description: _builtins.str
+    """Output only. A human-readable explanation."""
+    version: _builtins.int
+    """Output only. The version whose callers it breaks."""
+    def __init__(
+        self,
+        *,
+        type: Global___BreakingChangeType.ValueType = ...,
+        variable: _builtins.str = ...,
+        description: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "type", b"type", "variable", b"variable", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakingChange: _TypeAlias = BreakingChange  # noqa: Y015
+
+@_typing.final
+class CompatibilityReport(_message.Message):
+    """How a version's input variables compare with those of the version(s) a
+    release tag serves (several when the tag is split between versions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_TAG_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    COMPATIBLE_FIELD_NUMBER: _builtins.int
+    BREAKING_CHANGES_FIELD_NUMBER: _builtins.int
+    release_tag: _builtins.str
+    """Output only. The release tag compared with, e.g. "production"."""
+    compatible: _builtins.bool
+    """Output only. True when no change breaks the tag's callers."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Output only. The version numbers the tag serves."""
+
+    @_builtins.property
+    def breaking_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakingChange]:
+        """Output only. Every breaking change, per served version."""
+
+    def __init__(
+        self,
+        *,
+        release_tag: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
+        compatible: _builtins.bool = ...,
+        breaking_changes: _abc.Iterable[Global___BreakingChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaking_changes", b"breaking_changes", "compatible", b"compatible", "release_tag", b"release_tag", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompatibilityReport: _TypeAlias = CompatibilityReport  # noqa: Y015
+
+@_typing.final
 class CreatePromptRequest(_message.Message):
     """Request for CreatePrompt."""
 
@@ -694,15 +801,31 @@ class CreatePromptVersionRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     RELEASE_TAGS_FIELD_NUMBER: _builtins.int
+    ALLOW_BREAKING_CHANGES_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Required. The prompt's id or name."""
+    allow_breaking_changes: _builtins.bool
+    """Optional. Move release_tags even when the new version breaks their callers."""
+    validate_only: _builtins.bool
+    """Optional. Validate the request, check the tag moves and report
+    compatibility, but create nothing (AIP-163). The response holds the
+    version as it would be stored, without id or create_time. The content
+    and tag names are checked before the prompt is looked up, so for a prompt
+    that does not exist yet INVALID_ARGUMENT means bad content and NOT_FOUND
+    means the content is valid.
+    """
     @_builtins.property
     def version(self) -> Global___PromptVersion:
         """Required. The version's content; output-only fields are ignored."""
 
     @_builtins.property
     def release_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Release tags to point at the new version, e.g. ["production"]."""
+        """Optional. Release tags to point at the new version, e.g. ["production"].
+        A tag whose callers the new version's input variables would break is not
+        moved: the call fails with FAILED_PRECONDITION (BREAKING_CHANGE) and
+        nothing is created, unless allow_breaking_changes is set.
+        """
 
     def __init__(
         self,
@@ -710,10 +833,12 @@ class CreatePromptVersionRequest(_message.Message):
         prompt: _builtins.str = ...,
         version: Global___PromptVersion | None = ...,
         release_tags: _abc.Iterable[_builtins.str] | None = ...,
+        allow_breaking_changes: _builtins.bool = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "release_tags", b"release_tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_breaking_changes", b"allow_breaking_changes", "prompt", b"prompt", "release_tags", b"release_tags", "validate_only", b"validate_only", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -726,18 +851,27 @@ class CreatePromptVersionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
+    COMPATIBILITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def version(self) -> Global___PromptVersion:
         """The new version."""
+
+    @_builtins.property
+    def compatibility(self) -> Global___CompatibilityReport:
+        """Output only. How the new version's input variables compare with those
+        of the version(s) "production" served before the call; unset when the
+        prompt has no "production" tag.
+        """
 
     def __init__(
         self,
         *,
         version: Global___PromptVersion | None = ...,
+        compatibility: Global___CompatibilityReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compatibility", b"compatibility", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compatibility", b"compatibility", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -873,7 +1007,9 @@ class SetReleaseTagRequest(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     VERSION_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_BREAKING_CHANGES_FIELD_NUMBER: _builtins.int
     SPLITS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Required. The prompt's id or name."""
     tag: _builtins.str
@@ -884,6 +1020,16 @@ class SetReleaseTagRequest(_message.Message):
     """The version number."""
     version_id: _builtins.str
     """The version id."""
+    allow_breaking_changes: _builtins.bool
+    """Optional. Move the tag even when the version's (or a split version's)
+    input variables break the callers of the version(s) the tag serves now.
+    Without it such a move fails with FAILED_PRECONDITION (BREAKING_CHANGE),
+    with a google.rpc.PreconditionFailure violation per breaking change.
+    """
+    validate_only: _builtins.bool
+    """Optional. Check the move (including the breaking-change check) without
+    making it (AIP-163). The response holds the tag as it would be.
+    """
     @_builtins.property
     def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionWeight]:
         """Optional. Instead of a version: split the tag's traffic between 2 to 10
@@ -898,11 +1044,13 @@ class SetReleaseTagRequest(_message.Message):
         tag: _builtins.str = ...,
         version: _builtins.int = ...,
         version_id: _builtins.str = ...,
+        allow_breaking_changes: _builtins.bool = ...,
         splits: _abc.Iterable[Global___VersionWeight] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "selector", b"selector", "splits", b"splits", "tag", b"tag", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_breaking_changes", b"allow_breaking_changes", "prompt", b"prompt", "selector", b"selector", "splits", b"splits", "tag", b"tag", "validate_only", b"validate_only", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["version", "version_id"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015

@@ -2,8 +2,8 @@
 // @generated from file promptgate/v1/prompt_service.proto (package promptgate.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { CachePolicy, ChatMessage, InlinePrompt, InputVariable, ModelParameters, PromptInput, PromptTemplateMessage, RawOverrides, ResponseFormat, Routing, Tool, ToolChoice } from "./common_pb.js";
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file promptgate/v1/prompt_service.proto.
  */
 export const file_promptgate_v1_prompt_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpgFCg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeRI8CghwYXJ0aWFscxgQIAMoCzIqLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbi5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQipwEKE0NyZWF0ZVByb21wdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI+CgZsYWJlbHMYAyADKAsyLi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChRDcmVhdGVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIiChBHZXRQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSI6ChFHZXRQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJnChJMaXN0UHJvbXB0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJWChNMaXN0UHJvbXB0c1Jlc3BvbnNlEiYKB3Byb21wdHMYASADKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoUQXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIj4KFUFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCIoChZVbmFyY2hpdmVQcm9tcHRSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCSJAChdVbmFyY2hpdmVQcm9tcHRSZXNwb25zZRIlCgZwcm9tcHQYASABKAsyFS5wcm9tcHRnYXRlLnYxLlByb21wdCJxChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkiTAobQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24idQoXR2V0UHJvbXB0VmVyc2lvblJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEhEKB3ZlcnNpb24YAiABKAVIABIUCgp2ZXJzaW9uX2lkGAMgASgJSAASFQoLcmVsZWFzZV90YWcYBCABKAlIAEIKCghzZWxlY3RvciJJChhHZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbiJSChlMaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChpMaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRIuCgh2ZXJzaW9ucxgBIAMoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkilgEKFFNldFJlbGVhc2VUYWdSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoHdmVyc2lvbhgDIAEoBUgAEhQKCnZlcnNpb25faWQYBCABKAlIABIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHRCCgoIc2VsZWN0b3IiRwoVU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEi4KC3JlbGVhc2VfdGFnGAEgASgLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnIigKFkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkoKF0xpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEi8KDHJlbGVhc2VfdGFncxgBIAMoCzIZLnByb21wdGdhdGUudjEuUmVsZWFzZVRhZyJiChxMaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRILCgN0YWcYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiaAodTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USLgoGZXZlbnRzGAEgAygLMh4ucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuEDChNSZW5kZXJQcm9tcHRSZXF1ZXN0EhAKBnByb21wdBgBIAEoCUgAEjQKDWlubGluZV9wcm9tcHQYAiABKAsyGy5wcm9tcHRnYXRlLnYxLklubGluZVByb21wdEgAEhMKC3JlbGVhc2VfdGFnGAMgASgJEg8KB3ZlcnNpb24YBCABKAUSKgoGaW5wdXRzGAUgAygLMhoucHJvbXB0Z2F0ZS52MS5Qcm9tcHRJbnB1dBIyCgpwYXJhbWV0ZXJzGAYgASgLMh4ucHJvbXB0Z2F0ZS52MS5Nb2RlbFBhcmFtZXRlcnMSNgoPcmVzcG9uc2VfZm9ybWF0GAcgASgLMh0ucHJvbXB0Z2F0ZS52MS5SZXNwb25zZUZvcm1hdBIiCgV0b29scxgIIAMoCzITLnByb21wdGdhdGUudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgJIAEoCzIZLnByb21wdGdhdGUudjEuVG9vbENob2ljZRIyCg1yYXdfb3ZlcnJpZGVzGAogASgLMhsucHJvbXB0Z2F0ZS52MS5SYXdPdmVycmlkZXMSDQoFbW9kZWwYCyABKAkSEAoIcHJvdmlkZXIYDCABKAkSEQoJc3BsaXRfa2V5GA0gASgJQggKBnRhcmdldCL7AgoUUmVuZGVyUHJvbXB0UmVzcG9uc2USLAoIbWVzc2FnZXMYASADKAsyGi5wcm9tcHRnYXRlLnYxLkNoYXRNZXNzYWdlEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEjEKEHByb3ZpZGVyX3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCXByb21wdF9pZBgFIAEoCRIZChFwcm9tcHRfdmVyc2lvbl9pZBgGIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgHIAEoBRITCgtyZWxlYXNlX3RhZxgIIAEoCRIQCghzcGxpdF9pZBgJIAEoCRJDCghwYXJ0aWFscxgKIAMoCzIxLnByb21wdGdhdGUudjEuUmVuZGVyUHJvbXB0UmVzcG9uc2UuUGFydGlhbHNFbnRyeRovCg1QYXJ0aWFsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEixAEKB1BhcnRpYWwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghhcmNoaXZlZBgEIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgFIAEoBRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsBCg5QYXJ0aWFsVmVyc2lvbhIKCgJpZBgBIAEoCRISCgpwYXJ0aWFsX2lkGAIgASgJEg8KB3BhcnRpYWwYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIPCgdjb250ZW50GAUgASgJEhMKC2Rlc2NyaXB0aW9uGAYgASgJEhAKCGluY2x1ZGVzGAcgAygJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJnChRDcmVhdGVQYXJ0aWFsUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg8KB2NvbnRlbnQYAyABKAkSGwoTdmVyc2lvbl9kZXNjcmlwdGlvbhgEIAEoCSJwChVDcmVhdGVQYXJ0aWFsUmVzcG9uc2USJwoHcGFydGlhbBgBIAEoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbBIuCgd2ZXJzaW9uGAIgASgLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbiIkChFHZXRQYXJ0aWFsUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJIj0KEkdldFBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsImgKE0xpc3RQYXJ0aWFsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFQoNc2hvd19hcmNoaXZlZBgDIAEoCBITCgtuYW1lX3ByZWZpeBgEIAEoCSJZChRMaXN0UGFydGlhbHNSZXNwb25zZRIoCghwYXJ0aWFscxgBIAMoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKAoVQXJjaGl2ZVBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiQQoWQXJjaGl2ZVBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsIioKF1VuYXJjaGl2ZVBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiQwoYVW5hcmNoaXZlUGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiVAobQ3JlYXRlUGFydGlhbFZlcnNpb25SZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSDwoHY29udGVudBgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSJOChxDcmVhdGVQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEi4KB3ZlcnNpb24YASABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIjwKGEdldFBhcnRpYWxWZXJzaW9uUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJEg8KB3ZlcnNpb24YAiABKAUiSwoZR2V0UGFydGlhbFZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbiJUChpMaXN0UGFydGlhbFZlcnNpb25zUmVxdWVzdBIPCgdwYXJ0aWFsGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImcKG0xpc3RQYXJ0aWFsVmVyc2lvbnNSZXNwb25zZRIvCgh2ZXJzaW9ucxgBIAMoCzIdLnByb21wdGdhdGUudjEuUGFydGlhbFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMqgPCg1Qcm9tcHRTZXJ2aWNlElcKDENyZWF0ZVByb21wdBIiLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdBojLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVzcG9uc2USTgoJR2V0UHJvbXB0Eh8ucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXF1ZXN0GiAucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRSZXNwb25zZRJUCgtMaXN0UHJvbXB0cxIhLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXF1ZXN0GiIucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0c1Jlc3BvbnNlEloKDUFyY2hpdmVQcm9tcHQSIy5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQcm9tcHRSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVzcG9uc2USYAoPVW5hcmNoaXZlUHJvbXB0EiUucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXF1ZXN0GiYucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQcm9tcHRSZXNwb25zZRJsChNDcmVhdGVQcm9tcHRWZXJzaW9uEikucHJvbXB0Z2F0ZS52MS5DcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBoqLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlc3BvbnNlEmMKEEdldFByb21wdFZlcnNpb24SJi5wcm9tcHRnYXRlLnYxLkdldFByb21wdFZlcnNpb25SZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVzcG9uc2USaQoSTGlzdFByb21wdFZlcnNpb25zEigucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXF1ZXN0GikucHJvbXB0Z2F0ZS52MS5MaXN0UHJvbXB0VmVyc2lvbnNSZXNwb25zZRJaCg1TZXRSZWxlYXNlVGFnEiMucHJvbXB0Z2F0ZS52MS5TZXRSZWxlYXNlVGFnUmVxdWVzdBokLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1Jlc3BvbnNlEmAKD0xpc3RSZWxlYXNlVGFncxIlLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBomLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2UScgoVTGlzdFJlbGVhc2VUYWdIaXN0b3J5EisucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXF1ZXN0GiwucHJvbXB0Z2F0ZS52MS5MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRJXCgxSZW5kZXJQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLlJlbmRlclByb21wdFJlc3BvbnNlEloKDUNyZWF0ZVBhcnRpYWwSIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVBhcnRpYWxSZXF1ZXN0GiQucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsUmVzcG9uc2USUQoKR2V0UGFydGlhbBIgLnByb21wdGdhdGUudjEuR2V0UGFydGlhbFJlcXVlc3QaIS5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxSZXNwb25zZRJXCgxMaXN0UGFydGlhbHMSIi5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsc1JlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsc1Jlc3BvbnNlEl0KDkFyY2hpdmVQYXJ0aWFsEiQucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUGFydGlhbFJlcXVlc3QaJS5wcm9tcHRnYXRlLnYxLkFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USYwoQVW5hcmNoaXZlUGFydGlhbBImLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUGFydGlhbFJlcXVlc3QaJy5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVBhcnRpYWxSZXNwb25zZRJvChRDcmVhdGVQYXJ0aWFsVmVyc2lvbhIqLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFZlcnNpb25SZXF1ZXN0GisucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEmYKEUdldFBhcnRpYWxWZXJzaW9uEicucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsVmVyc2lvblJlcXVlc3QaKC5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxWZXJzaW9uUmVzcG9uc2USbAoTTGlzdFBhcnRpYWxWZXJzaW9ucxIpLnByb21wdGdhdGUudjEuTGlzdFBhcnRpYWxWZXJzaW9uc1JlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXNwb25zZUJIWkZnaXRodWIuY29tL3Byb21wdGdhdGUvcHJvbXB0Z2F0ZS9jbGllbnRzL2dvL3Byb21wdGdhdGUvdjE7cHJvbXB0Z2F0ZXYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
+  fileDesc("CiJwcm9tcHRnYXRlL3YxL3Byb21wdF9zZXJ2aWNlLnByb3RvEg1wcm9tcHRnYXRlLnYxItYCCgZQcm9tcHQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIxCgZsYWJlbHMYBCADKAsyIS5wcm9tcHRnYXRlLnYxLlByb21wdC5MYWJlbHNFbnRyeRIQCghhcmNoaXZlZBgFIAEoCBIWCg5sYXRlc3RfdmVyc2lvbhgGIAEoBRIvCgxyZWxlYXNlX3RhZ3MYByADKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWcSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpgFCg1Qcm9tcHRWZXJzaW9uEgoKAmlkGAEgASgJEhEKCXByb21wdF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEjYKCG1lc3NhZ2VzGAQgAygLMiQucHJvbXB0Z2F0ZS52MS5Qcm9tcHRUZW1wbGF0ZU1lc3NhZ2USEAoIcHJvdmlkZXIYBSABKAkSDQoFbW9kZWwYBiABKAkSMgoKcGFyYW1ldGVycxgHIAEoCzIeLnByb21wdGdhdGUudjEuTW9kZWxQYXJhbWV0ZXJzEjUKD2lucHV0X3ZhcmlhYmxlcxgIIAMoCzIcLnByb21wdGdhdGUudjEuSW5wdXRWYXJpYWJsZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAogAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEhMKC2Rlc2NyaXB0aW9uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdyb3V0aW5nGA4gASgLMhYucHJvbXB0Z2F0ZS52MS5Sb3V0aW5nEikKBWNhY2hlGA8gASgLMhoucHJvbXB0Z2F0ZS52MS5DYWNoZVBvbGljeRI8CghwYXJ0aWFscxgQIAMoCzIqLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbi5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKuAQoKUmVsZWFzZVRhZxILCgN0YWcYASABKAkSDwoHdmVyc2lvbhgCIAEoBRISCgp2ZXJzaW9uX2lkGAMgASgJEhEKCWF1dG9tYXRpYxgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoFc3BsaXQYBiABKAsyGy5wcm9tcHRnYXRlLnYxLlRyYWZmaWNTcGxpdCJ6CgxUcmFmZmljU3BsaXQSCgoCaWQYASABKAkSLgoIdmVyc2lvbnMYAiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgFEhIKCnZlcnNpb25faWQYAiABKAkSDgoGd2VpZ2h0GAMgASgBIrMBCg9SZWxlYXNlVGFnRXZlbnQSCwoDdGFnGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEgoKdmVyc2lvbl9pZBgDIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAQgASgFEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXNwbGl0GAYgASgLMhsucHJvbXB0Z2F0ZS52MS5UcmFmZmljU3BsaXQieQoOQnJlYWtpbmdDaGFuZ2USLwoEdHlwZRgBIAEoDjIhLnByb21wdGdhdGUudjEuQnJlYWtpbmdDaGFuZ2VUeXBlEhAKCHZhcmlhYmxlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg8KB3ZlcnNpb24YBCABKAUiiQEKE0NvbXBhdGliaWxpdHlSZXBvcnQSEwoLcmVsZWFzZV90YWcYASABKAkSEAoIdmVyc2lvbnMYAiADKAUSEgoKY29tcGF0aWJsZRgDIAEoCBI3ChBicmVha2luZ19jaGFuZ2VzGAQgAygLMh0ucHJvbXB0Z2F0ZS52MS5CcmVha2luZ0NoYW5nZSKnAQoTQ3JlYXRlUHJvbXB0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEj4KBmxhYmVscxgDIAMoCzIuLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0UmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFENyZWF0ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IiIKEEdldFByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIjoKEUdldFByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0ImcKEkxpc3RQcm9tcHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlYKE0xpc3RQcm9tcHRzUmVzcG9uc2USJgoHcHJvbXB0cxgBIAMoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChRBcmNoaXZlUHJvbXB0UmVxdWVzdBIOCgZwcm9tcHQYASABKAkiPgoVQXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IigKFlVuYXJjaGl2ZVByb21wdFJlcXVlc3QSDgoGcHJvbXB0GAEgASgJIkAKF1VuYXJjaGl2ZVByb21wdFJlc3BvbnNlEiUKBnByb21wdBgBIAEoCzIVLnByb21wdGdhdGUudjEuUHJvbXB0IqgBChpDcmVhdGVQcm9tcHRWZXJzaW9uUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSLQoHdmVyc2lvbhgCIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhIUCgxyZWxlYXNlX3RhZ3MYAyADKAkSHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgEIAEoCBIVCg12YWxpZGF0ZV9vbmx5GAUgASgIIocBChtDcmVhdGVQcm9tcHRWZXJzaW9uUmVzcG9uc2USLQoHdmVyc2lvbhgBIAEoCzIcLnByb21wdGdhdGUudjEuUHJvbXB0VmVyc2lvbhI5Cg1jb21wYXRpYmlsaXR5GAIgASgLMiIucHJvbXB0Z2F0ZS52MS5Db21wYXRpYmlsaXR5UmVwb3J0InUKF0dldFByb21wdFZlcnNpb25SZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgFSAASFAoKdmVyc2lvbl9pZBgDIAEoCUgAEhUKC3JlbGVhc2VfdGFnGAQgASgJSABCCgoIc2VsZWN0b3IiSQoYR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEi0KB3ZlcnNpb24YASABKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24iUgoZTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZQoaTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USLgoIdmVyc2lvbnMYASADKAsyHC5wcm9tcHRnYXRlLnYxLlByb21wdFZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIs0BChRTZXRSZWxlYXNlVGFnUmVxdWVzdBIOCgZwcm9tcHQYASABKAkSCwoDdGFnGAIgASgJEhEKB3ZlcnNpb24YAyABKAVIABIUCgp2ZXJzaW9uX2lkGAQgASgJSAASHgoWYWxsb3dfYnJlYWtpbmdfY2hhbmdlcxgFIAEoCBIsCgZzcGxpdHMYBiADKAsyHC5wcm9tcHRnYXRlLnYxLlZlcnNpb25XZWlnaHQSFQoNdmFsaWRhdGVfb25seRgHIAEoCEIKCghzZWxlY3RvciJHChVTZXRSZWxlYXNlVGFnUmVzcG9uc2USLgoLcmVsZWFzZV90YWcYASABKAsyGS5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWciKAoWTGlzdFJlbGVhc2VUYWdzUmVxdWVzdBIOCgZwcm9tcHQYASABKAkiSgoXTGlzdFJlbGVhc2VUYWdzUmVzcG9uc2USLwoMcmVsZWFzZV90YWdzGAEgAygLMhkucHJvbXB0Z2F0ZS52MS5SZWxlYXNlVGFnImIKHExpc3RSZWxlYXNlVGFnSGlzdG9yeVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEgsKA3RhZxgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJoCh1MaXN0UmVsZWFzZVRhZ0hpc3RvcnlSZXNwb25zZRIuCgZldmVudHMYASADKAsyHi5wcm9tcHRnYXRlLnYxLlJlbGVhc2VUYWdFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki4QMKE1JlbmRlclByb21wdFJlcXVlc3QSEAoGcHJvbXB0GAEgASgJSAASNAoNaW5saW5lX3Byb21wdBgCIAEoCzIbLnByb21wdGdhdGUudjEuSW5saW5lUHJvbXB0SAASEwoLcmVsZWFzZV90YWcYAyABKAkSDwoHdmVyc2lvbhgEIAEoBRIqCgZpbnB1dHMYBSADKAsyGi5wcm9tcHRnYXRlLnYxLlByb21wdElucHV0EjIKCnBhcmFtZXRlcnMYBiABKAsyHi5wcm9tcHRnYXRlLnYxLk1vZGVsUGFyYW1ldGVycxI2Cg9yZXNwb25zZV9mb3JtYXQYByABKAsyHS5wcm9tcHRnYXRlLnYxLlJlc3BvbnNlRm9ybWF0EiIKBXRvb2xzGAggAygLMhMucHJvbXB0Z2F0ZS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAkgASgLMhkucHJvbXB0Z2F0ZS52MS5Ub29sQ2hvaWNlEjIKDXJhd19vdmVycmlkZXMYCiABKAsyGy5wcm9tcHRnYXRlLnYxLlJhd092ZXJyaWRlcxINCgVtb2RlbBgLIAEoCRIQCghwcm92aWRlchgMIAEoCRIRCglzcGxpdF9rZXkYDSABKAlCCAoGdGFyZ2V0IvsCChRSZW5kZXJQcm9tcHRSZXNwb25zZRIsCghtZXNzYWdlcxgBIAMoCzIaLnByb21wdGdhdGUudjEuQ2hhdE1lc3NhZ2USEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoQcHJvdmlkZXJfcGF5bG9hZBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEQoJcHJvbXB0X2lkGAUgASgJEhkKEXByb21wdF92ZXJzaW9uX2lkGAYgASgJEhYKDnByb21wdF92ZXJzaW9uGAcgASgFEhMKC3JlbGVhc2VfdGFnGAggASgJEhAKCHNwbGl0X2lkGAkgASgJEkMKCHBhcnRpYWxzGAogAygLMjEucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZS5QYXJ0aWFsc0VudHJ5Gi8KDVBhcnRpYWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASLEAQoHUGFydGlhbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCGFyY2hpdmVkGAQgASgIEhYKDmxhdGVzdF92ZXJzaW9uGAUgASgFEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiuwEKDlBhcnRpYWxWZXJzaW9uEgoKAmlkGAEgASgJEhIKCnBhcnRpYWxfaWQYAiABKAkSDwoHcGFydGlhbBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgFEg8KB2NvbnRlbnQYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSEAoIaW5jbHVkZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImcKFENyZWF0ZVBhcnRpYWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDwoHY29udGVudBgDIAEoCRIbChN2ZXJzaW9uX2Rlc2NyaXB0aW9uGAQgASgJInAKFUNyZWF0ZVBhcnRpYWxSZXNwb25zZRInCgdwYXJ0aWFsGAEgASgLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsEi4KB3ZlcnNpb24YAiABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIiQKEUdldFBhcnRpYWxSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkiPQoSR2V0UGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiaAoTTGlzdFBhcnRpYWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2FyY2hpdmVkGAMgASgIEhMKC25hbWVfcHJlZml4GAQgASgJIlkKFExpc3RQYXJ0aWFsc1Jlc3BvbnNlEigKCHBhcnRpYWxzGAEgAygLMhYucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChVBcmNoaXZlUGFydGlhbFJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCSJBChZBcmNoaXZlUGFydGlhbFJlc3BvbnNlEicKB3BhcnRpYWwYASABKAsyFi5wcm9tcHRnYXRlLnYxLlBhcnRpYWwiKgoXVW5hcmNoaXZlUGFydGlhbFJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCSJDChhVbmFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USJwoHcGFydGlhbBgBIAEoCzIWLnByb21wdGdhdGUudjEuUGFydGlhbCJUChtDcmVhdGVQYXJ0aWFsVmVyc2lvblJlcXVlc3QSDwoHcGFydGlhbBgBIAEoCRIPCgdjb250ZW50GAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIk4KHENyZWF0ZVBhcnRpYWxWZXJzaW9uUmVzcG9uc2USLgoHdmVyc2lvbhgBIAEoCzIdLnByb21wdGdhdGUudjEuUGFydGlhbFZlcnNpb24iPAoYR2V0UGFydGlhbFZlcnNpb25SZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJLChlHZXRQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEi4KB3ZlcnNpb24YASABKAsyHS5wcm9tcHRnYXRlLnYxLlBhcnRpYWxWZXJzaW9uIlQKGkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXF1ZXN0Eg8KB3BhcnRpYWwYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZwobTGlzdFBhcnRpYWxWZXJzaW9uc1Jlc3BvbnNlEi8KCHZlcnNpb25zGAEgAygLMh0ucHJvbXB0Z2F0ZS52MS5QYXJ0aWFsVmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqxQEKEkJyZWFraW5nQ2hhbmdlVHlwZRIkCiBCUkVBS0lOR19DSEFOR0VfVFlQRV9VTlNQRUNJRklFRBAAEikKJUJSRUFLSU5HX0NIQU5HRV9UWVBFX1ZBUklBQkxFX1JFTU9WRUQQARIuCipCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9UWVBFX0NIQU5HRUQQAhIuCipCUkVBS0lOR19DSEFOR0VfVFlQRV9WQVJJQUJMRV9OT1dfUkVRVUlSRUQQAzKoDwoNUHJvbXB0U2VydmljZRJXCgxDcmVhdGVQcm9tcHQSIi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlcXVlc3QaIy5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFJlc3BvbnNlEk4KCUdldFByb21wdBIfLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVxdWVzdBogLnByb21wdGdhdGUudjEuR2V0UHJvbXB0UmVzcG9uc2USVAoLTGlzdFByb21wdHMSIS5wcm9tcHRnYXRlLnYxLkxpc3RQcm9tcHRzUmVxdWVzdBoiLnByb21wdGdhdGUudjEuTGlzdFByb21wdHNSZXNwb25zZRJaCg1BcmNoaXZlUHJvbXB0EiMucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUHJvbXB0UmVxdWVzdBokLnByb21wdGdhdGUudjEuQXJjaGl2ZVByb21wdFJlc3BvbnNlEmAKD1VuYXJjaGl2ZVByb21wdBIlLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVxdWVzdBomLnByb21wdGdhdGUudjEuVW5hcmNoaXZlUHJvbXB0UmVzcG9uc2USbAoTQ3JlYXRlUHJvbXB0VmVyc2lvbhIpLnByb21wdGdhdGUudjEuQ3JlYXRlUHJvbXB0VmVyc2lvblJlcXVlc3QaKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVByb21wdFZlcnNpb25SZXNwb25zZRJjChBHZXRQcm9tcHRWZXJzaW9uEiYucHJvbXB0Z2F0ZS52MS5HZXRQcm9tcHRWZXJzaW9uUmVxdWVzdBonLnByb21wdGdhdGUudjEuR2V0UHJvbXB0VmVyc2lvblJlc3BvbnNlEmkKEkxpc3RQcm9tcHRWZXJzaW9ucxIoLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVxdWVzdBopLnByb21wdGdhdGUudjEuTGlzdFByb21wdFZlcnNpb25zUmVzcG9uc2USWgoNU2V0UmVsZWFzZVRhZxIjLnByb21wdGdhdGUudjEuU2V0UmVsZWFzZVRhZ1JlcXVlc3QaJC5wcm9tcHRnYXRlLnYxLlNldFJlbGVhc2VUYWdSZXNwb25zZRJgCg9MaXN0UmVsZWFzZVRhZ3MSJS5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1JlcXVlc3QaJi5wcm9tcHRnYXRlLnYxLkxpc3RSZWxlYXNlVGFnc1Jlc3BvbnNlEnIKFUxpc3RSZWxlYXNlVGFnSGlzdG9yeRIrLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVxdWVzdBosLnByb21wdGdhdGUudjEuTGlzdFJlbGVhc2VUYWdIaXN0b3J5UmVzcG9uc2USVwoMUmVuZGVyUHJvbXB0EiIucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5SZW5kZXJQcm9tcHRSZXNwb25zZRJaCg1DcmVhdGVQYXJ0aWFsEiMucHJvbXB0Z2F0ZS52MS5DcmVhdGVQYXJ0aWFsUmVxdWVzdBokLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFJlc3BvbnNlElEKCkdldFBhcnRpYWwSIC5wcm9tcHRnYXRlLnYxLkdldFBhcnRpYWxSZXF1ZXN0GiEucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsUmVzcG9uc2USVwoMTGlzdFBhcnRpYWxzEiIucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbHNSZXF1ZXN0GiMucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbHNSZXNwb25zZRJdCg5BcmNoaXZlUGFydGlhbBIkLnByb21wdGdhdGUudjEuQXJjaGl2ZVBhcnRpYWxSZXF1ZXN0GiUucHJvbXB0Z2F0ZS52MS5BcmNoaXZlUGFydGlhbFJlc3BvbnNlEmMKEFVuYXJjaGl2ZVBhcnRpYWwSJi5wcm9tcHRnYXRlLnYxLlVuYXJjaGl2ZVBhcnRpYWxSZXF1ZXN0GicucHJvbXB0Z2F0ZS52MS5VbmFyY2hpdmVQYXJ0aWFsUmVzcG9uc2USbwoUQ3JlYXRlUGFydGlhbFZlcnNpb24SKi5wcm9tcHRnYXRlLnYxLkNyZWF0ZVBhcnRpYWxWZXJzaW9uUmVxdWVzdBorLnByb21wdGdhdGUudjEuQ3JlYXRlUGFydGlhbFZlcnNpb25SZXNwb25zZRJmChFHZXRQYXJ0aWFsVmVyc2lvbhInLnByb21wdGdhdGUudjEuR2V0UGFydGlhbFZlcnNpb25SZXF1ZXN0GigucHJvbXB0Z2F0ZS52MS5HZXRQYXJ0aWFsVmVyc2lvblJlc3BvbnNlEmwKE0xpc3RQYXJ0aWFsVmVyc2lvbnMSKS5wcm9tcHRnYXRlLnYxLkxpc3RQYXJ0aWFsVmVyc2lvbnNSZXF1ZXN0GioucHJvbXB0Z2F0ZS52MS5MaXN0UGFydGlhbFZlcnNpb25zUmVzcG9uc2VCSFpGZ2l0aHViLmNvbS9wcm9tcHRnYXRlL3Byb21wdGdhdGUvY2xpZW50cy9nby9wcm9tcHRnYXRlL3YxO3Byb21wdGdhdGV2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_promptgate_v1_common]);
 
 /**
  * A named prompt.
@@ -420,6 +420,91 @@ export const ReleaseTagEventSchema: GenMessage<ReleaseTagEvent> = /*@__PURE__*/
   messageDesc(file_promptgate_v1_prompt_service, 5);
 
 /**
+ * One change of input variables that breaks callers of a version.
+ *
+ * @generated from message promptgate.v1.BreakingChange
+ */
+export type BreakingChange = Message<"promptgate.v1.BreakingChange"> & {
+  /**
+   * Output only. What kind of change.
+   *
+   * @generated from field: promptgate.v1.BreakingChangeType type = 1;
+   */
+  type: BreakingChangeType;
+
+  /**
+   * Output only. The variable's name.
+   *
+   * @generated from field: string variable = 2;
+   */
+  variable: string;
+
+  /**
+   * Output only. A human-readable explanation.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * Output only. The version whose callers it breaks.
+   *
+   * @generated from field: int32 version = 4;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message promptgate.v1.BreakingChange.
+ * Use `create(BreakingChangeSchema)` to create a new message.
+ */
+export const BreakingChangeSchema: GenMessage<BreakingChange> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 6);
+
+/**
+ * How a version's input variables compare with those of the version(s) a
+ * release tag serves (several when the tag is split between versions).
+ *
+ * @generated from message promptgate.v1.CompatibilityReport
+ */
+export type CompatibilityReport = Message<"promptgate.v1.CompatibilityReport"> & {
+  /**
+   * Output only. The release tag compared with, e.g. "production".
+   *
+   * @generated from field: string release_tag = 1;
+   */
+  releaseTag: string;
+
+  /**
+   * Output only. The version numbers the tag serves.
+   *
+   * @generated from field: repeated int32 versions = 2;
+   */
+  versions: number[];
+
+  /**
+   * Output only. True when no change breaks the tag's callers.
+   *
+   * @generated from field: bool compatible = 3;
+   */
+  compatible: boolean;
+
+  /**
+   * Output only. Every breaking change, per served version.
+   *
+   * @generated from field: repeated promptgate.v1.BreakingChange breaking_changes = 4;
+   */
+  breakingChanges: BreakingChange[];
+};
+
+/**
+ * Describes the message promptgate.v1.CompatibilityReport.
+ * Use `create(CompatibilityReportSchema)` to create a new message.
+ */
+export const CompatibilityReportSchema: GenMessage<CompatibilityReport> = /*@__PURE__*/
+  messageDesc(file_promptgate_v1_prompt_service, 7);
+
+/**
  * Request for CreatePrompt.
  *
  * @generated from message promptgate.v1.CreatePromptRequest
@@ -452,7 +537,7 @@ export type CreatePromptRequest = Message<"promptgate.v1.CreatePromptRequest"> &
  * Use `create(CreatePromptRequestSchema)` to create a new message.
  */
 export const CreatePromptRequestSchema: GenMessage<CreatePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 6);
+  messageDesc(file_promptgate_v1_prompt_service, 8);
 
 /**
  * Response for CreatePrompt.
@@ -473,7 +558,7 @@ export type CreatePromptResponse = Message<"promptgate.v1.CreatePromptResponse">
  * Use `create(CreatePromptResponseSchema)` to create a new message.
  */
 export const CreatePromptResponseSchema: GenMessage<CreatePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 7);
+  messageDesc(file_promptgate_v1_prompt_service, 9);
 
 /**
  * Request for GetPrompt.
@@ -494,7 +579,7 @@ export type GetPromptRequest = Message<"promptgate.v1.GetPromptRequest"> & {
  * Use `create(GetPromptRequestSchema)` to create a new message.
  */
 export const GetPromptRequestSchema: GenMessage<GetPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 8);
+  messageDesc(file_promptgate_v1_prompt_service, 10);
 
 /**
  * Response for GetPrompt.
@@ -515,7 +600,7 @@ export type GetPromptResponse = Message<"promptgate.v1.GetPromptResponse"> & {
  * Use `create(GetPromptResponseSchema)` to create a new message.
  */
 export const GetPromptResponseSchema: GenMessage<GetPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 9);
+  messageDesc(file_promptgate_v1_prompt_service, 11);
 
 /**
  * Request for ListPrompts.
@@ -557,7 +642,7 @@ export type ListPromptsRequest = Message<"promptgate.v1.ListPromptsRequest"> & {
  * Use `create(ListPromptsRequestSchema)` to create a new message.
  */
 export const ListPromptsRequestSchema: GenMessage<ListPromptsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 10);
+  messageDesc(file_promptgate_v1_prompt_service, 12);
 
 /**
  * Response for ListPrompts.
@@ -585,7 +670,7 @@ export type ListPromptsResponse = Message<"promptgate.v1.ListPromptsResponse"> &
  * Use `create(ListPromptsResponseSchema)` to create a new message.
  */
 export const ListPromptsResponseSchema: GenMessage<ListPromptsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 11);
+  messageDesc(file_promptgate_v1_prompt_service, 13);
 
 /**
  * Request for ArchivePrompt.
@@ -606,7 +691,7 @@ export type ArchivePromptRequest = Message<"promptgate.v1.ArchivePromptRequest">
  * Use `create(ArchivePromptRequestSchema)` to create a new message.
  */
 export const ArchivePromptRequestSchema: GenMessage<ArchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 12);
+  messageDesc(file_promptgate_v1_prompt_service, 14);
 
 /**
  * Response for ArchivePrompt.
@@ -627,7 +712,7 @@ export type ArchivePromptResponse = Message<"promptgate.v1.ArchivePromptResponse
  * Use `create(ArchivePromptResponseSchema)` to create a new message.
  */
 export const ArchivePromptResponseSchema: GenMessage<ArchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 13);
+  messageDesc(file_promptgate_v1_prompt_service, 15);
 
 /**
  * Request for UnarchivePrompt.
@@ -648,7 +733,7 @@ export type UnarchivePromptRequest = Message<"promptgate.v1.UnarchivePromptReque
  * Use `create(UnarchivePromptRequestSchema)` to create a new message.
  */
 export const UnarchivePromptRequestSchema: GenMessage<UnarchivePromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 14);
+  messageDesc(file_promptgate_v1_prompt_service, 16);
 
 /**
  * Response for UnarchivePrompt.
@@ -669,7 +754,7 @@ export type UnarchivePromptResponse = Message<"promptgate.v1.UnarchivePromptResp
  * Use `create(UnarchivePromptResponseSchema)` to create a new message.
  */
 export const UnarchivePromptResponseSchema: GenMessage<UnarchivePromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 15);
+  messageDesc(file_promptgate_v1_prompt_service, 17);
 
 /**
  * Request for CreatePromptVersion.
@@ -693,10 +778,32 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
 
   /**
    * Optional. Release tags to point at the new version, e.g. ["production"].
+   * A tag whose callers the new version's input variables would break is not
+   * moved: the call fails with FAILED_PRECONDITION (BREAKING_CHANGE) and
+   * nothing is created, unless allow_breaking_changes is set.
    *
    * @generated from field: repeated string release_tags = 3;
    */
   releaseTags: string[];
+
+  /**
+   * Optional. Move release_tags even when the new version breaks their callers.
+   *
+   * @generated from field: bool allow_breaking_changes = 4;
+   */
+  allowBreakingChanges: boolean;
+
+  /**
+   * Optional. Validate the request, check the tag moves and report
+   * compatibility, but create nothing (AIP-163). The response holds the
+   * version as it would be stored, without id or create_time. The content
+   * and tag names are checked before the prompt is looked up, so for a prompt
+   * that does not exist yet INVALID_ARGUMENT means bad content and NOT_FOUND
+   * means the content is valid.
+   *
+   * @generated from field: bool validate_only = 5;
+   */
+  validateOnly: boolean;
 };
 
 /**
@@ -704,7 +811,7 @@ export type CreatePromptVersionRequest = Message<"promptgate.v1.CreatePromptVers
  * Use `create(CreatePromptVersionRequestSchema)` to create a new message.
  */
 export const CreatePromptVersionRequestSchema: GenMessage<CreatePromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 16);
+  messageDesc(file_promptgate_v1_prompt_service, 18);
 
 /**
  * Response for CreatePromptVersion.
@@ -718,6 +825,15 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
    * @generated from field: promptgate.v1.PromptVersion version = 1;
    */
   version?: PromptVersion | undefined;
+
+  /**
+   * Output only. How the new version's input variables compare with those
+   * of the version(s) "production" served before the call; unset when the
+   * prompt has no "production" tag.
+   *
+   * @generated from field: promptgate.v1.CompatibilityReport compatibility = 2;
+   */
+  compatibility?: CompatibilityReport | undefined;
 };
 
 /**
@@ -725,7 +841,7 @@ export type CreatePromptVersionResponse = Message<"promptgate.v1.CreatePromptVer
  * Use `create(CreatePromptVersionResponseSchema)` to create a new message.
  */
 export const CreatePromptVersionResponseSchema: GenMessage<CreatePromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 17);
+  messageDesc(file_promptgate_v1_prompt_service, 19);
 
 /**
  * Request for GetPromptVersion.
@@ -778,7 +894,7 @@ export type GetPromptVersionRequest = Message<"promptgate.v1.GetPromptVersionReq
  * Use `create(GetPromptVersionRequestSchema)` to create a new message.
  */
 export const GetPromptVersionRequestSchema: GenMessage<GetPromptVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 18);
+  messageDesc(file_promptgate_v1_prompt_service, 20);
 
 /**
  * Response for GetPromptVersion.
@@ -799,7 +915,7 @@ export type GetPromptVersionResponse = Message<"promptgate.v1.GetPromptVersionRe
  * Use `create(GetPromptVersionResponseSchema)` to create a new message.
  */
 export const GetPromptVersionResponseSchema: GenMessage<GetPromptVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 19);
+  messageDesc(file_promptgate_v1_prompt_service, 21);
 
 /**
  * Request for ListPromptVersions.
@@ -834,7 +950,7 @@ export type ListPromptVersionsRequest = Message<"promptgate.v1.ListPromptVersion
  * Use `create(ListPromptVersionsRequestSchema)` to create a new message.
  */
 export const ListPromptVersionsRequestSchema: GenMessage<ListPromptVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 20);
+  messageDesc(file_promptgate_v1_prompt_service, 22);
 
 /**
  * Response for ListPromptVersions.
@@ -862,7 +978,7 @@ export type ListPromptVersionsResponse = Message<"promptgate.v1.ListPromptVersio
  * Use `create(ListPromptVersionsResponseSchema)` to create a new message.
  */
 export const ListPromptVersionsResponseSchema: GenMessage<ListPromptVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 21);
+  messageDesc(file_promptgate_v1_prompt_service, 23);
 
 /**
  * Request for SetReleaseTag.
@@ -910,6 +1026,16 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
   } | { case: undefined; value?: undefined };
 
   /**
+   * Optional. Move the tag even when the version's (or a split version's)
+   * input variables break the callers of the version(s) the tag serves now.
+   * Without it such a move fails with FAILED_PRECONDITION (BREAKING_CHANGE),
+   * with a google.rpc.PreconditionFailure violation per breaking change.
+   *
+   * @generated from field: bool allow_breaking_changes = 5;
+   */
+  allowBreakingChanges: boolean;
+
+  /**
    * Optional. Instead of a version: split the tag's traffic between 2 to 10
    * distinct versions by weight, for an A/B test; the first is the control.
    * One entry is a plain move to that version.
@@ -917,6 +1043,14 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
    * @generated from field: repeated promptgate.v1.VersionWeight splits = 6;
    */
   splits: VersionWeight[];
+
+  /**
+   * Optional. Check the move (including the breaking-change check) without
+   * making it (AIP-163). The response holds the tag as it would be.
+   *
+   * @generated from field: bool validate_only = 7;
+   */
+  validateOnly: boolean;
 };
 
 /**
@@ -924,7 +1058,7 @@ export type SetReleaseTagRequest = Message<"promptgate.v1.SetReleaseTagRequest">
  * Use `create(SetReleaseTagRequestSchema)` to create a new message.
  */
 export const SetReleaseTagRequestSchema: GenMessage<SetReleaseTagRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 22);
+  messageDesc(file_promptgate_v1_prompt_service, 24);
 
 /**
  * Response for SetReleaseTag.
@@ -945,7 +1079,7 @@ export type SetReleaseTagResponse = Message<"promptgate.v1.SetReleaseTagResponse
  * Use `create(SetReleaseTagResponseSchema)` to create a new message.
  */
 export const SetReleaseTagResponseSchema: GenMessage<SetReleaseTagResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 23);
+  messageDesc(file_promptgate_v1_prompt_service, 25);
 
 /**
  * Request for ListReleaseTags.
@@ -966,7 +1100,7 @@ export type ListReleaseTagsRequest = Message<"promptgate.v1.ListReleaseTagsReque
  * Use `create(ListReleaseTagsRequestSchema)` to create a new message.
  */
 export const ListReleaseTagsRequestSchema: GenMessage<ListReleaseTagsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 24);
+  messageDesc(file_promptgate_v1_prompt_service, 26);
 
 /**
  * Response for ListReleaseTags.
@@ -987,7 +1121,7 @@ export type ListReleaseTagsResponse = Message<"promptgate.v1.ListReleaseTagsResp
  * Use `create(ListReleaseTagsResponseSchema)` to create a new message.
  */
 export const ListReleaseTagsResponseSchema: GenMessage<ListReleaseTagsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 25);
+  messageDesc(file_promptgate_v1_prompt_service, 27);
 
 /**
  * Request for ListReleaseTagHistory.
@@ -1029,7 +1163,7 @@ export type ListReleaseTagHistoryRequest = Message<"promptgate.v1.ListReleaseTag
  * Use `create(ListReleaseTagHistoryRequestSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryRequestSchema: GenMessage<ListReleaseTagHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 26);
+  messageDesc(file_promptgate_v1_prompt_service, 28);
 
 /**
  * Response for ListReleaseTagHistory.
@@ -1057,7 +1191,7 @@ export type ListReleaseTagHistoryResponse = Message<"promptgate.v1.ListReleaseTa
  * Use `create(ListReleaseTagHistoryResponseSchema)` to create a new message.
  */
 export const ListReleaseTagHistoryResponseSchema: GenMessage<ListReleaseTagHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 27);
+  messageDesc(file_promptgate_v1_prompt_service, 29);
 
 /**
  * Request for RenderPrompt. The target and inputs are those of
@@ -1173,7 +1307,7 @@ export type RenderPromptRequest = Message<"promptgate.v1.RenderPromptRequest"> &
  * Use `create(RenderPromptRequestSchema)` to create a new message.
  */
 export const RenderPromptRequestSchema: GenMessage<RenderPromptRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 28);
+  messageDesc(file_promptgate_v1_prompt_service, 30);
 
 /**
  * Response for RenderPrompt.
@@ -1259,7 +1393,7 @@ export type RenderPromptResponse = Message<"promptgate.v1.RenderPromptResponse">
  * Use `create(RenderPromptResponseSchema)` to create a new message.
  */
 export const RenderPromptResponseSchema: GenMessage<RenderPromptResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 29);
+  messageDesc(file_promptgate_v1_prompt_service, 31);
 
 /**
  * A named template snippet that prompt templates include.
@@ -1324,7 +1458,7 @@ export type Partial$ = Message<"promptgate.v1.Partial"> & {
  * Use `create(PartialSchema)` to create a new message.
  */
 export const PartialSchema: GenMessage<Partial$> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 30);
+  messageDesc(file_promptgate_v1_prompt_service, 32);
 
 /**
  * An immutable version of a partial.
@@ -1394,7 +1528,7 @@ export type PartialVersion = Message<"promptgate.v1.PartialVersion"> & {
  * Use `create(PartialVersionSchema)` to create a new message.
  */
 export const PartialVersionSchema: GenMessage<PartialVersion> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 31);
+  messageDesc(file_promptgate_v1_prompt_service, 33);
 
 /**
  * Request for CreatePartial.
@@ -1438,7 +1572,7 @@ export type CreatePartialRequest = Message<"promptgate.v1.CreatePartialRequest">
  * Use `create(CreatePartialRequestSchema)` to create a new message.
  */
 export const CreatePartialRequestSchema: GenMessage<CreatePartialRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 32);
+  messageDesc(file_promptgate_v1_prompt_service, 34);
 
 /**
  * Response for CreatePartial.
@@ -1466,7 +1600,7 @@ export type CreatePartialResponse = Message<"promptgate.v1.CreatePartialResponse
  * Use `create(CreatePartialResponseSchema)` to create a new message.
  */
 export const CreatePartialResponseSchema: GenMessage<CreatePartialResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 33);
+  messageDesc(file_promptgate_v1_prompt_service, 35);
 
 /**
  * Request for GetPartial.
@@ -1487,7 +1621,7 @@ export type GetPartialRequest = Message<"promptgate.v1.GetPartialRequest"> & {
  * Use `create(GetPartialRequestSchema)` to create a new message.
  */
 export const GetPartialRequestSchema: GenMessage<GetPartialRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 34);
+  messageDesc(file_promptgate_v1_prompt_service, 36);
 
 /**
  * Response for GetPartial.
@@ -1508,7 +1642,7 @@ export type GetPartialResponse = Message<"promptgate.v1.GetPartialResponse"> & {
  * Use `create(GetPartialResponseSchema)` to create a new message.
  */
 export const GetPartialResponseSchema: GenMessage<GetPartialResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 35);
+  messageDesc(file_promptgate_v1_prompt_service, 37);
 
 /**
  * Request for ListPartials.
@@ -1550,7 +1684,7 @@ export type ListPartialsRequest = Message<"promptgate.v1.ListPartialsRequest"> &
  * Use `create(ListPartialsRequestSchema)` to create a new message.
  */
 export const ListPartialsRequestSchema: GenMessage<ListPartialsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 36);
+  messageDesc(file_promptgate_v1_prompt_service, 38);
 
 /**
  * Response for ListPartials.
@@ -1578,7 +1712,7 @@ export type ListPartialsResponse = Message<"promptgate.v1.ListPartialsResponse">
  * Use `create(ListPartialsResponseSchema)` to create a new message.
  */
 export const ListPartialsResponseSchema: GenMessage<ListPartialsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 37);
+  messageDesc(file_promptgate_v1_prompt_service, 39);
 
 /**
  * Request for ArchivePartial.
@@ -1599,7 +1733,7 @@ export type ArchivePartialRequest = Message<"promptgate.v1.ArchivePartialRequest
  * Use `create(ArchivePartialRequestSchema)` to create a new message.
  */
 export const ArchivePartialRequestSchema: GenMessage<ArchivePartialRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 38);
+  messageDesc(file_promptgate_v1_prompt_service, 40);
 
 /**
  * Response for ArchivePartial.
@@ -1620,7 +1754,7 @@ export type ArchivePartialResponse = Message<"promptgate.v1.ArchivePartialRespon
  * Use `create(ArchivePartialResponseSchema)` to create a new message.
  */
 export const ArchivePartialResponseSchema: GenMessage<ArchivePartialResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 39);
+  messageDesc(file_promptgate_v1_prompt_service, 41);
 
 /**
  * Request for UnarchivePartial.
@@ -1641,7 +1775,7 @@ export type UnarchivePartialRequest = Message<"promptgate.v1.UnarchivePartialReq
  * Use `create(UnarchivePartialRequestSchema)` to create a new message.
  */
 export const UnarchivePartialRequestSchema: GenMessage<UnarchivePartialRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 40);
+  messageDesc(file_promptgate_v1_prompt_service, 42);
 
 /**
  * Response for UnarchivePartial.
@@ -1662,7 +1796,7 @@ export type UnarchivePartialResponse = Message<"promptgate.v1.UnarchivePartialRe
  * Use `create(UnarchivePartialResponseSchema)` to create a new message.
  */
 export const UnarchivePartialResponseSchema: GenMessage<UnarchivePartialResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 41);
+  messageDesc(file_promptgate_v1_prompt_service, 43);
 
 /**
  * Request for CreatePartialVersion.
@@ -1697,7 +1831,7 @@ export type CreatePartialVersionRequest = Message<"promptgate.v1.CreatePartialVe
  * Use `create(CreatePartialVersionRequestSchema)` to create a new message.
  */
 export const CreatePartialVersionRequestSchema: GenMessage<CreatePartialVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 42);
+  messageDesc(file_promptgate_v1_prompt_service, 44);
 
 /**
  * Response for CreatePartialVersion.
@@ -1718,7 +1852,7 @@ export type CreatePartialVersionResponse = Message<"promptgate.v1.CreatePartialV
  * Use `create(CreatePartialVersionResponseSchema)` to create a new message.
  */
 export const CreatePartialVersionResponseSchema: GenMessage<CreatePartialVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 43);
+  messageDesc(file_promptgate_v1_prompt_service, 45);
 
 /**
  * Request for GetPartialVersion.
@@ -1746,7 +1880,7 @@ export type GetPartialVersionRequest = Message<"promptgate.v1.GetPartialVersionR
  * Use `create(GetPartialVersionRequestSchema)` to create a new message.
  */
 export const GetPartialVersionRequestSchema: GenMessage<GetPartialVersionRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 44);
+  messageDesc(file_promptgate_v1_prompt_service, 46);
 
 /**
  * Response for GetPartialVersion.
@@ -1767,7 +1901,7 @@ export type GetPartialVersionResponse = Message<"promptgate.v1.GetPartialVersion
  * Use `create(GetPartialVersionResponseSchema)` to create a new message.
  */
 export const GetPartialVersionResponseSchema: GenMessage<GetPartialVersionResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 45);
+  messageDesc(file_promptgate_v1_prompt_service, 47);
 
 /**
  * Request for ListPartialVersions.
@@ -1802,7 +1936,7 @@ export type ListPartialVersionsRequest = Message<"promptgate.v1.ListPartialVersi
  * Use `create(ListPartialVersionsRequestSchema)` to create a new message.
  */
 export const ListPartialVersionsRequestSchema: GenMessage<ListPartialVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 46);
+  messageDesc(file_promptgate_v1_prompt_service, 48);
 
 /**
  * Response for ListPartialVersions.
@@ -1830,7 +1964,49 @@ export type ListPartialVersionsResponse = Message<"promptgate.v1.ListPartialVers
  * Use `create(ListPartialVersionsResponseSchema)` to create a new message.
  */
 export const ListPartialVersionsResponseSchema: GenMessage<ListPartialVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_promptgate_v1_prompt_service, 47);
+  messageDesc(file_promptgate_v1_prompt_service, 49);
+
+/**
+ * The kind of an input-variable change that breaks callers of a version.
+ *
+ * @generated from enum promptgate.v1.BreakingChangeType
+ */
+export enum BreakingChangeType {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A variable callers may send is no longer declared.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_REMOVED = 1;
+   */
+  VARIABLE_REMOVED = 1,
+
+  /**
+   * A variable's type changed, so callers' values no longer fit.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_TYPE_CHANGED = 2;
+   */
+  VARIABLE_TYPE_CHANGED = 2,
+
+  /**
+   * A variable callers may omit became required: a new variable without a
+   * default, or an existing one that lost its default.
+   *
+   * @generated from enum value: BREAKING_CHANGE_TYPE_VARIABLE_NOW_REQUIRED = 3;
+   */
+  VARIABLE_NOW_REQUIRED = 3,
+}
+
+/**
+ * Describes the enum promptgate.v1.BreakingChangeType.
+ */
+export const BreakingChangeTypeSchema: GenEnum<BreakingChangeType> = /*@__PURE__*/
+  enumDesc(file_promptgate_v1_prompt_service, 0);
 
 /**
  * PromptService manages prompts: named containers of immutable, numbered
@@ -1931,7 +2107,9 @@ export const PromptService: GenService<{
   },
   /**
    * Points a release tag at a version, or splits its traffic between versions
-   * (an A/B test), recording the move in the tag history.
+   * (an A/B test), recording the move in the tag history. A move to versions
+   * whose input variables break the callers of the version(s) the tag serves
+   * now is refused unless allow_breaking_changes.
    *
    * @generated from rpc promptgate.v1.PromptService.SetReleaseTag
    */
