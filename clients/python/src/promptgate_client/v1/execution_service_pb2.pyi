@@ -494,6 +494,8 @@ class Execution(_message.Message):
     STREAMED_FIELD_NUMBER: _builtins.int
     ACTUALS_FIELD_NUMBER: _builtins.int
     ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
+    CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    CHAIN_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The execution id, "exe_..."."""
     state: _common_pb2.ExecutionState.ValueType
@@ -504,6 +506,12 @@ class Execution(_message.Message):
     """Output only. The prompt's name (empty for inline prompts)."""
     streamed: _builtins.bool
     """Output only. Whether the execution was streamed."""
+    chain_execution_id: _builtins.str
+    """Output only. The chain execution ("chx_...") this execution is a step
+    of; empty for executions outside chains.
+    """
+    chain_step: _builtins.str
+    """Output only. The name of the chain step this execution ran."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptInput]:
         """Output only. The inputs as given."""
@@ -559,10 +567,12 @@ class Execution(_message.Message):
         streamed: _builtins.bool = ...,
         actuals: _abc.Iterable[Global___Actual] | None = ...,
         attempt_log: _abc.Iterable[_common_pb2.ExecutionAttempt] | None = ...,
+        chain_execution_id: _builtins.str = ...,
+        chain_step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "meta", b"meta", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "chain_execution_id", b"chain_execution_id", "chain_step", b"chain_step", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +644,7 @@ class ListExecutionsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Optional. At most this many executions (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -646,6 +657,8 @@ class ListExecutionsRequest(_message.Message):
     """Optional. Only executions selected by this release tag."""
     state: _common_pb2.ExecutionState.ValueType
     """Optional. Only executions in this state."""
+    chain_execution_id: _builtins.str
+    """Optional. Only the steps of this chain execution ("chx_...")."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. Only executions created at or after this time."""
@@ -665,10 +678,11 @@ class ListExecutionsRequest(_message.Message):
         state: _common_pb2.ExecutionState.ValueType = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        chain_execution_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "prompt", b"prompt", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_execution_id", b"chain_execution_id", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "prompt", b"prompt", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
