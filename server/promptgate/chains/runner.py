@@ -188,7 +188,7 @@ class ChainRunner:
                         step.name,
                         ExecutionFailure(
                             "EXECUTION_TIMEOUT",
-                            f"the chain's time limit ran out before step {step.name!r}",
+                            "the chain's time limit ran out before the step started",
                         ),
                     )
                     break
