@@ -133,16 +133,13 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
             "ListChainVersions",
             "ListChainReleaseTags",
             "ListChainReleaseTagHistory",
+            "GetChainExecution",
+            "ListChainExecutions",
         )
     },
     **{
         f"ChainService/{name}": frozenset({Scope.EXECUTE})
-        for name in (
-            "ExecuteChain",
-            "ExecuteChainStream",
-            "GetChainExecution",
-            "ListChainExecutions",
-        )
+        for name in ("ExecuteChain", "ExecuteChainStream")
     },
 }
 
