@@ -661,6 +661,96 @@ async def test_cancelling_a_streamed_chain_cancels_and_records_the_running_step(
     assert recorded[1].meta.finish_reason == pb.FINISH_REASON_CANCELLED
 
 
+# Batches
+
+
+async def test_a_stored_chain_is_a_batch_target(pg: Running) -> None:
+    await store_support_prompts(pg)
+    stub = chains(pg)
+    chain = (await stub.CreateChain(cpb.CreateChainRequest(name="support"))).chain
+    await stub.CreateChainVersion(
+        cpb.CreateChainVersionRequest(
+            chain="support",
+            version=cpb.ChainVersion(steps=support_steps(), input_variables=[var("ticket")]),
+            release_tags=["production"],
+        )
+    )
+
+    def item(custom_id: str, *inputs: pb.PromptInput) -> epb.BatchItem:
+        return epb.BatchItem(custom_id=custom_id, inputs=list(inputs))
+
+    # Every item's inputs are checked against the chain before anything is stored.
+    _, fields = await bad_request(
+        pg.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                chain="support", items=[item("a", text("ticket", "x")), item("b")]
+            )
+        )
+    )
+    assert "missing required input 'ticket'" in fields["items[1].inputs"]
+    _, fields = await bad_request(
+        pg.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                chain="support",
+                items=[item("a", text("ticket", "x"))],
+                parameters=pb.ModelParameters(temperature=0.1),
+            )
+        )
+    )
+    assert "chain" in fields["parameters"]
+
+    created = (
+        await pg.executions.ExecuteBatch(
+            epb.ExecuteBatchRequest(
+                chain="support",
+                items=[item(f"t{i}", text("ticket", f"ticket {i}")) for i in range(3)],
+            )
+        )
+    ).batch
+    assert (created.chain_id, created.version, created.release_tag) == (chain.id, 1, "production")
+    assert created.prompt_id == ""
+    # A new version moved to production does not change the pinned batch.
+    await stub.CreateChainVersion(
+        cpb.CreateChainVersionRequest(
+            chain="support",
+            version=cpb.ChainVersion(steps=support_steps()[:1], input_variables=[var("ticket")]),
+            release_tags=["production"],
+        )
+    )
+    batch = await wait_done(pg, created.id)
+    assert batch.state == epb.BATCH_STATE_SUCCEEDED and batch.counts.succeeded == 3
+    results = (
+        await pg.executions.ListBatchResults(epb.ListBatchResultsRequest(batch_id=created.id))
+    ).results
+    assert [r.custom_id for r in results] == ["t0", "t1", "t2"]
+    for index, result in enumerate(results):
+        assert result.state == epb.BATCH_ITEM_STATE_FULFILLED
+        assert result.chain_execution_id.startswith("chx_") and result.execution_id == ""
+        assert result.outputs[0].string_value == mock_reply(f"Answer ticket {index} as billing")
+        assert result.meta.usage.output_tokens > 0
+        execution = (
+            await stub.GetChainExecution(
+                cpb.GetChainExecutionRequest(chain_execution_id=result.chain_execution_id)
+            )
+        ).chain_execution
+        assert execution.chain_version == 1 and len(execution.steps) == 2
+        assert execution.external_id == f"{created.id}/{index}"
+        assert execution.metadata["batch_custom_id"] == f"t{index}"
+        assert result.meta.usage.output_tokens == execution.usage.output_tokens
+        recorded = await chain_steps(pg, result.chain_execution_id)
+        assert [e.chain_step for e in recorded] == ["classify", "reply"]
+
+
+async def wait_done(running: Running, batch_id: str, limit_s: float = 60) -> epb.Batch:
+    terminal = {epb.BATCH_STATE_SUCCEEDED, epb.BATCH_STATE_FAILED, epb.BATCH_STATE_CANCELLED}
+    for _ in range(int(limit_s / 0.05)):
+        batch = (await running.executions.GetBatch(epb.GetBatchRequest(batch_id=batch_id))).batch
+        if batch.state in terminal:
+            return batch
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not finish")
+
+
 # Workspaces and PostgreSQL
 
 

@@ -31,6 +31,7 @@ ADDED_COLUMNS = {
     4: (
         ("executions", "chain_execution_id"),
         ("executions", "chain_step"),
+        ("batches", "chain_id"),
     ),
 }
 # The indexes each schema version added on existing tables (dropped before their columns).

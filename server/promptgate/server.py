@@ -362,6 +362,7 @@ class PromptgateServer:
                 webhook_secret=s.webhook_secret or "",
             ),
             worker_id=self.process_id,
+            chains=self.chains,
         )
         self.batches = BatchService(
             store,
@@ -378,6 +379,7 @@ class PromptgateServer:
                 default_release_tag=s.default_release_tag,
                 webhooks_enabled=bool(s.webhook_secret),
             ),
+            chains=self.chains,
         )
 
     async def stop(self, grace: float | None = None) -> None:

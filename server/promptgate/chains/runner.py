@@ -41,10 +41,12 @@ from promptgate.chains.model import (
     ChainRequest,
     ChainSpec,
     InlineChain,
+    ResolvedChain,
     StepDelta,
     StepFinished,
     StepResult,
     StepStarted,
+    StoredChain,
 )
 from promptgate.chains.planning import ChainPlanner, PlannedStep
 from promptgate.chains.store import ChainExecutionStore
@@ -130,6 +132,28 @@ class ChainRunner:
     async def check(self, request: ChainRequest) -> None:
         """Raise the RequestError ``request`` would fail with, without running it."""
         await self._plan(request)
+
+    async def resolve(self, workspace: str, target: StoredChain) -> ResolvedChain:
+        """The stored chain version ``target`` names (by version, else by tag)."""
+        if target.release_tag and target.version:
+            raise InvalidArgument.field("version", "give a release_tag or a version, not both")
+        return await self._catalog.resolve(
+            workspace,
+            target.chain,
+            tag=target.release_tag or self._limits.default_release_tag,
+            version=target.version,
+        )
+
+    async def check_inputs(
+        self, workspace: str, spec: ChainSpec, inputs: tuple[PromptInput, ...]
+    ) -> None:
+        """Raise the INVALID_ARGUMENT a run of ``spec`` with ``inputs`` would fail with."""
+        checked = self._planner.inputs(spec, inputs)
+        await self._planner.check(workspace, spec, field="chain", inputs=checked)
+
+    async def find_many(self, workspace: str, ids: list[str]) -> dict[str, ChainExecution]:
+        """The chain executions with these ids (without their steps' executions)."""
+        return await self._store.get_many(workspace, ids)
 
     async def drain(self, limit_s: float) -> None:
         """Wait (up to ``limit_s``) for the records of cancelled chains to be written."""
@@ -283,14 +307,7 @@ class ChainRunner:
                 request.workspace_id, target.spec, field="inline_chain", inputs=inputs
             )
             return _Plan(target.spec, steps, inputs)
-        if target.release_tag and target.version:
-            raise InvalidArgument.field("version", "give a release_tag or a version, not both")
-        resolved = await self._catalog.resolve(
-            request.workspace_id,
-            target.chain,
-            tag=target.release_tag or self._limits.default_release_tag,
-            version=target.version,
-        )
+        resolved = await self.resolve(request.workspace_id, target)
         spec = resolved.version.spec
         inputs = self._planner.inputs(spec, request.inputs)
         steps = await self._planner.check(request.workspace_id, spec, field="chain", inputs=inputs)

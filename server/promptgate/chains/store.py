@@ -9,6 +9,7 @@ meta are read from their executions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import update
@@ -108,6 +109,17 @@ class ChainExecutionStore:
             )
         await self.load_steps(execution)
         return execution
+
+    async def get_many(self, workspace: str, ids: Sequence[str]) -> dict[str, ChainExecution]:
+        """The chain executions with these ids (absent ones are left out), without step records."""
+        if not ids:
+            return {}
+        query = select(ChainExecutionRow).where(
+            ChainExecutionRow.workspace_id == workspace, col(ChainExecutionRow.id).in_(list(ids))
+        )
+        async with self._sessions() as session:
+            rows = (await session.exec(query)).all()
+        return {row.id: _execution(row) for row in rows}
 
     async def load_steps(self, execution: ChainExecution) -> None:
         """Attach each step's recorded execution to its result."""

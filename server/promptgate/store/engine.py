@@ -50,8 +50,10 @@ async def _split_columns(conn: AsyncConnection) -> None:
 
 
 async def _chain_columns(conn: AsyncConnection) -> None:
-    """Version 4: executions name the chain execution and step they ran as."""
+    """Version 4: executions name the chain execution and step they ran as; batches
+    name the chain their items run."""
     await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_execution_id VARCHAR(40)"))
+    await conn.execute(text("ALTER TABLE batches ADD COLUMN chain_id VARCHAR(40)"))
     await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_step VARCHAR(64)"))
     await conn.execute(text("CREATE INDEX ix_executions_chain ON executions (chain_execution_id)"))
 

@@ -350,6 +350,9 @@ class BatchRow(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     updated_at: datetime = _time()
+    # Chains (schema version 4): the stored chain the items run, instead of a
+    # prompt (version_id, version and release_tag are then the chain's).
+    chain_id: str | None = Field(default=None, max_length=40)
 
 
 class BatchItemRow(SQLModel, table=True):
