@@ -850,3 +850,46 @@ async def test_stored_chain_on_postgresql(postgres_url: str, start_server: Any) 
     recorded = await chain_steps(running, first.id)
     assert [e.chain_step for e in recorded] == ["classify", "reply"]
     assert json.loads(json.dumps([e.chain_execution_id for e in recorded])) == [first.id] * 2
+
+
+async def test_grpcurl_runs_the_readme_chain_through_reflection(pg: Running) -> None:
+    from tests.test_grpcurl import grpcurl
+
+    body = {
+        "inline_chain": {
+            "steps": [
+                {
+                    "name": "facts",
+                    "output_variable": "facts",
+                    "inline_prompt": {
+                        "model": "mock-1",
+                        "prompt": "Facts about {{ topic }} as JSON",
+                        "response_format": {"type": "TYPE_JSON_OBJECT"},
+                        "parameters": {
+                            "extra": {"mock": {"text": '{"topic": "otters", "count": 3}'}}
+                        },
+                    },
+                },
+                {
+                    "name": "summary",
+                    "output_variable": "question",
+                    "inline_prompt": {
+                        "model": "mock-1",
+                        "prompt": "Summarise {{ facts.count }} facts on {{ facts.topic }}",
+                    },
+                },
+                {"name": "answer", "prompt": "demo", "output_variable": "answer"},
+            ]
+        },
+        "inputs": [{"name": "topic", "string_value": "sea otters"}],
+    }
+    listed = await grpcurl(pg, "list")
+    assert "promptgate.v1.ChainService" in listed.stdout.split()
+    result = (await grpcurl(pg, "promptgate.v1.ChainService/ExecuteChain", data=body)).json()
+    execution = result["chainExecution"]
+    assert execution["state"] == "EXECUTION_STATE_FULFILLED"
+    assert [s["name"] for s in execution["steps"]] == ["facts", "summary", "answer"]
+    summary = mock_reply("Summarise 3 facts on otters")
+    assert execution["outputs"] == [
+        {"stringValue": mock_reply(f"Answer in one sentence: {summary}")}
+    ]
