@@ -173,6 +173,22 @@ async def test_a_failing_second_step_rejects_the_chain_and_the_third_never_runs(
     assert [e.id for e in listed.chain_executions] == [execution.id]
 
 
+async def test_an_inline_step_gets_the_variables_its_included_partials_use(pg: Running) -> None:
+    await pg.prompts.CreatePartial(
+        ppb.CreatePartialRequest(name="sign-off", content="-- {{ team }}")
+    )
+    request = inline_chain(
+        step("team", "Name a team for {{ topic }}", "team", mock={"text": "Otters"}),
+        step("note", "Thanks! {% include 'sign-off' %}", "note"),
+        inputs=[text("topic", "rivers")],
+    )
+    execution = (await chains(pg).ExecuteChain(request)).chain_execution
+    assert execution.state == pb.EXECUTION_STATE_FULFILLED, execution.error
+    assert execution.outputs[0].string_value == mock_reply("Thanks! -- Otters")
+    recorded = await chain_steps(pg, execution.id)
+    assert [(i.name, i.string_value) for i in recorded[1].inputs] == [("team", "Otters")]
+
+
 async def collect(call: Any) -> list[cpb.ExecuteChainStreamResponse]:
     return [event async for event in call]
 

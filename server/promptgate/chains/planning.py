@@ -29,6 +29,7 @@ from promptgate.execution.planning import ExecutorLimits
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.inputs import coerce, resolve_inputs
 from promptgate.prompts.model import InputType, InputVariable, PromptInput, PromptSpec
+from promptgate.prompts.partial_sets import PartialSet
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import (
     IDENTIFIER,
@@ -147,10 +148,10 @@ class ChainPlanner:
             checked = await self._target(workspace, step, path, problems)
             yields = InputType.STRING
             if checked is not None:
-                prompt, declared = checked
+                prompt, declared, partials = checked
                 yields = yielded_type(prompt)
                 takes, needs = self._takes(
-                    step, path, prompt, declared, available, later, open_inputs
+                    step, path, prompt, declared, partials, available, later, open_inputs
                 )
                 problems.extend(needs)
                 planned.append(PlannedStep(step, takes, yields))
@@ -196,8 +197,9 @@ class ChainPlanner:
 
     async def _target(
         self, workspace: str, step: ChainStep, path: str, problems: list[FieldViolation]
-    ) -> tuple[PromptSpec, tuple[InputVariable, ...] | None] | None:
-        """The step's prompt and its declared variables (None: an inline prompt declaring none)."""
+    ) -> tuple[PromptSpec, tuple[InputVariable, ...] | None, PartialSet] | None:
+        """The step's prompt, its declared variables (None: an inline prompt declaring
+        none) and the partials it includes."""
         target = step.target
         if isinstance(target, StoredTarget):
             if target.release_tag and target.version:
@@ -215,22 +217,27 @@ class ChainPlanner:
             except RequestError as exc:
                 problems.append(FieldViolation(f"{path}.prompt", exc.message))
                 return None
-            return resolved.version.spec, resolved.version.spec.input_variables
+            spec = resolved.version.spec
+            return spec, spec.input_variables, resolved.partials_of(resolved.version)
         assert isinstance(target, InlineTarget)
         spec = target.spec
+        field = f"{path}.inline_prompt"
         await self._templates.prepare(m.template for m in spec.messages)
         try:
+            # An inline prompt includes the latest version of each partial.
+            partials = await self._prompts.partial_sets.for_spec(workspace, spec, field)
             validate_spec(
                 spec,
                 self._templates,
-                field=f"{path}.inline_prompt",
+                field=field,
                 check_model=self._check_model,
                 declared_required=target.declared,
+                partials=partials,
             )
         except InvalidArgument as exc:
             problems.extend(exc.violations)
             return None
-        return spec, spec.input_variables if target.declared else None
+        return spec, spec.input_variables if target.declared else None, partials
 
     def _takes(
         self,
@@ -238,6 +245,7 @@ class ChainPlanner:
         path: str,
         prompt: PromptSpec,
         declared: tuple[InputVariable, ...] | None,
+        partials: PartialSet,
         available: dict[str, _Source],
         later: dict[str, str],
         open_inputs: bool,
@@ -250,8 +258,7 @@ class ChainPlanner:
                 if message.chat_history_input:
                     needs[message.chat_history_input] = InputType.CHAT_HISTORY
                     continue
-                used = self._templates.check(message.template, f"{path}.messages[{i}]")
-                for name in used:
+                for name in self._used(message.template, partials, f"{path}.messages[{i}]"):
                     needs.setdefault(name, None)
             variables = [(name, kind, False) for name, kind in sorted(needs.items())]
         else:
@@ -282,6 +289,16 @@ class ChainPlanner:
             if problem:
                 problems.append(FieldViolation(path, problem))
         return tuple(takes), problems
+
+    def _used(self, template: str, partials: PartialSet, field: str) -> set[str]:
+        """The variables a template reads, with those of the partials it includes."""
+        names = self._templates.names(template, field)
+        reached = [
+            self._templates.names(partials.sources[name], field)
+            for name in partials.reachable(names.includes)
+        ]
+        known = names.assigned.union(*(n.assigned for n in reached))
+        return set(names.variables).union(*(n.variables - known for n in reached))
 
 
 def _mismatch(name: str, kind: InputType | None, source: _Source) -> str:
