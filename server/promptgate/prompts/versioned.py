@@ -18,7 +18,7 @@ per resource (a row lock on PostgreSQL, the write lock on SQLite).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -284,6 +284,15 @@ class VersionedStore:
         self, workspace: str, ref: str, *, tag: str, size: int, token: str
     ) -> tuple[list[ReleaseTagEvent], str]:
         """A page of tag moves, newest first."""
+        rows, next_token = await self.tag_history_rows(
+            workspace, ref, tag=tag, size=size, token=token
+        )
+        return [event_of(r) for r in rows], next_token
+
+    async def tag_history_rows(
+        self, workspace: str, ref: str, *, tag: str, size: int, token: str
+    ) -> tuple[list[Any], str]:
+        """A page of tag-event rows, newest first, and the next page's token."""
         table = self.kind.event
         limit = page_size(size)
         after = decode_token("tag-history", token, {"seq": int})
@@ -298,17 +307,7 @@ class VersionedStore:
             rows = list((await session.exec(query)).all())
         page = rows[:limit]
         next_token = encode_token("tag-history", {"seq": page[-1].seq}) if len(rows) > limit else ""
-        return [
-            ReleaseTagEvent(
-                seq=r.seq or 0,
-                tag=r.tag,
-                version=r.version,
-                version_id=r.version_id,
-                previous_version=r.previous_version,
-                time=as_utc(r.created_at),
-            )
-            for r in page
-        ], next_token
+        return page, next_token
 
     # Building blocks (also for callers that hold their own session)
 
@@ -421,13 +420,19 @@ class VersionedStore:
         )
         return current
 
-    async def tags_of(self, session: AsyncSession, resource: Any) -> list[ReleaseTag]:
-        """The resource's tags by name, with "latest" when a version exists."""
+    async def tags_of(
+        self,
+        session: AsyncSession,
+        resource: Any,
+        convert: Callable[[Any], ReleaseTag] | None = None,
+    ) -> list[ReleaseTag]:
+        """The resource's tags by name (tag rows made ReleaseTags by ``convert``, default
+        ``tag_of``), with "latest" when a version exists."""
         kind = self.kind
         rows = (
             await session.exec(select(kind.tag).where(getattr(kind.tag, kind.key) == resource.id))
         ).all()
-        tags = [tag_of(r) for r in rows]
+        tags = [(convert or tag_of)(r) for r in rows]
         if resource.latest_version:
             latest = (
                 await session.exec(
@@ -473,6 +478,18 @@ def check_tag(tag: str, field: str) -> None:
             "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             reason="INVALID_RELEASE_TAG",
         )
+
+
+def event_of(row: Any) -> ReleaseTagEvent:
+    """A tag-event row as a ReleaseTagEvent."""
+    return ReleaseTagEvent(
+        seq=row.seq or 0,
+        tag=row.tag,
+        version=row.version,
+        version_id=row.version_id,
+        previous_version=row.previous_version,
+        time=as_utc(row.created_at),
+    )
 
 
 def tag_of(row: Any) -> ReleaseTag:
