@@ -51,7 +51,14 @@ from promptgate.prompts.split_store import FoundSplit, find_split, load_split, s
 from promptgate.prompts.splits import check_target, split_from_json, stored_split
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import ModelCheck, validate_spec
-from promptgate.prompts.versioned import NAME, VersionedKind, VersionedStore, check_tag, event_of
+from promptgate.prompts.versioned import (
+    NAME,
+    VersionedKind,
+    VersionedStore,
+    check_tag,
+    event_of,
+    tag_of,
+)
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import (
     PromptRow,
@@ -498,10 +505,4 @@ def _version(row: PromptVersionRow) -> PromptVersion:
 
 
 def _tag(row: ReleaseTagRow) -> ReleaseTag:
-    return ReleaseTag(
-        tag=row.tag,
-        version=row.version,
-        version_id=row.version_id,
-        updated_at=as_utc(row.updated_at),
-        split=split_from_json(row.split),
-    )
+    return replace(tag_of(row), split=split_from_json(row.split))
