@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
 from promptgate.batches.notifier import BatchNotifier
@@ -233,10 +234,11 @@ class BatchService:
         """Every item's inputs, checked against the chain's declarations and steps."""
         assert self._chains is not None
         problems: list[FieldViolation] = []
+        targets: dict[int, Any] = {}  # the steps' prompts, checked once for all items
         for i, item in enumerate(spec.items):
             try:
                 await self._chains.check_inputs(
-                    spec.workspace_id, resolved.version.spec, item.inputs
+                    spec.workspace_id, resolved.version.spec, item.inputs, targets
                 )
             except InvalidArgument as exc:
                 problems.extend(

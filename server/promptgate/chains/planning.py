@@ -51,6 +51,11 @@ class PlannedStep:
     yields: InputType
 
 
+# A checked step target: its prompt, its declared variables (None: an inline
+# prompt declaring none) and the partials it includes.
+_Target = tuple[PromptSpec, tuple[InputVariable, ...] | None, PartialSet]
+
+
 @dataclass(frozen=True, slots=True)
 class _Source:
     """Where a variable comes from: a chain input (with its value, once known) or a step."""
@@ -119,11 +124,14 @@ class ChainPlanner:
         *,
         field: str,
         inputs: Sequence[PromptInput] | None,
+        targets: dict[int, tuple[_Target | None, list[FieldViolation]]] | None = None,
     ) -> tuple[PlannedStep, ...]:
         """The planned steps of ``spec``; INVALID_ARGUMENT (INVALID_CHAIN) listing every problem.
 
         ``inputs`` are the chain's inputs (from ``inputs()``), or None when they
-        are not known yet (a version being stored).
+        are not known yet (a version being stored). ``targets`` keeps the checked
+        step targets between calls on the same spec (a batch checks each item's
+        inputs; its steps' prompts are resolved and validated once).
         """
         problems = variable_problems(spec.input_variables, f"{field}.input_variables")
         if not spec.steps:
@@ -145,7 +153,14 @@ class ChainPlanner:
             path = f"{field}.steps[{index}]"
             later.pop(step.output_variable, None)
             problems.extend(self._naming_problems(step, path, names, available))
-            checked = await self._target(workspace, step, path, problems)
+            if targets is not None and index in targets:
+                checked, target_problems = targets[index]
+            else:
+                target_problems = []
+                checked = await self._target(workspace, step, path, target_problems)
+                if targets is not None:
+                    targets[index] = (checked, target_problems)
+            problems.extend(target_problems)
             yields = InputType.STRING
             if checked is not None:
                 prompt, declared, partials = checked
@@ -197,7 +212,7 @@ class ChainPlanner:
 
     async def _target(
         self, workspace: str, step: ChainStep, path: str, problems: list[FieldViolation]
-    ) -> tuple[PromptSpec, tuple[InputVariable, ...] | None, PartialSet] | None:
+    ) -> _Target | None:
         """The step's prompt, its declared variables (None: an inline prompt declaring
         none) and the partials it includes."""
         target = step.target

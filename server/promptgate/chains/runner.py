@@ -145,11 +145,19 @@ class ChainRunner:
         )
 
     async def check_inputs(
-        self, workspace: str, spec: ChainSpec, inputs: tuple[PromptInput, ...]
+        self,
+        workspace: str,
+        spec: ChainSpec,
+        inputs: tuple[PromptInput, ...],
+        targets: dict[int, Any] | None = None,
     ) -> None:
-        """Raise the INVALID_ARGUMENT a run of ``spec`` with ``inputs`` would fail with."""
+        """Raise the INVALID_ARGUMENT a run of ``spec`` with ``inputs`` would fail with.
+
+        Pass the same ``targets`` dict for many inputs of one spec: its steps'
+        prompts are then resolved and validated once.
+        """
         checked = self._planner.inputs(spec, inputs)
-        await self._planner.check(workspace, spec, field="chain", inputs=checked)
+        await self._planner.check(workspace, spec, field="chain", inputs=checked, targets=targets)
 
     async def find_many(self, workspace: str, ids: list[str]) -> dict[str, ChainExecution]:
         """The chain executions with these ids (without their steps' executions)."""
