@@ -909,3 +909,51 @@ async def test_grpcurl_runs_the_readme_chain_through_reflection(pg: Running) -> 
     assert execution["outputs"] == [
         {"stringValue": mock_reply(f"Answer in one sentence: {summary}")}
     ]
+
+
+@pytest.mark.postgres
+async def test_a_chain_whose_end_could_not_be_written_is_not_left_running(
+    postgres_url: str, start_server: Any
+) -> None:
+    """The store goes away while a step runs: the caller hears UNAVAILABLE; once the store
+    is back the chain is recorded REJECTED (transient), so a retry with its key runs again."""
+    from tests.tcp_proxy import TcpProxy
+
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        url = postgres_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+        running: Running = await start_server(database_url=url)
+        stub = chains(running)
+        request = inline_chain(
+            step("slow", "Hold on {{ x }}", "held", mock={"latency_ms": 1500}),
+            inputs=[text("x", "please")],
+            external_id="outage-1",
+        )
+        call = asyncio.ensure_future(stub.ExecuteChain(request, timeout=30))
+        by_key = cpb.GetChainExecutionRequest(external_id="outage-1")
+        for _ in range(100):  # the chain is stored RUNNING before its step starts
+            try:
+                if (await stub.GetChainExecution(by_key)).chain_execution.id:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.05)
+        await proxy.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        await asyncio.sleep(1.0)
+        await proxy.restore()
+        stored = cpb.ChainExecution()
+        for _ in range(300):
+            try:
+                stored = (await stub.GetChainExecution(by_key)).chain_execution
+            except grpc.aio.AioRpcError:
+                stored = cpb.ChainExecution()
+            if stored.state == pb.EXECUTION_STATE_REJECTED:
+                break
+            await asyncio.sleep(0.1)
+        assert stored.state == pb.EXECUTION_STATE_REJECTED and stored.failed_step == "slow"
+        assert stored.error.code == "STORE_UNAVAILABLE"
+        again = (await stub.ExecuteChain(request, timeout=30)).chain_execution
+        assert again.state == pb.EXECUTION_STATE_FULFILLED and again.id != stored.id
+        assert again.outputs[0].string_value == mock_reply("Hold on please")

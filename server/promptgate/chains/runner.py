@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from promptgate.backoff import Backoff
 from promptgate.chains.catalog import ChainCatalog
 from promptgate.chains.keys import ChainKeys
 from promptgate.chains.model import (
@@ -69,12 +70,18 @@ from promptgate.execution.planning import MAX_EXTERNAL_ID, ExecutorLimits
 from promptgate.execution.records import input_to_json
 from promptgate.ids import new_id
 from promptgate.prompts.model import InputType, PromptInput
+from promptgate.store.faults import is_store_fault
 from promptgate.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
 # Left of the caller's deadline to record and answer a chain whose time ran out.
 CHAIN_MARGIN_S = 0.05
+# The end of a chain whose caller left, or whose write failed, is written in the
+# background: this many tries, backing off, while the store is unavailable.
+SAVE_ATTEMPTS = 20
+SAVE_RETRY_INITIAL_S = 0.5
+SAVE_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +171,16 @@ class ChainRunner:
         return await self._store.get_many(workspace, ids)
 
     async def drain(self, limit_s: float) -> None:
-        """Wait (up to ``limit_s``) for the records of cancelled chains to be written."""
-        if self._saving:
-            await asyncio.wait(list(self._saving), timeout=limit_s)
+        """Wait (up to ``limit_s``) for the records of cancelled chains to be written;
+        give up on the rest (they are logged)."""
+        if not self._saving:
+            return
+        _, pending = await asyncio.wait(list(self._saving), timeout=limit_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.error("%d chain executions could not be recorded before shutdown", len(pending))
+            await asyncio.wait(pending)
 
     async def _run(
         self, request: ChainRequest, *, streamed: bool
@@ -275,7 +289,13 @@ class ChainRunner:
             raise
         execution.latency = time.monotonic() - started
         execution.completed_at = utcnow()
-        await self._store.save(execution)
+        try:
+            await self._store.save(execution)
+        except Exception:
+            # Not acknowledged (the caller gets UNAVAILABLE), but the row must not
+            # stay RUNNING and hold its key: keep writing it in the background.
+            self._save_later(execution)
+            raise
         yield ChainFinished(execution)
 
     def _abandon(
@@ -289,15 +309,25 @@ class ChainRunner:
                 execution.add_step(running)
         _reject(execution, running.name if running else "", failure)
         execution.completed_at = utcnow()
-        task = asyncio.get_running_loop().create_task(self._save_quietly(execution))
+        self._save_later(execution)
+
+    def _save_later(self, execution: ChainExecution) -> None:
+        """Write the chain execution's end in the background, retried while the store fails."""
+        task = asyncio.get_running_loop().create_task(self._save_retried(execution))
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
 
-    async def _save_quietly(self, execution: ChainExecution) -> None:
-        try:
-            await self._store.save(execution)
-        except Exception:
-            log.exception("chain execution %s could not be recorded", execution.id)
+    async def _save_retried(self, execution: ChainExecution) -> None:
+        backoff = Backoff(SAVE_RETRY_INITIAL_S, SAVE_RETRY_MAX_S)
+        for _ in range(SAVE_ATTEMPTS):
+            try:
+                await self._store.save(execution)
+                return
+            except Exception as exc:
+                if not is_store_fault(exc):
+                    break
+            await backoff.sleep()
+        log.error("chain execution %s could not be recorded", execution.id)
 
     def _time_allowed(self, request: ChainRequest) -> float:
         limits = [self._limits.default_timeout_s]
