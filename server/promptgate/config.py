@@ -19,7 +19,10 @@ GEMINI_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 class Settings(BaseSettings):
     """All server settings. See the configuration table in the README."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTGATE_", extra="ignore")
+    # Errors name the setting but never echo its value (keys and secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTGATE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Listening and transport
     host: str = "127.0.0.1"
