@@ -232,3 +232,33 @@ async def test_urls_that_are_not_http_are_invalid_requests() -> None:
             with pytest.raises(UpstreamError) as caught:
                 await http.send(url, BODY, HEADERS, stream=False)
             assert caught.value.kind is UpstreamErrorKind.INVALID_REQUEST, url
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_bad_response() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"\x1f\x8b not gzip at all"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    try:
+        async with provider_http_client() as http:
+            with pytest.raises(UpstreamError) as caught:
+                await http.send(url, BODY, HEADERS, stream=False)
+            assert caught.value.kind is UpstreamErrorKind.BAD_RESPONSE
+            answer = await http.send(url, BODY, HEADERS, stream=True)
+            with pytest.raises(UpstreamError) as caught:
+                async for _ in answer.aiter_bytes():
+                    pass
+            answer.close()
+            assert caught.value.kind is UpstreamErrorKind.BAD_RESPONSE
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -284,7 +284,7 @@ class AnthropicProvider(HttpProvider):
                 chunks = response.aiter_bytes()
                 try:
                     while result is None:
-                        received = await self._next_bytes(chunks, request, self._url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for name, data in events:
                             event = self._decode_event(data, response)

@@ -289,7 +289,7 @@ class GeminiProvider(HttpProvider):
                 chunks = response.aiter_bytes()
                 try:
                     while True:
-                        received = await self._next_bytes(chunks, request, url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for _event, data in events:
                             text = answer.apply(self._decode_event(data, response))

@@ -13,8 +13,8 @@ the same transport: JSON request bodies, JSON or server-sent-event answers,
 - ``PROTECTED_HEADERS``: headers a request's ``raw_headers`` may never set.
 - ``merge_overrides``: a request body's ``parameters.extra`` and ``raw_body``
   merged in.
-- ``token_count``, ``parse_arguments``, ``snippet`` and ``describe_exception``:
-  small readers and formatters for answers and error messages.
+- ``token_count``, ``parse_arguments`` and ``snippet``: small readers and
+  formatters for answers and error messages.
 - ``HttpProvider``: the base class of the adapters, on the shared
   ``promptgate.providers.upstream.UpstreamClient``: building a request
   (protected headers), sending it once and reading its body under one
@@ -63,7 +63,6 @@ __all__ = [
     "SSEParser",
     "classify_status",
     "deadline_after",
-    "describe_exception",
     "drain",
     "is_json",
     "merge_overrides",
@@ -247,12 +246,6 @@ def snippet(body: bytes | str) -> str:
     return text
 
 
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` for an exception (just ``Type`` when it has no message)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
     """Seconds to wait before retrying, from ``retry-after-ms`` or ``Retry-After``.
 
@@ -364,11 +357,7 @@ class HttpProvider:
     # ------------------------------------------------------------------ bodies
 
     async def _next_bytes(
-        self,
-        chunks: AsyncIterator[bytes],
-        request: ProviderRequest,
-        url: str,
-        deadline: float | None,
+        self, chunks: AsyncIterator[bytes], request: ProviderRequest, deadline: float | None
     ) -> bytes | None:
         """The next piece of a streamed body; None at its end."""
         try:

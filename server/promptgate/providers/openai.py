@@ -182,7 +182,7 @@ class OpenAIProvider(HttpProvider):
                 chunks = response.aiter_bytes()
                 try:
                     while result is None:
-                        received = await self._next_bytes(chunks, request, self._url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for event, data in events:
                             if data == _DONE:

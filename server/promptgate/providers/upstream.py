@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 __all__ = [
@@ -308,7 +309,7 @@ def _upstream_error(exc: aiohttp.ClientError) -> UpstreamError:
         kind = UpstreamErrorKind.BAD_RESPONSE
         text = f"invalid HTTP answer: {exc.message}"
     elif isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__
-        if cause is not None and "decompress" in type(cause).__name__.lower():
+        if isinstance(exc.__cause__, ContentEncodingError):
             kind = UpstreamErrorKind.BAD_RESPONSE
+            text = "cannot decode the body (its content-encoding)"
     return UpstreamError(kind, f"{type(exc).__name__}: {text}")
