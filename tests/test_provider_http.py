@@ -47,6 +47,7 @@ class DyingUpstream:
         self.requests = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> DyingUpstream:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -55,6 +56,9 @@ class DyingUpstream:
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
     @property
@@ -64,6 +68,9 @@ class DyingUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             for served in range(2):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -84,6 +91,7 @@ class DyingUpstream:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._handlers.discard(task)
             writer.close()
 
 
@@ -243,8 +251,8 @@ async def test_a_body_that_cannot_be_decoded_is_a_bad_response() -> None:
             b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )
         await writer.drain()
-        await reader.read()
-        writer.close()
+        writer.close()  # after the whole (undecodable) body
+        await writer.wait_closed()
 
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"

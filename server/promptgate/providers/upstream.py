@@ -41,6 +41,7 @@ import asyncio
 import enum
 import re
 import ssl
+import sys
 import urllib.request
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ __all__ = [
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_CACHED: Final = 1024
+# CPython before 3.12.8 (and 3.13.0) can leak a TLS connection whose peer never
+# finishes the TLS shutdown; aiohttp then aborts it after 2 s (it warns when set
+# on a fixed version). Cancelled streams close TLS connections all the time.
+_CLEANUP_CLOSED: Final = sys.version_info < (3, 12, 8) or (3, 13) <= sys.version_info < (3, 13, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,7 @@ class UpstreamClient:
             limit_per_host=settings.max_connections_per_host,
             keepalive_timeout=settings.keepalive_s,
             ssl=ssl_context,
+            enable_cleanup_closed=_CLEANUP_CLOSED,
         )
         session = aiohttp.ClientSession(
             connector=connector,
