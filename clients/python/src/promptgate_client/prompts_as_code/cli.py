@@ -202,8 +202,8 @@ def _push(args: argparse.Namespace) -> int:
                 plans = recheck(client, plans)
                 refused = _refused(plans, allow)
                 if refused:
-                    rechecked = [p for p in plans if p.changing]
-                    for line in plan_lines(rechecked, allow_breaking_changes=allow):
+                    failed = [p for p in plans if p.error is not None or p.breaking]
+                    for line in plan_lines(failed, allow_breaking_changes=allow):
                         print(line)
                     print(f"the partials were pushed, no prompt was: {refused}", file=sys.stderr)
                     return 1

@@ -121,9 +121,12 @@ def plan_push(
 
 
 def recheck(client: Client, plans: Sequence[PromptPlan]) -> list[PromptPlan]:
-    """``plans`` with those that depend on partial changes planned again: call it once
-    the partials are pushed, so the server checks them with the new versions."""
-    return [plan_prompt(client, p.file) if p.changing else p for p in plans]
+    """``plans`` with those that make a version planned again: call it once the partials
+    are pushed, so the server checks them with the new partial versions (a new
+    prompt's plan does not say which partials it includes)."""
+    return [
+        plan_prompt(client, p.file) if p.changing or p.action != UNCHANGED else p for p in plans
+    ]
 
 
 def plan_prompt(
