@@ -304,6 +304,15 @@ async def test_pull_of_named_prompts_writes_the_partials_they_include(
     ]
     assert (await run(pg, "pull", tmp_path / "plain", "--prompt", "plain")).code == 0
     assert not (tmp_path / "plain" / "partials").exists()
+    # An archived partial a pulled version pinned is not written (and said so).
+    await pg.prompts.ArchivePartial(ppb.ArchivePartialRequest(partial="tone"))
+    result = await run(pg, "pull", tmp_path / "archived", "--prompt", "welcome")
+    assert result.code == 0, result
+    assert "skipped partial tone: archived" in result.out
+    assert sorted(p.name for p in (tmp_path / "archived" / "partials").iterdir()) == [
+        "signature.yaml",
+        "team.yaml",
+    ]
 
 
 async def test_a_pulled_folder_recreates_everything_in_another_workspace(

@@ -62,14 +62,14 @@ def pull(client: Client, root: Path, *, names: Sequence[str] = (), tag: str = ""
         ]
         path = write_prompt_file(root, prompt.name, prompt_document(prompt, version, tags))
         results.append(Pulled(prompt.name, version.version, path))
-    partials = (
-        _needed(client, included)
-        if names
-        else [(p, _latest(client, p.name)) for p in _all_partials(client)]
-    )
+    if names:
+        partials, archived = _needed(client, included)
+    else:
+        partials, archived = [(p, _latest(client, p.name)) for p in _all_partials(client)], []
     for partial, latest in sorted(partials, key=lambda pair: pair[0].name):
         path = write_partial_file(root, partial, latest)
         results.append(Pulled(partial.name, latest.version, path, kind=PARTIAL))
+    results.extend(Pulled(name, skipped="archived", kind=PARTIAL) for name in archived)
     return results
 
 
@@ -95,10 +95,14 @@ def _all_partials(client: Client) -> Iterator[ppb.Partial]:
             return
 
 
-def _needed(client: Client, names: Iterable[str]) -> list[tuple[ppb.Partial, ppb.PartialVersion]]:
-    """The partials ``names`` and those their latest versions include, nested ones too;
-    archived ones are left out (a push cannot give them new versions)."""
+def _needed(
+    client: Client, names: Iterable[str]
+) -> tuple[list[tuple[ppb.Partial, ppb.PartialVersion]], list[str]]:
+    """The partials ``names`` and those their latest versions include, nested ones too,
+    at their latest versions; and the names of archived ones, left out (a push cannot
+    give them new versions)."""
     found: dict[str, tuple[ppb.Partial, ppb.PartialVersion]] = {}
+    archived: list[str] = []
     frontier = sorted(set(names))
     seen = set(frontier)
     while frontier:
@@ -106,6 +110,7 @@ def _needed(client: Client, names: Iterable[str]) -> list[tuple[ppb.Partial, ppb
         for name in frontier:
             partial = call(client.prompts.GetPartial, ppb.GetPartialRequest(partial=name)).partial
             if partial.archived:
+                archived.append(name)
                 continue
             latest = _latest(client, name)
             found[name] = (partial, latest)
@@ -114,7 +119,7 @@ def _needed(client: Client, names: Iterable[str]) -> list[tuple[ppb.Partial, ppb
                     seen.add(child)
                     following.append(child)
         frontier = following
-    return list(found.values())
+    return list(found.values()), sorted(archived)
 
 
 def _latest(client: Client, name: str) -> ppb.PartialVersion:
