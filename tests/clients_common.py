@@ -23,8 +23,8 @@ def steps(stdout: str) -> dict[str, dict[str, Any]]:
 
 
 def assert_tour(out: dict[str, dict[str, Any]]) -> None:
-    """execute, stream, actual, batch, error reason and deadline all as expected."""
-    assert set(out) == {"execute", "stream", "actual", "batch", "error", "deadline"}, out
+    """execute, stream, actual, batch, chain, error reason and deadline all as expected."""
+    assert set(out) == {"execute", "stream", "actual", "batch", "chain", "error", "deadline"}, out
     execute = out["execute"]
     assert execute["state"] in ("FULFILLED", "EXECUTION_STATE_FULFILLED"), execute
     assert execute["executionId"].startswith("exe_")
@@ -47,6 +47,13 @@ def assert_tour(out: dict[str, dict[str, Any]]) -> None:
         ["a", "Mock reply to: Answer in one sentence: first"],
         ["b", "Mock reply to: Answer in one sentence: second"],
     ]
+
+    chain = out["chain"]
+    assert chain["state"] in ("FULFILLED", "EXECUTION_STATE_FULFILLED"), chain
+    assert chain["chainExecutionId"].startswith("chx_")
+    assert chain["steps"] == ["shout", "answer"]
+    assert all(i.startswith("exe_") for i in chain["executionIds"]), chain
+    assert chain["text"] == "Mock reply to: Answer in one sentence: Mock reply to: Shout hi"
 
     error = out["error"]
     assert error["code"].replace("_", "").lower() == "notfound", error

@@ -1,6 +1,6 @@
 """Hostile callers through real gRPC: keys, scopes, workspaces and what errors leak.
 
-Every RPC of ExecutionService, PromptService and AdminService is enumerated
+Every RPC of ExecutionService, PromptService, AdminService and ChainService is enumerated
 from the service descriptors, so a new RPC is covered by the unauthenticated
 matrix at once and must be given its scopes in ``ALLOWED_SCOPES`` below.
 """
@@ -30,6 +30,7 @@ from promptgate.api.v1 import (
     execution_service_pb2_grpc,
     prompt_service_pb2_grpc,
 )
+from promptgate.api.v1 import chain_service_pb2 as cpb
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
@@ -47,6 +48,7 @@ SERVICES = (
     epb.DESCRIPTOR.services_by_name["ExecutionService"],
     ppb.DESCRIPTOR.services_by_name["PromptService"],
     apb.DESCRIPTOR.services_by_name["AdminService"],
+    cpb.DESCRIPTOR.services_by_name["ChainService"],
 )
 
 # The scopes that let a key call each RPC, besides admin.manage (which implies
@@ -112,6 +114,33 @@ ALLOWED_SCOPES: dict[str, frozenset[Scope]] = {
     "AdminService/WhoAmI": frozenset(),
     "AdminService/ListModels": frozenset(),
     "AdminService/GetUsage": frozenset({Scope.ANALYTICS}),
+    **{
+        f"ChainService/{name}": frozenset({Scope.TEMPLATES})
+        for name in (
+            "CreateChain",
+            "ArchiveChain",
+            "UnarchiveChain",
+            "CreateChainVersion",
+            "SetChainReleaseTag",
+        )
+    },
+    **{
+        f"ChainService/{name}": _EXECUTE_OR_TEMPLATES
+        for name in (
+            "GetChain",
+            "ListChains",
+            "GetChainVersion",
+            "ListChainVersions",
+            "ListChainReleaseTags",
+            "ListChainReleaseTagHistory",
+            "GetChainExecution",
+            "ListChainExecutions",
+        )
+    },
+    **{
+        f"ChainService/{name}": frozenset({Scope.EXECUTE})
+        for name in ("ExecuteChain", "ExecuteChainStream")
+    },
 }
 
 
@@ -143,6 +172,17 @@ RPCS = tuple(Rpc(method) for service in SERVICES for method in service.methods)
 
 def _question(text: str = "Who goes there?") -> list[pb.PromptInput]:
     return [pb.PromptInput(name="question", string_value=text)]
+
+
+def _chain() -> cpb.InlineChain:
+    prompt = pb.InlinePrompt(model="mock-1", prompt="Say {{ question }}")
+    return cpb.InlineChain(
+        steps=[cpb.ChainStep(name="say", inline_prompt=prompt, output_variable="said")]
+    )
+
+
+def _chain_version() -> cpb.ChainVersion:
+    return cpb.ChainVersion(steps=_chain().steps)
 
 
 def _version_body() -> ppb.PromptVersion:
@@ -284,6 +324,57 @@ MINIMAL: dict[str, tuple[Factory, grpc.StatusCode]] = {
         lambda: apb.GetWebhookSecretRequest(),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
+    "ChainService/CreateChain": (
+        lambda: cpb.CreateChainRequest(name=f"matrix-{uuid.uuid4().hex[:12]}"),
+        OK,
+    ),
+    "ChainService/GetChain": (lambda: cpb.GetChainRequest(chain="no-such-chain"), NOT_FOUND),
+    "ChainService/ListChains": (lambda: cpb.ListChainsRequest(), OK),
+    "ChainService/ArchiveChain": (
+        lambda: cpb.ArchiveChainRequest(chain="no-such-chain"),
+        NOT_FOUND,
+    ),
+    "ChainService/UnarchiveChain": (
+        lambda: cpb.UnarchiveChainRequest(chain="no-such-chain"),
+        NOT_FOUND,
+    ),
+    "ChainService/CreateChainVersion": (
+        lambda: cpb.CreateChainVersionRequest(chain="no-such-chain", version=_chain_version()),
+        NOT_FOUND,
+    ),
+    "ChainService/GetChainVersion": (
+        lambda: cpb.GetChainVersionRequest(chain="no-such-chain", version=1),
+        NOT_FOUND,
+    ),
+    "ChainService/ListChainVersions": (
+        lambda: cpb.ListChainVersionsRequest(chain="no-such-chain"),
+        NOT_FOUND,
+    ),
+    "ChainService/SetChainReleaseTag": (
+        lambda: cpb.SetChainReleaseTagRequest(chain="no-such-chain", tag="staging", version=1),
+        NOT_FOUND,
+    ),
+    "ChainService/ListChainReleaseTags": (
+        lambda: cpb.ListChainReleaseTagsRequest(chain="no-such-chain"),
+        NOT_FOUND,
+    ),
+    "ChainService/ListChainReleaseTagHistory": (
+        lambda: cpb.ListChainReleaseTagHistoryRequest(chain="no-such-chain"),
+        NOT_FOUND,
+    ),
+    "ChainService/ExecuteChain": (
+        lambda: cpb.ExecuteChainRequest(inline_chain=_chain(), inputs=_question()),
+        OK,
+    ),
+    "ChainService/ExecuteChainStream": (
+        lambda: cpb.ExecuteChainRequest(inline_chain=_chain(), inputs=_question()),
+        OK,
+    ),
+    "ChainService/GetChainExecution": (
+        lambda: cpb.GetChainExecutionRequest(chain_execution_id="chx_00000000000000000000000000"),
+        NOT_FOUND,
+    ),
+    "ChainService/ListChainExecutions": (lambda: cpb.ListChainExecutionsRequest(), OK),
 }
 
 
@@ -596,10 +687,15 @@ async def test_each_single_scope_key_is_refused_exactly_where_its_scope_does_not
     executions = (
         await pg.executions.ListExecutions(epb.ListExecutionsRequest(page_size=1000))
     ).executions
-    direct = [e for e in executions if "batch_id" not in e.metadata]
+    direct = [e for e in executions if "batch_id" not in e.metadata and not e.chain_execution_id]
     assert allowed_runs["ExecutionService/ExecutePrompt"] == 2
     assert allowed_runs["ExecutionService/ExecutePromptStream"] == 2
     assert len(direct) - executions_before == 4
+    # Each admitted one-step chain ran one step.
+    steps = [e for e in executions if e.chain_execution_id]
+    assert allowed_runs["ChainService/ExecuteChain"] == 2
+    assert allowed_runs["ChainService/ExecuteChainStream"] == 2
+    assert len(steps) == 4
 
 
 async def test_the_specific_scope_refusals(pg: Running, bare: grpc.aio.Channel) -> None:

@@ -232,6 +232,61 @@ async def test_async_client_execute_stream_errors_and_batch(live_server: LiveSer
         assert actuals[0].execution_id == results[0].execution_id
 
 
+def _chain_steps() -> list[Any]:
+    """Two inline steps: the second answers what the first shouted."""
+    return [
+        pc.chain_step(
+            "shout",
+            common_pb2.InlinePrompt(model="mock-1", prompt="Shout {{ word }}"),
+            "shouted",
+            parameters={"extra": {"mock": {"chunks": 2}}},
+        ),
+        pc.chain_step(
+            "answer",
+            common_pb2.InlinePrompt(model="mock-1", prompt="Answer: {{ shouted }}"),
+            "answer",
+            parameters={"extra": {"mock": {"chunks": 1}}},
+        ),
+    ]
+
+
+def test_execute_and_stream_a_chain(client: pc.Client) -> None:
+    steps = _chain_steps()
+    response = client.execute_chain(steps, inputs={"word": "hey"}, metadata={"run": "client"})
+    execution = response.chain_execution
+    assert execution.state == common_pb2.EXECUTION_STATE_FULFILLED, execution.error
+    assert [s.name for s in execution.steps] == ["shout", "answer"]
+    assert pc.output_text(execution.outputs) == "Mock reply to: Answer: Mock reply to: Shout hey"
+    stored = client.get_chain_execution(execution.id)
+    assert [s.execution_id for s in stored.steps] == [s.execution_id for s in execution.steps]
+    assert client.get_execution(stored.steps[0].execution_id).chain_step == "shout"
+    kinds = [e.WhichOneof("event") for e in client.stream_chain(steps, inputs={"word": "hey"})]
+    assert kinds == [
+        "step_started",
+        "step_delta",
+        "step_delta",
+        "step_finished",
+        "step_started",
+        "step_delta",
+        "step_finished",
+        "chain_fulfilled",
+    ]
+    with pytest.raises(pc.InvalidArgumentError) as caught:
+        client.execute_chain(steps)  # "word" is missing
+    assert caught.value.reason == "INVALID_CHAIN"
+
+
+async def test_async_client_executes_and_streams_a_chain(live_server: LiveServer) -> None:
+    async with pc.AsyncClient(live_server.address, api_key=live_server.key, timeout=20) as client:
+        steps = _chain_steps()[:1]
+        response = await client.execute_chain(steps, inputs={"word": "ho"})
+        assert pc.output_text(response.chain_execution.outputs) == "Mock reply to: Shout ho"
+        events = [e async for e in client.stream_chain(steps, inputs={"word": "ho"})]
+        assert events[-1].WhichOneof("event") == "chain_fulfilled"
+        stored = await client.get_chain_execution(events[-1].chain_execution_id)
+        assert stored.streamed and stored.state == common_pb2.EXECUTION_STATE_FULFILLED
+
+
 def test_sync_batch(client: pc.Client) -> None:
     batch = client.execute_batch(
         "demo", [pc.batch_item("only", {"question": "batch"})], max_concurrency=2

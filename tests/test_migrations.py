@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from promptgate.api.v1 import chain_service_pb2 as cpb
+from promptgate.api.v1 import chain_service_pb2_grpc as cpb_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
@@ -26,7 +28,14 @@ ADDED_COLUMNS = {
         ("release_tag_events", "split"),
         ("executions", "split_id"),
     ),
+    4: (
+        ("executions", "chain_execution_id"),
+        ("executions", "chain_step"),
+        ("batches", "chain_id"),
+    ),
 }
+# The indexes each schema version added on existing tables (dropped before their columns).
+ADDED_INDEXES = {4: ("ix_executions_chain",)}
 
 
 async def _downgrade_to(url: str, version: int) -> None:
@@ -36,6 +45,8 @@ async def _downgrade_to(url: str, version: int) -> None:
         await prepare_schema(engine)
         async with engine.begin() as conn:
             for newer in range(SCHEMA_VERSION, version, -1):
+                for index in ADDED_INDEXES.get(newer, ()):
+                    await conn.execute(text(f"DROP INDEX {index}"))
                 for table, column in ADDED_COLUMNS[newer]:
                     await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             await conn.execute(text(f"UPDATE schema_version SET version = {version}"))
@@ -98,6 +109,24 @@ async def _split_after_upgrade(running: Running) -> None:
     assert [e.HasField("split") for e in history.events] == [True, False]
 
 
+async def _chain_call(running: Running) -> None:
+    """A chain's steps are recorded with their chain execution and step (version 4)."""
+    prompt = pb.InlinePrompt(model="mock-1", prompt="Say {{ word }}")
+    request = cpb.ExecuteChainRequest(
+        inline_chain=cpb.InlineChain(
+            steps=[cpb.ChainStep(name="say", inline_prompt=prompt, output_variable="said")]
+        ),
+        inputs=[pb.PromptInput(name="word", string_value="hi")],
+    )
+    chain = cpb_grpc.ChainServiceStub(running.channel)
+    response = await chain.ExecuteChain(request)
+    assert response.chain_execution.state == pb.EXECUTION_STATE_FULFILLED
+    listed = await running.executions.ListExecutions(
+        epb.ListExecutionsRequest(chain_execution_id=response.chain_execution.id)
+    )
+    assert [e.chain_step for e in listed.executions] == ["say"]
+
+
 async def _upgrade_from(start_server: Any, url: str, version: int) -> Running:
     """Seed a database at the current version, take it back to ``version``, start on it."""
     seeded: Running = await start_server(database_url=url)
@@ -105,7 +134,7 @@ async def _upgrade_from(start_server: Any, url: str, version: int) -> Running:
     await seeded.server.stop(grace=0)
     await _downgrade_to(url, version)
     running: Running = await start_server(database_url=url)
-    assert await _version(url) == SCHEMA_VERSION == 3
+    assert await _version(url) == SCHEMA_VERSION == 4
     return running
 
 
@@ -113,13 +142,21 @@ async def test_sqlite_database_at_version_1_is_migrated(tmp_path: Path, start_se
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     await _downgrade_to(url, 1)
     running: Running = await start_server(database_url=url)
-    assert await _version(url) == SCHEMA_VERSION == 3
+    assert await _version(url) == SCHEMA_VERSION == 4
     await _idempotent_call(running)
+    await _chain_call(running)
 
 
 async def test_sqlite_database_at_version_2_is_migrated(tmp_path: Path, start_server: Any) -> None:
     running = await _upgrade_from(start_server, f"sqlite+aiosqlite:///{tmp_path / 'v2.db'}", 2)
     await _split_after_upgrade(running)
+    await _chain_call(running)
+
+
+async def test_sqlite_database_at_version_3_is_migrated(tmp_path: Path, start_server: Any) -> None:
+    running = await _upgrade_from(start_server, f"sqlite+aiosqlite:///{tmp_path / 'v3.db'}", 3)
+    await _chain_call(running)
+    await _idempotent_call(running)
 
 
 @pytest.mark.postgres
@@ -128,8 +165,9 @@ async def test_postgres_database_at_version_1_is_migrated(
 ) -> None:
     await _downgrade_to(postgres_url, 1)
     running: Running = await start_server(database_url=postgres_url)
-    assert await _version(postgres_url) == SCHEMA_VERSION == 3
+    assert await _version(postgres_url) == SCHEMA_VERSION == 4
     await _idempotent_call(running)
+    await _chain_call(running)
 
 
 @pytest.mark.postgres
@@ -139,3 +177,12 @@ async def test_postgres_database_at_version_2_is_migrated(
     running = await _upgrade_from(start_server, postgres_url, 2)
     await _split_after_upgrade(running)
     await _idempotent_call(running)
+    await _chain_call(running)
+
+
+@pytest.mark.postgres
+async def test_postgres_database_at_version_3_is_migrated(
+    postgres_url: str, start_server: Any
+) -> None:
+    running = await _upgrade_from(start_server, postgres_url, 3)
+    await _chain_call(running)

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promptgate import demo
 from promptgate.api.admin_servicer import AdminServicer
 from promptgate.api.auth import AuthInterceptor
+from promptgate.api.chain_servicer import ChainServicer
 from promptgate.api.context import CallContext
 from promptgate.api.errors import ErrorInterceptor
 from promptgate.api.execution_servicer import ExecutionServicer
@@ -39,6 +40,8 @@ from promptgate.api.reflection import enable_reflection
 from promptgate.api.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    chain_service_pb2,
+    chain_service_pb2_grpc,
     execution_service_pb2,
     execution_service_pb2_grpc,
     prompt_service_pb2,
@@ -54,6 +57,11 @@ from promptgate.batches.service import BatchLimits, BatchService
 from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.delivery import WebhookSender
 from promptgate.batches.webhooks.guard import CallbackGuard
+from promptgate.chains.catalog import ChainCatalog
+from promptgate.chains.keys import ChainKeys
+from promptgate.chains.planning import ChainPlanner
+from promptgate.chains.runner import ChainRunner
+from promptgate.chains.store import ChainExecutionStore
 from promptgate.config import Settings
 from promptgate.execution.actuals import ActualsLog
 from promptgate.execution.cache import MemoryCache, RedisCache, ResponseCache
@@ -83,6 +91,7 @@ SERVICE_NAMES = (
     execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
     prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    chain_service_pb2.DESCRIPTOR.services_by_name["ChainService"].full_name,
 )
 
 
@@ -202,6 +211,12 @@ class PromptgateServer:
             if s.limits_backend == "redis"
             else MemoryLimiter(self.history.month_tokens)
         )
+        self.limits = ExecutorLimits(
+            max_prompt_chars=s.max_prompt_chars,
+            max_inputs=s.max_inputs,
+            default_timeout_s=s.default_timeout_s,
+            default_release_tag=s.default_release_tag,
+        )
         self.executor = Executor(
             catalog=self.catalog,
             registry=self.registry,
@@ -222,15 +237,11 @@ class PromptgateServer:
             ),
             cache_ttl_s=s.cache_default_ttl_s,
             usage_sink=self.limiter.add_tokens,
-            limits=ExecutorLimits(
-                max_prompt_chars=s.max_prompt_chars,
-                max_inputs=s.max_inputs,
-                default_timeout_s=s.default_timeout_s,
-                default_release_tag=s.default_release_tag,
-            ),
+            limits=self.limits,
             owner=self.process_id,
             stale_after_s=s.batch_stale_after_s,
         )
+        self._build_chains()
         self.dev_key: str | None = None
         if s.dev:
             await self.keys.ensure_workspace(s.workspace)
@@ -282,6 +293,9 @@ class PromptgateServer:
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
             PromptServicer(self.catalog, self.executor, calls), server
         )
+        chain_service_pb2_grpc.add_ChainServiceServicer_to_server(
+            ChainServicer(self.chain_catalog, self.chains, self.chain_executions, calls), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
@@ -293,6 +307,31 @@ class PromptgateServer:
         self._server = server
         log.info("promptgate listening on %s:%d", s.host, self.port)
         return self.port
+
+    def _build_chains(self) -> None:
+        s = self.settings
+        planner = ChainPlanner(
+            prompts=self.catalog,
+            templates=self.templates,
+            check_model=self.registry.check,
+            limits=self.limits,
+        )
+        self.chain_catalog = ChainCatalog(self.sessions, planner)
+        self.chain_executions = ChainExecutionStore(self.sessions, self.history)
+        self.chains = ChainRunner(
+            catalog=self.chain_catalog,
+            planner=planner,
+            executor=self.executor,
+            store=self.chain_executions,
+            keys=ChainKeys(
+                self.chain_executions,
+                self.sessions,
+                owner=self.process_id,
+                stale_after_s=s.batch_stale_after_s,
+                running_limit_s=s.default_timeout_s + 60,
+            ),
+            limits=self.limits,
+        )
 
     def _build_batches(self, port: int) -> None:
         s = self.settings
@@ -323,6 +362,7 @@ class PromptgateServer:
                 webhook_secret=s.webhook_secret or "",
             ),
             worker_id=self.process_id,
+            chains=self.chains,
         )
         self.batches = BatchService(
             store,
@@ -339,6 +379,7 @@ class PromptgateServer:
                 default_release_tag=s.default_release_tag,
                 webhooks_enabled=bool(s.webhook_secret),
             ),
+            chains=self.chains,
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -359,6 +400,7 @@ class PromptgateServer:
         # executions as they unwind; wait for that before the last flush.
         if not await self.executor.wait_idle(5.0):
             log.warning("executions still running after shutdown; their records may be lost")
+        await self.chains.drain(5.0)
         await self.recorder.close()
         self.templates.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)

@@ -22,15 +22,16 @@ import (
 // retryServiceConfig retries calls that fail with UNAVAILABLE (the call did
 // not run: no connection, or a server draining for shutdown).
 const retryServiceConfig = `{"methodConfig": [{
-  "name": [{"service": "promptgate.v1.ExecutionService"}, {"service": "promptgate.v1.PromptService"}, {"service": "promptgate.v1.AdminService"}],
+  "name": [{"service": "promptgate.v1.ExecutionService"}, {"service": "promptgate.v1.PromptService"}, {"service": "promptgate.v1.AdminService"}, {"service": "promptgate.v1.ChainService"}],
   "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
 }]}`
 
-// Client holds one connection and the three service stubs.
+// Client holds one connection and the service stubs.
 type Client struct {
 	Conn       *grpc.ClientConn
 	Executions promptgatev1.ExecutionServiceClient
 	Prompts    promptgatev1.PromptServiceClient
+	Chains     promptgatev1.ChainServiceClient
 	Admin      promptgatev1.AdminServiceClient
 }
 
@@ -70,6 +71,7 @@ func Dial(target string, opts Options) (*Client, error) {
 		Conn:       conn,
 		Executions: promptgatev1.NewExecutionServiceClient(conn),
 		Prompts:    promptgatev1.NewPromptServiceClient(conn),
+		Chains:     promptgatev1.NewChainServiceClient(conn),
 		Admin:      promptgatev1.NewAdminServiceClient(conn),
 	}, nil
 }

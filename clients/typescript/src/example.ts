@@ -1,5 +1,6 @@
 // A complete tour of the client: execute, stream, submit an actual, run a batch,
-// read an error's reason and hit a deadline. Prints one JSON object per step.
+// run a chain, read an error's reason and hit a deadline. Prints one JSON object
+// per step.
 //
 //   PROMPTGATE_URL=http://localhost:50051 PROMPTGATE_API_KEY=pgk_... node dist/example.js
 import { create } from "@bufbuild/protobuf";
@@ -80,6 +81,31 @@ async function main(): Promise<void> {
     id: batch?.id,
     state: BatchState[state],
     results: results.results.map((r) => [r.customId, outputText(r.outputs)]),
+  });
+
+  // A chain: an inline step whose output becomes the demo prompt's "question".
+  const { chainExecution } = await client.chains.executeChain({
+    target: {
+      case: "inlineChain",
+      value: {
+        steps: [
+          {
+            name: "shout",
+            target: { case: "inlinePrompt", value: { model: "mock-1", prompt: "Shout {{ word }}" } },
+            outputVariable: "question",
+          },
+          { name: "answer", target: { case: "prompt", value: "demo" }, outputVariable: "answer" },
+        ],
+      },
+    },
+    inputs: inputs({ word: "hi" }),
+  });
+  print("chain", {
+    state: ExecutionState[chainExecution?.state ?? ExecutionState.UNSPECIFIED],
+    chainExecutionId: chainExecution?.id,
+    steps: chainExecution?.steps.map((s) => s.name),
+    executionIds: chainExecution?.steps.map((s) => s.executionId),
+    text: outputText(chainExecution?.outputs ?? []),
   });
 
   // An unknown prompt: NOT_FOUND with a google.rpc.ErrorInfo reason.

@@ -9,6 +9,7 @@ import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-no
 
 import { ErrorInfoSchema, BadRequestSchema } from "./gen/google/rpc/error_details_pb.js";
 import { AdminService } from "./gen/promptgate/v1/admin_service_pb.js";
+import { ChainService } from "./gen/promptgate/v1/chain_service_pb.js";
 import {
   ChatHistorySchema,
   ChatMessageSchema,
@@ -25,6 +26,7 @@ export * from "./gen/promptgate/v1/common_pb.js";
 export * from "./gen/promptgate/v1/execution_service_pb.js";
 export * from "./gen/promptgate/v1/prompt_service_pb.js";
 export * from "./gen/promptgate/v1/admin_service_pb.js";
+export * from "./gen/promptgate/v1/chain_service_pb.js";
 export { Code, ConnectError };
 
 export interface PromptgateClientOptions {
@@ -41,12 +43,13 @@ export interface PromptgateClientOptions {
 export interface PromptgateClient {
   executions: Client<typeof ExecutionService>;
   prompts: Client<typeof PromptService>;
+  chains: Client<typeof ChainService>;
   admin: Client<typeof AdminService>;
   /** Close the HTTP/2 connection (calls still running fail). */
   close(): void;
 }
 
-/** Clients for the three promptgate services over one gRPC (HTTP/2) transport. */
+/** Clients for the promptgate services over one gRPC (HTTP/2) transport. */
 export function createPromptgateClient(options: PromptgateClientOptions): PromptgateClient {
   const auth: Interceptor = (next) => (request) => {
     if (options.apiKey && !request.header.has("authorization")) {
@@ -64,6 +67,7 @@ export function createPromptgateClient(options: PromptgateClientOptions): Prompt
   return {
     executions: createClient(ExecutionService, transport),
     prompts: createClient(PromptService, transport),
+    chains: createClient(ChainService, transport),
     admin: createClient(AdminService, transport),
     close: () => sessionManager.abort(),
   };

@@ -38,6 +38,8 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 EXECUTIONS = {
     "/promptgate.v1.ExecutionService/ExecutePrompt",
     "/promptgate.v1.ExecutionService/ExecutePromptStream",
+    "/promptgate.v1.ChainService/ExecuteChain",
+    "/promptgate.v1.ChainService/ExecuteChainStream",
 }
 # Methods of PromptService and ChainService whose names start with these
 # change something (template.manage); the others read (prompt.execute or

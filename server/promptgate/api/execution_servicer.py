@@ -124,6 +124,7 @@ class ExecutionServicer(epb_grpc.ExecutionServiceServicer):
             if request.HasField("start_time")
             else None,
             end=to_datetime(request.end_time, "end_time") if request.HasField("end_time") else None,
+            chain_execution_id=request.chain_execution_id,
         )
         return epb.ListExecutionsResponse(
             executions=[execution_to_proto(r) for r in records], next_page_token=token

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from promptgate.chains.model import ChainExecution, StoredChain
 from promptgate.chat import ModelParameters
 from promptgate.execution.model import (
     ExecutionFailure,
@@ -58,7 +59,7 @@ class BatchSpec:
     """A batch as submitted."""
 
     workspace_id: str
-    target: StoredTarget | InlineTarget
+    target: StoredTarget | InlineTarget | StoredChain
     items: tuple[BatchItemSpec, ...]
     display_name: str = ""
     max_concurrency: int = 0
@@ -93,6 +94,7 @@ class Batch:
     error: ExecutionFailure | None = None
     callback_state: str = ""
     callback_attempts: int = 0
+    chain_id: str = ""
 
     @property
     def pending(self) -> int:
@@ -102,7 +104,7 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class ItemResult:
-    """A batch item's state and, once it ran, its execution."""
+    """A batch item's state and, once it ran, its execution (or chain execution)."""
 
     custom_id: str
     index: int
@@ -110,6 +112,7 @@ class ItemResult:
     execution_id: str = ""
     execution: ExecutionRecord | None = None
     error: ExecutionFailure | None = None
+    chain: ChainExecution | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,17 @@ class ItemOutcome:
         else:
             state = ItemState.REJECTED
         return cls(batch_id, index, state, record.id, record.error)
+
+    @classmethod
+    def of_chain(cls, batch_id: str, index: int, execution: ChainExecution) -> ItemOutcome:
+        """How an item whose chain execution ended as ``execution`` ends."""
+        if execution.state is ExecutionState.FULFILLED:
+            state = ItemState.FULFILLED
+        elif execution.error is not None and execution.error.code == "CANCELLED":
+            state = ItemState.CANCELLED
+        else:
+            state = ItemState.REJECTED
+        return cls(batch_id, index, state, execution.id, execution.error)
 
 
 def item_external_id(batch_id: str, index: int) -> str:

@@ -34,10 +34,20 @@ class ClaimedItem:
 class RunnableBatch:
     """What a worker needs to run a batch's items."""
 
-    __slots__ = ("api_key_id", "id", "inline", "parameters", "prompt_id", "version", "workspace_id")
+    __slots__ = (
+        "api_key_id",
+        "chain_id",
+        "id",
+        "inline",
+        "parameters",
+        "prompt_id",
+        "version",
+        "workspace_id",
+    )
 
     def __init__(self, row: BatchRow) -> None:
         self.id = row.id
+        self.chain_id = row.chain_id or ""
         self.workspace_id = row.workspace_id
         self.api_key_id = row.api_key_id or ""
         self.prompt_id = row.prompt_id or ""
@@ -76,4 +86,5 @@ def batch_of(row: BatchRow) -> Batch:
         error=error_from_json(row.error),
         callback_state=row.callback_state,
         callback_attempts=row.callback_attempts,
+        chain_id=row.chain_id or "",
     )

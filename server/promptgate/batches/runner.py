@@ -41,6 +41,8 @@ from promptgate.batches.notifier import BatchNotifier
 from promptgate.batches.rows import ClaimedItem, RunnableBatch
 from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.delivery import WebhookSender
+from promptgate.chains.model import ChainRequest, StoredChain
+from promptgate.chains.runner import ChainRunner
 from promptgate.errors import RequestError
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import (
@@ -56,7 +58,13 @@ log = logging.getLogger(__name__)
 __all__ = ["BatchNotifier", "BatchRunner", "RunnerSettings"]
 
 # Request errors that mean the batch's target itself is gone: the batch FAILS.
-FATAL_REASONS = {"PROMPT_ARCHIVED", "PROMPT_NOT_FOUND", "VERSION_NOT_FOUND"}
+FATAL_REASONS = {
+    "PROMPT_ARCHIVED",
+    "PROMPT_NOT_FOUND",
+    "VERSION_NOT_FOUND",
+    "CHAIN_ARCHIVED",
+    "CHAIN_NOT_FOUND",
+}
 
 _Key = tuple[str, int]
 _Queued = tuple[ItemOutcome, "asyncio.Future[bool] | None"]
@@ -85,7 +93,9 @@ class BatchRunner:
         settings: RunnerSettings,
         *,
         worker_id: str = "",
+        chains: ChainRunner | None = None,
     ) -> None:
+        self._chains = chains
         self._store = store
         self._executor = executor
         self._notifier = notifier
@@ -303,25 +313,13 @@ class BatchRunner:
 
     async def _run_item(self, batch: RunnableBatch, item: ClaimedItem) -> None:
         key = (batch.id, item.index)
-        parameters = item.parameters
-        if batch.parameters is not None:
-            parameters = (
-                parameters.merged_over(batch.parameters) if parameters else batch.parameters
-            )
-        request = ExecutionRequest(
-            workspace_id=batch.workspace_id,
-            target=batch.inline or StoredTarget(prompt=batch.prompt_id, version=batch.version),
-            inputs=item.inputs,
-            external_id=item_external_id(batch.id, item.index),
-            metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
-            parameters=parameters,
-            api_key_id=batch.api_key_id,
-            resume=True,
-            fresh=item.starts == 1,  # never started before: no execution can exist yet
-        )
         started: list[str] = []
         try:
-            record = await self._execute(request, started)
+            if batch.chain_id:
+                outcome = await self._run_chain(batch, item)
+            else:
+                record = await self._execute(self._request(batch, item), started)
+                outcome = ItemOutcome.of(batch.id, item.index, record)
         except asyncio.CancelledError:
             # Shielded: the item's outcome must be written even if cancelled again.
             if key in self._shutdown_cancelled:
@@ -348,7 +346,52 @@ class BatchRunner:
             failure = ExecutionFailure("INTERNAL_ERROR", f"the item failed: {type(exc).__name__}")
             await self._finish(ItemOutcome(batch.id, item.index, ItemState.REJECTED, "", failure))
             return
-        await self._finish(ItemOutcome.of(batch.id, item.index, record))
+        await self._finish(outcome)
+
+    def _request(self, batch: RunnableBatch, item: ClaimedItem) -> ExecutionRequest:
+        """The execution of an item of a prompt batch."""
+        parameters = item.parameters
+        if batch.parameters is not None:
+            parameters = (
+                parameters.merged_over(batch.parameters) if parameters else batch.parameters
+            )
+        return ExecutionRequest(
+            workspace_id=batch.workspace_id,
+            target=batch.inline or StoredTarget(prompt=batch.prompt_id, version=batch.version),
+            inputs=item.inputs,
+            external_id=item_external_id(batch.id, item.index),
+            metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
+            parameters=parameters,
+            api_key_id=batch.api_key_id,
+            resume=True,
+            fresh=item.starts == 1,  # never started before: no execution can exist yet
+        )
+
+    async def _run_chain(self, batch: RunnableBatch, item: ClaimedItem) -> ItemOutcome:
+        """Run an item of a chain batch as a chain execution keyed ``<batch id>/<index>``.
+
+        The key makes a rerun (after a crash or a store fault) replay a chain
+        execution that was recorded, not run it again.
+        """
+        assert self._chains is not None, "a chain batch needs the chain runner"
+        request = ChainRequest(
+            workspace_id=batch.workspace_id,
+            target=StoredChain(chain=batch.chain_id, version=batch.version),
+            inputs=item.inputs,
+            external_id=item_external_id(batch.id, item.index),
+            metadata={"batch_id": batch.id, "batch_custom_id": item.custom_id, **item.metadata},
+            api_key_id=batch.api_key_id,
+        )
+        backoff = Backoff()
+        while True:
+            try:
+                execution = await self._chains.execute(request)
+                return ItemOutcome.of_chain(batch.id, item.index, execution)
+            except Exception as exc:
+                if not is_store_fault(exc):
+                    raise
+                self._faults.warn("running batch items", exc)
+            await backoff.sleep()
 
     async def _execute(self, request: ExecutionRequest, started: list[str]) -> ExecutionRecord:
         """Run the item's execution; while the store is out of reach, try again later.

@@ -1,9 +1,10 @@
 """BatchService: what the batch RPCs do, free of gRPC.
 
 ExecuteBatch checks the whole batch before storing anything: limits, unique
-custom ids, the callback URL, the target (a stored prompt's version is pinned
-at creation) and every item's inputs, rendered as they will run. A stored
-batch is PENDING and the runner picks it up at once.
+custom ids, the callback URL, the target (a stored prompt's or chain's version
+is pinned at creation) and every item's inputs, rendered as they will run (for
+a chain: checked against every step). A stored batch is PENDING and the runner
+picks it up at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from promptgate.batches.model import Batch, BatchEvent, BatchSpec, ItemResult, ItemState
 from promptgate.batches.notifier import BatchNotifier
 from promptgate.batches.runner import BatchRunner
 from promptgate.batches.store import BatchStore
 from promptgate.batches.webhooks.guard import CallbackGuard
+from promptgate.chains.model import ResolvedChain, StoredChain
+from promptgate.chains.runner import ChainRunner
 from promptgate.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from promptgate.execution.executor import Executor
 from promptgate.execution.model import ExecutionRequest, StoredTarget
@@ -54,7 +58,10 @@ class BatchService:
         history: ExecutionHistory,
         guard: CallbackGuard,
         limits: BatchLimits,
+        *,
+        chains: ChainRunner | None = None,
     ) -> None:
+        self._chains = chains
         self._store = store
         self._runner = runner
         self._notifier = notifier
@@ -105,8 +112,14 @@ class BatchService:
                 )
             self._guard.check_url(spec.callback_url)
             await self._guard.check_destination(spec.callback_url)
-        resolved: ResolvedPrompt | None = None
+        resolved: ResolvedPrompt | ResolvedChain | None = None
         target = spec.target
+        if isinstance(target, StoredChain):
+            resolved = await self._chain_target(spec, target)
+            await self._check_chain_items(spec, resolved)
+            batch = await self._store.create(new_id("bat"), spec, resolved, concurrency)
+            self._runner.wake()
+            return batch
         if isinstance(target, StoredTarget):
             if target.release_tag and target.version:
                 raise InvalidArgument.field("version", "give a release_tag or a version, not both")
@@ -205,9 +218,41 @@ class BatchService:
             for event, item in events
         ]
 
+    async def _chain_target(self, spec: BatchSpec, target: StoredChain) -> ResolvedChain:
+        """The chain version the batch's items run; parameters do not apply to chains."""
+        if self._chains is None:
+            raise FailedPrecondition("chains are not served here", reason="CHAINS_UNAVAILABLE")
+        if spec.parameters is not None or any(i.parameters is not None for i in spec.items):
+            raise InvalidArgument.field(
+                "parameters",
+                "parameters apply to prompt targets; a chain's steps carry their own",
+                reason="INVALID_BATCH",
+            )
+        return await self._chains.resolve(spec.workspace_id, target)
+
+    async def _check_chain_items(self, spec: BatchSpec, resolved: ResolvedChain) -> None:
+        """Every item's inputs, checked against the chain's declarations and steps."""
+        assert self._chains is not None
+        problems: list[FieldViolation] = []
+        targets: dict[int, Any] = {}  # the steps' prompts, checked once for all items
+        for i, item in enumerate(spec.items):
+            try:
+                await self._chains.check_inputs(
+                    spec.workspace_id, resolved.version.spec, item.inputs, targets
+                )
+            except InvalidArgument as exc:
+                problems.extend(
+                    FieldViolation(f"items[{i}].{v.field}", v.description) for v in exc.violations
+                )
+            if len(problems) >= MAX_REPORTED_VIOLATIONS:
+                break
+        if problems:
+            raise InvalidArgument.of(problems[:MAX_REPORTED_VIOLATIONS], reason="INVALID_INPUT")
+
     async def _check_items(self, spec: BatchSpec) -> None:
         problems: list[FieldViolation] = []
         target = spec.target
+        assert not isinstance(target, StoredChain)
         for i, item in enumerate(spec.items):
             parameters = item.parameters
             if spec.parameters is not None:
@@ -234,7 +279,16 @@ class BatchService:
 
     async def _item_results(self, workspace: str, rows: list[BatchItemRow]) -> list[ItemResult]:
         ids = [r.execution_id for r in rows if r.execution_id]
-        executions = await self._history.get_many(workspace, ids)
+        # An item of a chain batch ran as a chain execution ("chx_..." ids).
+        chain_ids = [i for i in ids if i.startswith("chx_")]
+        executions = await self._history.get_many(
+            workspace, [i for i in ids if not i.startswith("chx_")]
+        )
+        chained = (
+            await self._chains.find_many(workspace, chain_ids)
+            if chain_ids and self._chains is not None
+            else {}
+        )
         return [
             ItemResult(
                 custom_id=r.custom_id,
@@ -243,6 +297,7 @@ class BatchService:
                 execution_id=r.execution_id or "",
                 execution=executions.get(r.execution_id or ""),
                 error=error_from_json(r.error),
+                chain=chained.get(r.execution_id or ""),
             )
             for r in rows
         ]

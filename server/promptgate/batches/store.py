@@ -34,6 +34,7 @@ from promptgate.batches.rows import (
     batch_of,
 )
 from promptgate.batches.worker_store import WorkerStore
+from promptgate.chains.model import ResolvedChain
 from promptgate.errors import FailedPrecondition, InvalidArgument, NotFound
 from promptgate.execution.model import (
     ExecutionFailure,
@@ -72,7 +73,7 @@ class BatchStore:
         self,
         batch_id: str,
         spec: BatchSpec,
-        resolved: ResolvedPrompt | None,
+        resolved: ResolvedPrompt | ResolvedChain | None,
         max_concurrency: int,
     ) -> Batch:
         """Store a new PENDING batch with its items."""
@@ -80,13 +81,15 @@ class BatchStore:
         inline = None
         if isinstance(spec.target, InlineTarget):
             inline = {"spec": spec_to_json(spec.target.spec), "declared": spec.target.declared}
+        prompt = resolved.prompt if isinstance(resolved, ResolvedPrompt) else None
         row = BatchRow(
             id=batch_id,
             workspace_id=spec.workspace_id,
             display_name=spec.display_name,
             state=BatchState.PENDING.value,
-            prompt_id=resolved.prompt.id if resolved else None,
-            prompt_name=resolved.prompt.name if resolved else "",
+            prompt_id=prompt.id if prompt else None,
+            prompt_name=prompt.name if prompt else "",
+            chain_id=resolved.chain.id if isinstance(resolved, ResolvedChain) else None,
             version_id=resolved.version.id if resolved else None,
             version=resolved.version.version if resolved else 0,
             release_tag=resolved.release_tag if resolved else "",

@@ -75,6 +75,10 @@ class ExecutionRequest:
     """The API key the execution is made with (its tokens count against it)."""
     split_key: str = ""
     """What a release tag's traffic split assigns the version by (random if empty)."""
+    chain_execution_id: str = ""
+    """The chain execution this execution is a step of ("" outside chains)."""
+    chain_step: str = ""
+    """The name of the chain step it runs."""
     resume: bool = False
     fresh: bool = False
     """The caller knows no execution with this external_id exists (skip the lookup)."""
@@ -184,6 +188,10 @@ class ExecutionRecord:
     """The external_id this attempt had before a retry of a transient failure replaced it."""
     split_id: str = ""
     """The release tag's traffic split that picked the version, if one did."""
+    chain_execution_id: str = ""
+    """The chain execution this execution is a step of ("" outside chains)."""
+    chain_step: str = ""
+    """The name of the chain step it ran."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,6 +205,8 @@ class Planner:
             metadata=request.metadata,
             api_key_id=request.api_key_id,
             split_id=split_id,
+            chain_execution_id=request.chain_execution_id,
+            chain_step=request.chain_step,
         )
         return Plan(
             record=record,

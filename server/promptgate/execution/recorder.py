@@ -16,7 +16,7 @@ still unwritten at shutdown are written one last time, then logged as lost.
 With ``record_all=False`` (``PROMPTGATE_RECORD_EXECUTIONS=false``) executions
 without an ``external_id`` are not stored at all (they are counted in
 ``skipped``); executions with one still are, because idempotency and batches
-depend on their rows.
+depend on their rows, and so are chain steps, which their chain links to.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class ExecutionRecorder:
 
     def _skips(self, record: ExecutionRecord, upsert: bool) -> bool:
         """Whether ``record`` is left unstored (recording is off and nothing depends on it)."""
-        if self._record_all or upsert or record.external_id:
+        if self._record_all or upsert or record.external_id or record.chain_execution_id:
             return False
         self.skipped += 1
         return True

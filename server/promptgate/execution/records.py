@@ -62,7 +62,7 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         provider=record.provider,
         model=record.model,
         inputs=[input_to_json(i) for i in record.inputs],
-        outputs=[_output_json(o) for o in record.outputs],
+        outputs=[output_to_json(o) for o in record.outputs],
         error=error_json(record.error),
         finish_reason=record.finish_reason.value,
         input_tokens=record.usage.input_tokens,
@@ -91,6 +91,8 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         owner=record.owner or None,
         superseded_key=record.superseded_key or None,
         split_id=record.split_id or None,
+        chain_execution_id=record.chain_execution_id or None,
+        chain_step=record.chain_step or None,
     )
 
 
@@ -111,7 +113,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         provider=row.provider,
         model=row.model,
         inputs=tuple(input_from_json(i) for i in row.inputs or []),
-        outputs=tuple(_output_from(o) for o in row.outputs or []),
+        outputs=tuple(output_from_json(o) for o in row.outputs or []),
         error=error_from_json(row.error),
         finish_reason=FinishReason(row.finish_reason or FinishReason.UNSPECIFIED.value),
         usage=Usage(row.input_tokens, row.output_tokens, row.cached_input_tokens),
@@ -134,6 +136,8 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         owner=row.owner or "",
         superseded_key=row.superseded_key or "",
         split_id=row.split_id or "",
+        chain_execution_id=row.chain_execution_id or "",
+        chain_step=row.chain_step or "",
     )
 
 
@@ -176,7 +180,8 @@ def input_from_json(data: dict[str, Any]) -> PromptInput:
     return PromptInput(name=data["name"], type=kind, value=value)
 
 
-def _output_json(output: Output) -> dict[str, Any]:
+def output_to_json(output: Output) -> dict[str, Any]:
+    """How an output is stored."""
     if isinstance(output, TextOutput):
         return {"type": "STRING", "value": output.text}
     if isinstance(output, JsonOutput):
@@ -184,7 +189,8 @@ def _output_json(output: Output) -> dict[str, Any]:
     return {"type": "FUNCTION_CALL", "value": _CALL.dump_python(output.call, mode="json")}
 
 
-def _output_from(data: dict[str, Any]) -> Output:
+def output_from_json(data: dict[str, Any]) -> Output:
+    """A stored output."""
     kind = data.get("type")
     if kind == "JSON":
         return JsonOutput(data.get("value"))
@@ -264,6 +270,7 @@ class ExecutionHistory:
         state: ExecutionState | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        chain_execution_id: str = "",
     ) -> tuple[list[ExecutionRecord], str]:
         """A page of executions, newest first, and the next page's token."""
         limit = page_size(size)
@@ -281,6 +288,8 @@ class ExecutionHistory:
             query = query.where(col(ExecutionRow.created_at) >= start)
         if end is not None:
             query = query.where(col(ExecutionRow.created_at) < end)
+        if chain_execution_id:
+            query = query.where(ExecutionRow.chain_execution_id == chain_execution_id)
         if after:
             query = query.where(col(ExecutionRow.id) < str(after.get("id", "")))
         query = query.order_by(col(ExecutionRow.id).desc()).limit(limit + 1)
@@ -454,14 +463,19 @@ class IdempotencyKeys:
         if not running.owner:  # recorded before owners were: judge by age
             age = (utcnow() - running.created_at).total_seconds()
             return age <= self._running_limit_s
-        cutoff = utcnow() - timedelta(seconds=self._stale_after_s)
-        async with self._sessions() as session:
-            beat = (
-                await session.exec(
-                    select(BatchWorkerRow.heartbeat_at).where(BatchWorkerRow.id == running.owner)
-                )
-            ).first()
-        return beat is not None and as_utc(beat) >= cutoff
+        return await heartbeat_fresh(self._sessions, running.owner, self._stale_after_s)
+
+
+async def heartbeat_fresh(sessions: SessionFactory, process: str, stale_after_s: float) -> bool:
+    """Whether server process ``process`` heartbeated within ``stale_after_s`` seconds."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    async with sessions() as session:
+        beat = (
+            await session.exec(
+                select(BatchWorkerRow.heartbeat_at).where(BatchWorkerRow.id == process)
+            )
+        ).first()
+    return beat is not None and as_utc(beat) >= cutoff
 
 
 class _Raced(Exception):

@@ -18,13 +18,12 @@ archive can go unseen.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -52,6 +51,14 @@ from promptgate.prompts.split_store import FoundSplit, find_split, load_split, s
 from promptgate.prompts.splits import check_target, split_from_json, stored_split
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import ModelCheck, validate_spec
+from promptgate.prompts.versioned import (
+    NAME,
+    VersionedKind,
+    VersionedStore,
+    check_tag,
+    event_of,
+    tag_of,
+)
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import (
     PromptRow,
@@ -62,10 +69,18 @@ from promptgate.store.tables import (
     utcnow,
 )
 
-PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LATEST = "latest"
 RESOLVE_CACHE_MAX = 10_000
+# Prompts are versioned and tagged like chains; splits and audit entries are theirs.
+PROMPTS = VersionedKind(
+    noun="prompt",
+    id_prefix="prm",
+    version_prefix="ver",
+    resource=PromptRow,
+    version=PromptVersionRow,
+    tag=ReleaseTagRow,
+    event=ReleaseTagEventRow,
+    key="prompt_id",
+)
 
 
 class PromptCatalog:
@@ -80,6 +95,7 @@ class PromptCatalog:
         resolve_ttl_s: float = 1.0,
     ) -> None:
         self._sessions = sessions
+        self._rows = VersionedStore(sessions, PROMPTS)
         self._templates = templates
         self._check_model = check_model
         self._resolve_ttl = resolve_ttl_s
@@ -95,7 +111,7 @@ class PromptCatalog:
         self, workspace: str, name: str, description: str, labels: dict[str, str]
     ) -> Prompt:
         """Create an empty prompt; its name must be new in the workspace."""
-        if not PROMPT_NAME.fullmatch(name):
+        if not NAME.fullmatch(name):
             raise InvalidArgument.field(
                 "name",
                 "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -193,7 +209,7 @@ class PromptCatalog:
         )
         spec = replace(spec, partials=dict(partials.pins))
         for i, tag in enumerate(release_tags):
-            _check_tag(tag, f"release_tags[{i}]")
+            check_tag(tag, f"release_tags[{i}]")
         if len(set(release_tags)) != len(release_tags):
             raise InvalidArgument.field("release_tags", "a tag is listed twice")
         data = spec_to_json(spec)
@@ -201,7 +217,7 @@ class PromptCatalog:
             async with self._sessions.write() as session:
                 prompt = await self._prompt_row(session, workspace, ref)
                 if prompt.archived:
-                    raise _archived(prompt.name)
+                    raise self._rows.archived(prompt.name)
                 number = prompt.latest_version + 1
                 now = utcnow()
                 claimed = await session.exec(
@@ -261,18 +277,8 @@ class PromptCatalog:
         self, workspace: str, ref: str, *, size: int, token: str
     ) -> tuple[list[PromptVersion], str]:
         """A page of versions, newest first."""
-        limit = page_size(size)
-        after = decode_token("versions", token, {"v": int})
-        async with self._sessions() as session:
-            prompt = await self._prompt_row(session, workspace, ref)
-            query = select(PromptVersionRow).where(PromptVersionRow.prompt_id == prompt.id)
-            if after:
-                query = query.where(col(PromptVersionRow.version) < int(after.get("v", 0)))
-            query = query.order_by(col(PromptVersionRow.version).desc()).limit(limit + 1)
-            rows = list((await session.exec(query)).all())
-        page = rows[:limit]
-        next_token = encode_token("versions", {"v": page[-1].version}) if len(rows) > limit else ""
-        return [_version(r) for r in page], next_token
+        rows, next_token = await self._rows.list_versions(workspace, ref, size=size, token=token)
+        return [_version(r) for r in rows], next_token
 
     async def resolve(self, workspace: str, ref: str, *, tag: str, version: int) -> ResolvedPrompt:
         """The version an execution of ``ref`` runs: by number if given, else by tag."""
@@ -295,7 +301,7 @@ class PromptCatalog:
         async with self._sessions() as session:
             prompt_row = await self._prompt_row(session, workspace, ref, field="prompt")
             if prompt_row.archived:
-                raise _archived(prompt_row.name)
+                raise self._rows.archived(prompt_row.name)
             row, used_tag = await self._select_version(
                 session, prompt_row, version=version, tag=tag
             )
@@ -338,7 +344,7 @@ class PromptCatalog:
         """Point ``tag`` at a version, or split it between versions; record the move
         (``validate_only``: only check it). A move that breaks the callers of what the
         tag serves is refused unless allowed."""
-        _check_tag(tag, "tag")
+        check_tag(tag, "tag")
         check_target(version, version_id, splits)
         async with self._sessions.write() as session:
             prompt = await self._prompt_row(session, workspace, ref)
@@ -397,51 +403,18 @@ class PromptCatalog:
         self, workspace: str, ref: str, *, tag: str, size: int, token: str
     ) -> tuple[list[ReleaseTagEvent], str]:
         """A page of tag moves, newest first."""
-        limit = page_size(size)
-        after = decode_token("tag-history", token, {"seq": int})
-        async with self._sessions() as session:
-            prompt = await self._prompt_row(session, workspace, ref)
-            query = select(ReleaseTagEventRow).where(ReleaseTagEventRow.prompt_id == prompt.id)
-            if tag:
-                query = query.where(ReleaseTagEventRow.tag == tag)
-            if after:
-                query = query.where(col(ReleaseTagEventRow.seq) < int(after.get("seq", 0)))
-            query = query.order_by(col(ReleaseTagEventRow.seq).desc()).limit(limit + 1)
-            rows = list((await session.exec(query)).all())
-        page = rows[:limit]
-        next_token = encode_token("tag-history", {"seq": page[-1].seq}) if len(rows) > limit else ""
-        return [
-            ReleaseTagEvent(
-                seq=r.seq or 0,
-                tag=r.tag,
-                version=r.version,
-                version_id=r.version_id,
-                previous_version=r.previous_version,
-                time=as_utc(r.created_at),
-                split=split_from_json(r.split),
-            )
-            for r in page
-        ], next_token
+        rows, next_token = await self._rows.tag_history_rows(
+            workspace, ref, tag=tag, size=size, token=token
+        )
+        return [replace(event_of(r), split=split_from_json(r.split)) for r in rows], next_token
 
     # Internals
 
     async def _prompt_row(
         self, session: AsyncSession, workspace: str, ref: str, field: str = "prompt"
     ) -> PromptRow:
-        if not ref:
-            raise InvalidArgument.field(
-                field, "a prompt id or name is required", reason="INVALID_PROMPT"
-            )
-        query = select(PromptRow).where(
-            PromptRow.workspace_id == workspace,
-            or_(col(PromptRow.id) == ref, col(PromptRow.name) == ref),
-        )
-        rows = list((await session.exec(query)).all())
-        if not rows:
-            raise NotFound(
-                f"prompt {ref!r} not found", reason="PROMPT_NOT_FOUND", metadata={"prompt": ref}
-            )
-        return next((r for r in rows if r.id == ref), rows[0])
+        row: PromptRow = await self._rows.resource(session, workspace, ref, field)
+        return row
 
     async def _select_version(
         self,
@@ -452,46 +425,9 @@ class PromptCatalog:
         version_id: str = "",
         tag: str = "",
     ) -> tuple[PromptVersionRow, str]:
-        query = select(PromptVersionRow).where(PromptVersionRow.prompt_id == prompt.id)
-        used_tag = ""
-        if version_id:
-            query = query.where(PromptVersionRow.id == version_id)
-        elif version:
-            if version < 0:
-                raise InvalidArgument.field("version", "must be positive")
-            query = query.where(PromptVersionRow.version == version)
-        else:
-            if not tag:
-                raise InvalidArgument.field(
-                    "release_tag", "give a release tag, a version number or a version_id"
-                )
-            used_tag = tag
-            if tag == LATEST:
-                query = query.where(PromptVersionRow.version == prompt.latest_version)
-            else:
-                tag_row = await session.get(ReleaseTagRow, (prompt.id, tag))
-                if tag_row is None:
-                    raise NotFound(
-                        f"prompt {prompt.name!r} has no release tag {tag!r}",
-                        reason="RELEASE_TAG_NOT_FOUND",
-                        metadata={"prompt": prompt.name, "release_tag": tag},
-                    )
-                query = query.where(PromptVersionRow.id == tag_row.version_id)
-        row = (await session.exec(query)).first()
-        if row is None:
-            if used_tag == LATEST:
-                raise NotFound(
-                    f"prompt {prompt.name!r} has no versions yet",
-                    reason="VERSION_NOT_FOUND",
-                    metadata={"prompt": prompt.name},
-                )
-            which = version_id or str(version)
-            raise NotFound(
-                f"prompt {prompt.name!r} has no version {which}",
-                reason="VERSION_NOT_FOUND",
-                metadata={"prompt": prompt.name, "version": which},
-            )
-        return row, used_tag
+        return await self._rows.select_version(
+            session, prompt, version=version, version_id=version_id, tag=tag
+        )
 
     async def _move_tag(
         self,
@@ -539,51 +475,7 @@ class PromptCatalog:
         return current
 
     async def _tags(self, session: AsyncSession, prompt: PromptRow) -> list[ReleaseTag]:
-        rows = (
-            await session.exec(select(ReleaseTagRow).where(ReleaseTagRow.prompt_id == prompt.id))
-        ).all()
-        tags = [_tag(r) for r in rows]
-        if prompt.latest_version:
-            latest = (
-                await session.exec(
-                    select(PromptVersionRow).where(
-                        PromptVersionRow.prompt_id == prompt.id,
-                        PromptVersionRow.version == prompt.latest_version,
-                    )
-                )
-            ).first()
-            if latest is not None:
-                tags.append(
-                    ReleaseTag(
-                        tag=LATEST,
-                        version=latest.version,
-                        version_id=latest.id,
-                        updated_at=as_utc(latest.created_at),
-                        automatic=True,
-                    )
-                )
-        return sorted(tags, key=lambda t: t.tag)
-
-
-def _check_tag(tag: str, field: str) -> None:
-    if tag == LATEST:
-        raise InvalidArgument.field(
-            field,
-            '"latest" follows the newest version and cannot be set',
-            reason="INVALID_RELEASE_TAG",
-        )
-    if not TAG_NAME.fullmatch(tag):
-        raise InvalidArgument.field(
-            field,
-            "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            reason="INVALID_RELEASE_TAG",
-        )
-
-
-def _archived(name: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"prompt {name!r} is archived", reason="PROMPT_ARCHIVED", metadata={"prompt": name}
-    )
+        return await self._rows.tags_of(session, prompt, _tag)
 
 
 def _prompt(row: PromptRow, tags: list[ReleaseTag]) -> Prompt:
@@ -613,10 +505,4 @@ def _version(row: PromptVersionRow) -> PromptVersion:
 
 
 def _tag(row: ReleaseTagRow) -> ReleaseTag:
-    return ReleaseTag(
-        tag=row.tag,
-        version=row.version,
-        version_id=row.version_id,
-        updated_at=as_utc(row.updated_at),
-        split=split_from_json(row.split),
-    )
+    return replace(tag_of(row), split=split_from_json(row.split))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from promptgate.chat import (
     ResponseFormat,
@@ -64,28 +64,8 @@ def validate_spec(
     else:
         # An unservable model is its own error (INVALID_MODEL), reported first.
         check_model(spec.provider, spec.model, f"{field}.model")
-    declared: dict[str, InputVariable] = {}
-    for i, variable in enumerate(spec.input_variables):
-        path = f"{field}.input_variables[{i}]"
-        if not IDENTIFIER.fullmatch(variable.name):
-            problems.append(
-                FieldViolation(f"{path}.name", f"{variable.name!r} is not a valid variable name")
-            )
-        elif variable.name in declared:
-            problems.append(
-                FieldViolation(f"{path}.name", f"variable {variable.name!r} is declared twice")
-            )
-        declared[variable.name] = variable
-        if variable.has_default:
-            try:
-                coerce(
-                    variable,
-                    PromptInput(
-                        variable.name, _kind(variable.default, variable.type), variable.default
-                    ),
-                )
-            except ValueError as exc:
-                problems.append(FieldViolation(f"{path}.default_value", str(exc)))
+    problems.extend(variable_problems(spec.input_variables, f"{field}.input_variables"))
+    declared = {v.name: v for v in spec.input_variables}
     if not spec.messages:
         problems.append(FieldViolation(f"{field}.messages", "a prompt needs at least one message"))
     for i, message in enumerate(spec.messages):
@@ -154,6 +134,34 @@ def _partial_variable_problems(
         for partial, used in sorted(reached.items())
         for variable in sorted(used.variables - known)
     ]
+
+
+def variable_problems(variables: Sequence[InputVariable], field: str) -> list[FieldViolation]:
+    """Problems of input variable declarations: bad or repeated names, defaults that do not fit."""
+    problems: list[FieldViolation] = []
+    declared: set[str] = set()
+    for i, variable in enumerate(variables):
+        path = f"{field}[{i}]"
+        if not IDENTIFIER.fullmatch(variable.name):
+            problems.append(
+                FieldViolation(f"{path}.name", f"{variable.name!r} is not a valid variable name")
+            )
+        elif variable.name in declared:
+            problems.append(
+                FieldViolation(f"{path}.name", f"variable {variable.name!r} is declared twice")
+            )
+        declared.add(variable.name)
+        if variable.has_default:
+            try:
+                coerce(
+                    variable,
+                    PromptInput(
+                        variable.name, _kind(variable.default, variable.type), variable.default
+                    ),
+                )
+            except ValueError as exc:
+                problems.append(FieldViolation(f"{path}.default_value", str(exc)))
+    return problems
 
 
 def _kind(value: object, declared: InputType) -> InputType:

@@ -33,7 +33,7 @@ from promptgate.store.tables import SchemaVersionRow, utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 async def _idempotency_columns(conn: AsyncConnection) -> None:
@@ -49,10 +49,20 @@ async def _split_columns(conn: AsyncConnection) -> None:
     await conn.execute(text("ALTER TABLE executions ADD COLUMN split_id VARCHAR(40)"))
 
 
+async def _chain_columns(conn: AsyncConnection) -> None:
+    """Version 4: executions name the chain execution and step they ran as; batches
+    name the chain their items run."""
+    await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_execution_id VARCHAR(40)"))
+    await conn.execute(text("ALTER TABLE batches ADD COLUMN chain_id VARCHAR(40)"))
+    await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_step VARCHAR(64)"))
+    await conn.execute(text("CREATE INDEX ix_executions_chain ON executions (chain_execution_id)"))
+
+
 # Migrations from version N-1 to N, run in order inside one transaction.
 MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
     2: _idempotency_columns,
     3: _split_columns,
+    4: _chain_columns,
 }
 
 

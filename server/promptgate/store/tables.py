@@ -133,6 +133,7 @@ class ExecutionRow(SQLModel, table=True):
         Index("ix_executions_workspace_id", "workspace_id", "id"),
         Index("ix_executions_prompt", "workspace_id", "prompt_id", "id"),
         Index("ix_executions_api_key", "api_key_id", "created_at"),
+        Index("ix_executions_chain", "chain_execution_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -181,6 +182,9 @@ class ExecutionRow(SQLModel, table=True):
     superseded_key: str | None = Field(default=None, max_length=256)
     # The release tag's traffic split that picked the version (schema version 3).
     split_id: str | None = Field(default=None, max_length=40)
+    # Chains (schema version 4): the chain execution this is a step of, and the step.
+    chain_execution_id: str | None = Field(default=None, max_length=40)
+    chain_step: str | None = Field(default=None, max_length=64)
 
 
 class ActualRow(SQLModel, table=True):
@@ -197,6 +201,114 @@ class ActualRow(SQLModel, table=True):
     actual_metadata: dict[str, Any] = _json(dict)
     observed_at: datetime = _time()
     created_at: datetime = _time()
+
+
+class ChainRow(SQLModel, table=True):
+    """A named chain of prompt steps."""
+
+    __tablename__ = "chains"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_chains_workspace_name"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    description: str = ""
+    labels: dict[str, str] = _json(dict)
+    archived: bool = False
+    latest_version: int = 0
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+
+
+class ChainVersionRow(SQLModel, table=True):
+    """An immutable chain version; ``spec`` is the domain's ChainSpec as JSON."""
+
+    __tablename__ = "chain_versions"
+    __table_args__ = (
+        UniqueConstraint("chain_id", "version", name="uq_chain_versions_chain_version"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    chain_id: str = Field(foreign_key="chains.id", max_length=40)
+    workspace_id: str = Field(max_length=64)
+    version: int
+    spec: dict[str, Any] = _json(dict)
+    description: str = ""
+    created_at: datetime = _time()
+
+
+class ChainReleaseTagRow(SQLModel, table=True):
+    """Where a release tag of a chain points now."""
+
+    __tablename__ = "chain_release_tags"
+
+    chain_id: str = Field(primary_key=True, foreign_key="chains.id", max_length=40)
+    tag: str = Field(primary_key=True, max_length=64)
+    version_id: str = Field(max_length=40)
+    version: int
+    updated_at: datetime = _time()
+
+
+class ChainReleaseTagEventRow(SQLModel, table=True):
+    """One move of a chain's release tag (the tag history)."""
+
+    __tablename__ = "chain_release_tag_events"
+    __table_args__ = (Index("ix_chain_tag_events_chain_seq", "chain_id", "seq"),)
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    chain_id: str = Field(max_length=40)
+    tag: str = Field(max_length=64)
+    version_id: str = Field(max_length=40)
+    version: int
+    previous_version: int = 0
+    created_at: datetime = _time()
+
+
+class ChainExecutionRow(SQLModel, table=True):
+    """An execution of a chain; its steps are executions rows that point back here."""
+
+    __tablename__ = "chain_executions"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "external_id", name="uq_chain_executions_external_id"),
+        Index("ix_chain_executions_workspace_id", "workspace_id", "id"),
+        Index("ix_chain_executions_chain", "workspace_id", "chain_id", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=64)
+    external_id: str | None = Field(default=None, max_length=256)
+    request_fingerprint: str | None = Field(default=None, max_length=64)
+    superseded_key: str | None = Field(default=None, max_length=256)
+    owner: str | None = Field(default=None, max_length=40)
+    state: str = Field(max_length=16)
+    streamed: bool = False
+    chain_id: str | None = Field(default=None, max_length=40)
+    chain_name: str = ""
+    version_id: str | None = Field(default=None, max_length=40)
+    version: int = 0
+    release_tag: str = ""
+    inputs: list[Any] = _json(list)
+    outputs: list[Any] = _json(list)
+    steps: list[Any] = _json(list)
+    error: dict[str, Any] | None = _json(None)
+    failed_step: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    input_chars: int = 0
+    output_chars: int = 0
+    cost: float = 0.0
+    priced: bool = False
+    latency_ms: float = 0.0
+    request_metadata: dict[str, Any] = _json(dict)
+    api_key_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _time()
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class BatchRow(SQLModel, table=True):
@@ -238,6 +350,9 @@ class BatchRow(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     updated_at: datetime = _time()
+    # Chains (schema version 4): the stored chain the items run, instead of a
+    # prompt (version_id, version and release_tag are then the chain's).
+    chain_id: str | None = Field(default=None, max_length=40)
 
 
 class BatchItemRow(SQLModel, table=True):

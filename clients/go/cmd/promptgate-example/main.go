@@ -1,6 +1,6 @@
 // Command promptgate-example tours the Go client: execute, stream, submit an
-// actual, run a batch, read an error's reason and hit a deadline. It prints one
-// JSON object per step.
+// actual, run a batch, run a chain, read an error's reason and hit a deadline.
+// It prints one JSON object per step.
 //
 //	PROMPTGATE_ADDRESS=localhost:50051 PROMPTGATE_API_KEY=pgk_... promptgate-example
 package main
@@ -156,6 +156,35 @@ func run() error {
 		pairs = append(pairs, []string{r.GetCustomId(), promptgate.OutputText(r.GetOutputs())})
 	}
 	emit("batch", map[string]interface{}{"id": batchID, "state": state.String(), "results": pairs})
+
+	// A chain: an inline step whose output becomes the demo prompt's "question".
+	word, _ := promptgate.Inputs(map[string]interface{}{"word": "hi"})
+	chained, err := client.Chains.ExecuteChain(ctx, &pb.ExecuteChainRequest{
+		Target: &pb.ExecuteChainRequest_InlineChain{InlineChain: &pb.InlineChain{Steps: []*pb.ChainStep{
+			{
+				Name:           "shout",
+				Target:         &pb.ChainStep_InlinePrompt{InlinePrompt: &pb.InlinePrompt{Model: "mock-1", Prompt: "Shout {{ word }}"}},
+				OutputVariable: "question",
+			},
+			{Name: "answer", Target: &pb.ChainStep_Prompt{Prompt: "demo"}, OutputVariable: "answer"},
+		}}},
+		Inputs: word,
+	})
+	if err != nil {
+		return err
+	}
+	execution := chained.GetChainExecution()
+	names, ids := []string{}, []string{}
+	for _, s := range execution.GetSteps() {
+		names, ids = append(names, s.GetName()), append(ids, s.GetExecutionId())
+	}
+	emit("chain", map[string]interface{}{
+		"state":            execution.GetState().String(),
+		"chainExecutionId": execution.GetId(),
+		"steps":            names,
+		"executionIds":     ids,
+		"text":             promptgate.OutputText(execution.GetOutputs()),
+	})
 
 	// An unknown prompt: NOT_FOUND with a google.rpc.ErrorInfo reason.
 	_, err = client.Executions.ExecutePrompt(ctx, &pb.ExecutePromptRequest{

@@ -6,6 +6,8 @@ from promptgate_client._async import AsyncClient
 from promptgate_client._build import (
     actual,
     batch_item,
+    chain_request,
+    chain_step,
     chat_history,
     chat_message,
     execute_request,
@@ -64,6 +66,8 @@ __all__ = [
     "UnimplementedError",
     "actual",
     "batch_item",
+    "chain_request",
+    "chain_step",
     "chat_history",
     "chat_message",
     "execute_request",

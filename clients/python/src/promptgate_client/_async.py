@@ -20,6 +20,8 @@ from promptgate_client._errors import ExecutionRejectedError, from_rpc_error
 from promptgate_client._sync import TERMINAL_BATCH_STATES, Prompt
 from promptgate_client.v1 import (
     admin_service_pb2_grpc,
+    chain_service_pb2,
+    chain_service_pb2_grpc,
     common_pb2,
     execution_service_pb2,
     execution_service_pb2_grpc,
@@ -56,6 +58,7 @@ class AsyncClient:
         )
         self.executions = execution_service_pb2_grpc.ExecutionServiceStub(self.channel)
         self.prompts = prompt_service_pb2_grpc.PromptServiceStub(self.channel)
+        self.chains = chain_service_pb2_grpc.ChainServiceStub(self.channel)
         self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -140,6 +143,52 @@ class AsyncClient:
             elif kind == "rejected":
                 error = event.rejected.error
                 raise ExecutionRejectedError(event.execution_id, error.code, error.message)
+
+    async def execute_chain(
+        self,
+        chain: _build.Chain,
+        *,
+        inputs: _build.Inputs | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> chain_service_pb2.ExecuteChainResponse:
+        """Run a chain; a REJECTED chain is returned, not raised."""
+        request = _build.chain_request(chain, inputs=inputs, metadata=metadata, **fields)
+        try:
+            return await self.chains.ExecuteChain(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def stream_chain(
+        self,
+        chain: _build.Chain,
+        *,
+        inputs: _build.Inputs | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> AsyncIterator[chain_service_pb2.ExecuteChainStreamResponse]:
+        """The chain's events; leaving the loop early cancels the call."""
+        request = _build.chain_request(chain, inputs=inputs, metadata=metadata, **fields)
+        call = self.chains.ExecuteChainStream(request, timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+    async def get_chain_execution(
+        self, chain_execution_id: str, *, timeout: float | None = None
+    ) -> chain_service_pb2.ChainExecution:
+        """One chain execution with its steps."""
+        request = chain_service_pb2.GetChainExecutionRequest(chain_execution_id=chain_execution_id)
+        try:
+            return (await self.chains.GetChainExecution(request, timeout=timeout)).chain_execution
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     async def get_execution(
         self, execution_id: str, *, timeout: float | None = None

@@ -7,7 +7,7 @@ from typing import Any, TypeAlias
 
 from google.protobuf import json_format, struct_pb2
 
-from promptgate_client.v1 import common_pb2, execution_service_pb2
+from promptgate_client.v1 import chain_service_pb2, common_pb2, execution_service_pb2
 
 InputValue: TypeAlias = (
     "str | bool | int | float | Mapping[str, Any] | Sequence[Any]"
@@ -140,6 +140,65 @@ def execute_request(
     params = model_parameters(parameters)
     if params is not None:
         request.parameters.CopyFrom(params)
+    if metadata is not None:
+        request.metadata.CopyFrom(struct(metadata))
+    return request
+
+
+def chain_step(
+    name: str,
+    prompt: str | common_pb2.InlinePrompt,
+    output_variable: str,
+    *,
+    release_tag: str = "",
+    version: int = 0,
+    parameters: common_pb2.ModelParameters | Mapping[str, Any] | None = None,
+) -> chain_service_pb2.ChainStep:
+    """One chain step: a stored prompt (name or id, with ``release_tag`` or ``version``)
+    or an inline prompt, and the variable its output becomes for later steps."""
+    step = chain_service_pb2.ChainStep(
+        name=name, output_variable=output_variable, release_tag=release_tag, version=version
+    )
+    if isinstance(prompt, common_pb2.InlinePrompt):
+        step.inline_prompt.CopyFrom(prompt)
+    else:
+        step.prompt = prompt
+    params = model_parameters(parameters)
+    if params is not None:
+        step.parameters.CopyFrom(params)
+    return step
+
+
+Chain: TypeAlias = (
+    "str | chain_service_pb2.InlineChain | Sequence[chain_service_pb2.ChainStep]"
+    " | chain_service_pb2.ExecuteChainRequest"
+)
+
+
+def chain_request(
+    chain: Chain,
+    *,
+    inputs: Inputs | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> chain_service_pb2.ExecuteChainRequest:
+    """An ExecuteChainRequest for a stored chain (name or id), an InlineChain or a
+    list of steps (built with :func:`chain_step`).
+
+    ``fields`` are other ExecuteChainRequest fields (release_tag, version,
+    external_id, timeout, ...).
+    """
+    if isinstance(chain, chain_service_pb2.ExecuteChainRequest):
+        if inputs or metadata or fields:
+            raise TypeError("pass either a complete request or its parts, not both")
+        return chain
+    request = chain_service_pb2.ExecuteChainRequest(inputs=prompt_inputs(inputs), **fields)
+    if isinstance(chain, str):
+        request.chain = chain
+    elif isinstance(chain, chain_service_pb2.InlineChain):
+        request.inline_chain.CopyFrom(chain)
+    else:
+        request.inline_chain.steps.extend(chain)
     if metadata is not None:
         request.metadata.CopyFrom(struct(metadata))
     return request

@@ -13,6 +13,8 @@ from promptgate_client._channel import DefaultsInterceptor, RetryPolicy, channel
 from promptgate_client._errors import ExecutionRejectedError, from_rpc_error
 from promptgate_client.v1 import (
     admin_service_pb2_grpc,
+    chain_service_pb2,
+    chain_service_pb2_grpc,
     common_pb2,
     execution_service_pb2,
     execution_service_pb2_grpc,
@@ -35,8 +37,8 @@ class Client:
     ``timeout`` (seconds) is the deadline of every call that sets none;
     ``retry`` retries UNAVAILABLE calls in the channel (None: no retries).
     Failed calls raise a :class:`~promptgate_client.StatusError` subclass.
-    The generated stubs are ``executions``, ``prompts`` and ``admin`` (they
-    carry the API key and default deadline too).
+    The generated stubs are ``executions``, ``prompts``, ``chains`` and ``admin``
+    (they carry the API key and default deadline too).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Client:
         self.channel = grpc.intercept_channel(raw, DefaultsInterceptor(api_key, timeout))
         self.executions = execution_service_pb2_grpc.ExecutionServiceStub(self.channel)
         self.prompts = prompt_service_pb2_grpc.PromptServiceStub(self.channel)
+        self.chains = chain_service_pb2_grpc.ChainServiceStub(self.channel)
         self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
 
     def close(self) -> None:
@@ -148,6 +151,58 @@ class Client:
             elif kind == "rejected":
                 error = event.rejected.error
                 raise ExecutionRejectedError(event.execution_id, error.code, error.message)
+
+    def execute_chain(
+        self,
+        chain: _build.Chain,
+        *,
+        inputs: _build.Inputs | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> chain_service_pb2.ExecuteChainResponse:
+        """Run a stored chain (name or id), an InlineChain or a list of steps (built with
+        :func:`promptgate_client.chain_step`).
+
+        A REJECTED chain is returned, not raised: check
+        ``response.chain_execution.state`` (``failed_step`` names the step).
+        """
+        request = _build.chain_request(chain, inputs=inputs, metadata=metadata, **fields)
+        try:
+            return self.chains.ExecuteChain(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def stream_chain(
+        self,
+        chain: _build.Chain,
+        *,
+        inputs: _build.Inputs | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Iterator[chain_service_pb2.ExecuteChainStreamResponse]:
+        """The chain's events: per step step_started, step_delta..., step_finished; then
+        chain_fulfilled or chain_rejected. Leaving the loop early cancels the call
+        (and the running step)."""
+        request = _build.chain_request(chain, inputs=inputs, metadata=metadata, **fields)
+        call = self.chains.ExecuteChainStream(request, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def get_chain_execution(
+        self, chain_execution_id: str, *, timeout: float | None = None
+    ) -> chain_service_pb2.ChainExecution:
+        """One chain execution with its steps."""
+        request = chain_service_pb2.GetChainExecutionRequest(chain_execution_id=chain_execution_id)
+        try:
+            return self.chains.GetChainExecution(request, timeout=timeout).chain_execution
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     def get_execution(
         self, execution_id: str, *, timeout: float | None = None

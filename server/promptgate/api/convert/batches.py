@@ -9,9 +9,11 @@ from promptgate.api.convert.executions import (
     meta_to_proto,
     output_to_proto,
     target_from_proto,
+    usage_to_proto,
 )
 from promptgate.api.convert.prompts import inputs_from_proto
 from promptgate.api.convert.values import dict_to_struct, struct_to_dict, timestamp
+from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.batches.model import (
     Batch,
@@ -22,10 +24,9 @@ from promptgate.batches.model import (
     ItemResult,
     ItemState,
 )
+from promptgate.chains.model import StoredChain
 from promptgate.errors import FieldViolation, InvalidArgument
-from promptgate.execution.model import (
-    ExecutionState,
-)
+from promptgate.execution.model import ExecutionState, InlineTarget, StoredTarget
 
 # Batches
 
@@ -52,7 +53,11 @@ def batch_spec_from_proto(
     request: epb.ExecuteBatchRequest, *, workspace: str, api_key_id: str = ""
 ) -> BatchSpec:
     """The domain batch of an ExecuteBatch request."""
-    target = target_from_proto(request)
+    target: StoredTarget | InlineTarget | StoredChain
+    if request.WhichOneof("target") == "chain":
+        target = StoredChain(request.chain, request.release_tag, request.version)
+    else:
+        target = target_from_proto(request)
     items = []
     problems: list[FieldViolation] = []
     for i, item in enumerate(request.items):
@@ -113,6 +118,7 @@ def batch_to_proto(batch: Batch) -> epb.Batch:
         error=error_to_proto(batch.error),
         callback_state=batch.callback_state,
         callback_attempts=batch.callback_attempts,
+        chain_id=batch.chain_id,
     )
 
 
@@ -124,12 +130,26 @@ def item_result_to_proto(result: ItemResult) -> epb.BatchItemResult:
         state=_ITEM_STATES_PB[result.state],
         execution_id=result.execution_id,
     )
+    chain = result.chain
+    if chain is not None:
+        message.execution_id = ""
+        message.chain_execution_id = chain.id
+        if chain.state is ExecutionState.FULFILLED:
+            message.outputs.extend(output_to_proto(o) for o in chain.outputs)
+        message.meta.usage.CopyFrom(
+            usage_to_proto(chain.usage, chain.input_chars, chain.output_chars)
+        )
+        message.meta.cost.CopyFrom(
+            pb.Cost(value=chain.cost.value, unit=chain.cost.unit, priced=chain.cost.priced)
+        )
     record = result.execution
     if record is not None:
         if record.state is ExecutionState.FULFILLED:
             message.outputs.extend(output_to_proto(o) for o in record.outputs)
         message.meta.CopyFrom(meta_to_proto(record))
     error = result.error or (record.error if record is not None else None)
+    if error is None and chain is not None:
+        error = chain.error
     failure = error_to_proto(error) if result.state is not ItemState.FULFILLED else None
     if failure is not None:
         message.error.CopyFrom(failure)

@@ -351,6 +351,8 @@ def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
         streamed=record.streamed,
         actuals=[actual_to_proto(a) for a in record.actuals],
         attempt_log=[attempt_to_proto(a) for a in record.attempt_log],
+        chain_execution_id=record.chain_execution_id,
+        chain_step=record.chain_step,
     )
 
 

@@ -224,9 +224,8 @@ def spec_from_version(version: ppb.PromptVersion, field: str = "version") -> Pro
     )
 
 
-def spec_from_inline(inline: pb.InlinePrompt) -> InlineTarget:
-    """The target of an InlinePrompt message."""
-    field = "inline_prompt"
+def spec_from_inline(inline: pb.InlinePrompt, field: str = "inline_prompt") -> InlineTarget:
+    """The target of an InlinePrompt message (``field``: where it is, for errors)."""
     messages: list[TemplateMessage] = []
     if inline.system_prompt:
         messages.append(TemplateMessage(Role.SYSTEM, inline.system_prompt))
@@ -276,21 +275,33 @@ def prompt_to_proto(prompt: Prompt) -> ppb.Prompt:
 
 def version_to_proto(version: PromptVersion) -> ppb.PromptVersion:
     """A domain PromptVersion as a message."""
-    spec = version.spec
     message = ppb.PromptVersion(
         id=version.id,
         prompt_id=version.prompt_id,
         version=version.version,
-        messages=[template_to_proto(m) for m in spec.messages],
-        provider=spec.provider,
-        model=spec.model,
-        parameters=parameters_to_proto(spec.parameters),
-        input_variables=[input_variable_to_proto(v) for v in spec.input_variables],
-        tools=[tool_to_proto(t) for t in spec.tools],
         description=version.description,
         create_time=timestamp(version.created_at),
-        partials=spec.partials,
+        partials=version.spec.partials,
     )
+    _spec_into(version.spec, message)
+    return message
+
+
+def inline_to_proto(target: InlineTarget) -> pb.InlinePrompt:
+    """An inline prompt as a message (its system and user prompts as messages)."""
+    message = pb.InlinePrompt()
+    _spec_into(target.spec, message)
+    return message
+
+
+def _spec_into(spec: PromptSpec, message: ppb.PromptVersion | pb.InlinePrompt) -> None:
+    """Copy ``spec`` into a PromptVersion or InlinePrompt message (they share its fields)."""
+    message.messages.extend(template_to_proto(m) for m in spec.messages)
+    message.provider = spec.provider
+    message.model = spec.model
+    message.parameters.CopyFrom(parameters_to_proto(spec.parameters))
+    message.input_variables.extend(input_variable_to_proto(v) for v in spec.input_variables)
+    message.tools.extend(tool_to_proto(t) for t in spec.tools)
     if spec.response_format is not None:
         message.response_format.CopyFrom(response_format_to_proto(spec.response_format))
     if spec.tool_choice is not None:
@@ -299,7 +310,6 @@ def version_to_proto(version: PromptVersion) -> ppb.PromptVersion:
         message.routing.CopyFrom(routing_to_proto(spec.routing))
     if spec.cache is not None:
         message.cache.CopyFrom(cache_to_proto(spec.cache))
-    return message
 
 
 def release_tag_to_proto(tag: ReleaseTag) -> ppb.ReleaseTag:

@@ -494,6 +494,8 @@ class Execution(_message.Message):
     STREAMED_FIELD_NUMBER: _builtins.int
     ACTUALS_FIELD_NUMBER: _builtins.int
     ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
+    CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    CHAIN_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The execution id, "exe_..."."""
     state: _common_pb2.ExecutionState.ValueType
@@ -504,6 +506,12 @@ class Execution(_message.Message):
     """Output only. The prompt's name (empty for inline prompts)."""
     streamed: _builtins.bool
     """Output only. Whether the execution was streamed."""
+    chain_execution_id: _builtins.str
+    """Output only. The chain execution ("chx_...") this execution is a step
+    of; empty for executions outside chains.
+    """
+    chain_step: _builtins.str
+    """Output only. The name of the chain step this execution ran."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptInput]:
         """Output only. The inputs as given."""
@@ -559,10 +567,12 @@ class Execution(_message.Message):
         streamed: _builtins.bool = ...,
         actuals: _abc.Iterable[Global___Actual] | None = ...,
         attempt_log: _abc.Iterable[_common_pb2.ExecutionAttempt] | None = ...,
+        chain_execution_id: _builtins.str = ...,
+        chain_step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "meta", b"meta", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "chain_execution_id", b"chain_execution_id", "chain_step", b"chain_step", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +644,7 @@ class ListExecutionsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Optional. At most this many executions (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -646,6 +657,8 @@ class ListExecutionsRequest(_message.Message):
     """Optional. Only executions selected by this release tag."""
     state: _common_pb2.ExecutionState.ValueType
     """Optional. Only executions in this state."""
+    chain_execution_id: _builtins.str
+    """Optional. Only the steps of this chain execution ("chx_...")."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. Only executions created at or after this time."""
@@ -665,10 +678,11 @@ class ListExecutionsRequest(_message.Message):
         state: _common_pb2.ExecutionState.ValueType = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        chain_execution_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "prompt", b"prompt", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_execution_id", b"chain_execution_id", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "prompt", b"prompt", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,6 +881,7 @@ class Batch(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CALLBACK_STATE_FIELD_NUMBER: _builtins.int
     CALLBACK_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The batch id, "bat_..."."""
     display_name: _builtins.str
@@ -889,6 +904,10 @@ class Batch(_message.Message):
     """
     callback_attempts: _builtins.int
     """Output only. Delivery attempts made for the completion webhook."""
+    chain_id: _builtins.str
+    """Output only. The stored chain's id, when the items run a chain (release_tag
+    and version are then the chain's).
+    """
     @_builtins.property
     def counts(self) -> Global___BatchCounts:
         """Output only. Item counts."""
@@ -932,10 +951,11 @@ class Batch(_message.Message):
         error: _common_pb2.ExecutionError | None = ...,
         callback_state: _builtins.str = ...,
         callback_attempts: _builtins.int = ...,
+        chain_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_attempts", b"callback_attempts", "callback_state", b"callback_state", "callback_url", b"callback_url", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "id", b"id", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "prompt_id", b"prompt_id", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_attempts", b"callback_attempts", "callback_state", b"callback_state", "callback_url", b"callback_url", "chain_id", b"chain_id", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "id", b"id", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "prompt_id", b"prompt_id", "release_tag", b"release_tag", "start_time", b"start_time", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,6 +1014,7 @@ class BatchItemResult(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
+    CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     custom_id: _builtins.str
     """Output only. The caller's id for the item."""
     index: _builtins.int
@@ -1002,6 +1023,10 @@ class BatchItemResult(_message.Message):
     """Output only. The state."""
     execution_id: _builtins.str
     """Output only. The item's execution id, once it ran."""
+    chain_execution_id: _builtins.str
+    """Output only. The item's chain execution id ("chx_..."), when the batch
+    runs a chain; its steps are in ChainService.GetChainExecution.
+    """
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptOutput]:
         """Output only. The outputs, when fulfilled."""
@@ -1012,7 +1037,9 @@ class BatchItemResult(_message.Message):
 
     @_builtins.property
     def meta(self) -> _common_pb2.ExecutionMeta:
-        """Output only. Facts about the item's execution."""
+        """Output only. Facts about the item's execution (for a chain: its summed
+        usage and cost).
+        """
 
     def __init__(
         self,
@@ -1024,10 +1051,11 @@ class BatchItemResult(_message.Message):
         outputs: _abc.Iterable[_common_pb2.PromptOutput] | None = ...,
         error: _common_pb2.ExecutionError | None = ...,
         meta: _common_pb2.ExecutionMeta | None = ...,
+        chain_execution_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "meta", b"meta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_id", b"custom_id", "error", b"error", "execution_id", b"execution_id", "index", b"index", "meta", b"meta", "outputs", b"outputs", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_execution_id", b"chain_execution_id", "custom_id", b"custom_id", "error", b"error", "execution_id", b"execution_id", "index", b"index", "meta", b"meta", "outputs", b"outputs", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1041,6 +1069,7 @@ class ExecuteBatchRequest(_message.Message):
 
     PROMPT_FIELD_NUMBER: _builtins.int
     INLINE_PROMPT_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
     RELEASE_TAG_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -1051,13 +1080,19 @@ class ExecuteBatchRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """A stored prompt's id or name."""
+    chain: _builtins.str
+    """A stored chain's id or name (ChainService): each item runs the chain
+    with its inputs, as a chain execution. Item and batch parameters do not
+    apply to chains.
+    """
     release_tag: _builtins.str
-    """Optional. For a stored prompt: the release tag (default "production").
-    The version is pinned when the batch is created; a tag that splits its
-    traffic (an A/B test) gives every item its control (first) version.
+    """Optional. For a stored prompt or chain: the release tag (default
+    "production"). The version is pinned when the batch is created; a prompt
+    tag that splits its traffic (an A/B test) gives every item its control
+    (first) version.
     """
     version: _builtins.int
-    """Optional. For a stored prompt: a version number instead of a tag."""
+    """Optional. For a stored prompt or chain: a version number instead of a tag."""
     display_name: _builtins.str
     """Optional. A name for the batch."""
     max_concurrency: _builtins.int
@@ -1085,6 +1120,7 @@ class ExecuteBatchRequest(_message.Message):
         *,
         prompt: _builtins.str = ...,
         inline_prompt: _common_pb2.InlinePrompt | None = ...,
+        chain: _builtins.str = ...,
         release_tag: _builtins.str = ...,
         version: _builtins.int = ...,
         items: _abc.Iterable[Global___BatchItem] | None = ...,
@@ -1094,11 +1130,11 @@ class ExecuteBatchRequest(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         parameters: _common_pb2.ModelParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_prompt", b"inline_prompt", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "inline_prompt", b"inline_prompt", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "display_name", b"display_name", "inline_prompt", b"inline_prompt", "items", b"items", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "release_tag", b"release_tag", "target", b"target", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "chain", b"chain", "display_name", b"display_name", "inline_prompt", b"inline_prompt", "items", b"items", "max_concurrency", b"max_concurrency", "metadata", b"metadata", "parameters", b"parameters", "prompt", b"prompt", "release_tag", b"release_tag", "target", b"target", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["prompt", "inline_prompt"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["prompt", "inline_prompt", "chain"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 

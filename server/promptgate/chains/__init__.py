@@ -1,0 +1,1 @@
+"""Chains: multi-step executions whose steps feed their outputs to later steps."""
