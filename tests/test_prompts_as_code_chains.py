@@ -321,6 +321,9 @@ async def test_a_pulled_chain_recreates_the_chain_in_another_workspace(
     # The chain, and the prompts its steps name (not the demo prompt).
     assert sorted(p.name for p in (pulled / "prompts").iterdir()) == ["facts.yaml", "summary.yaml"]
     assert "pulled  chain digest version 2" in result.out
+    skipped = await run(pg, "pull", tmp_path / "none", "--chain", "digest", "--tag", "canary")
+    assert "skipped chain digest: no release tag 'canary'" in skipped.out, skipped
+    assert not (tmp_path / "none" / "chains").exists()
 
     assert await pg.server.keys.ensure_workspace("other")
     issued = await pg.server.keys.create(
