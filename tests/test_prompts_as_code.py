@@ -447,7 +447,7 @@ async def test_folder_layout_errors(pg: Running, tmp_path: Path) -> None:
     (root / "partials").mkdir()
     (root / "partials" / "footer.yaml").write_text("template: bye\n")
     (root / "chains").mkdir()
-    (root / "chains" / "flow.yaml").write_text("steps: []\n")
+    (root / "chains" / "flow.yaml").write_text("stepz: []\n")
     (root / "stray.yaml").write_text("model: mock-1\n")
     (root / "README.md").write_text("ignored\n")
     (root / ".github").mkdir()
@@ -458,11 +458,11 @@ async def test_folder_layout_errors(pg: Running, tmp_path: Path) -> None:
     (root / "prompts" / "team" / "nested.yaml").write_text(GREET)
     result = await run(pg, "push", root)
     assert result.code == 2
-    assert f"{root / 'prompt'}: unknown folder of prompt or partial files" in result.err
+    assert f"{root / 'prompt'}: unknown folder of prompt, partial or chain files" in result.err
     assert f"{root / 'prompts' / 'team' / 'nested.yaml'}: nested folders" in result.err
     assert ".github" not in result.err and "README" not in result.err
     assert f"{root / 'partials' / 'footer.yaml'}: template: unknown key" in result.err
-    assert f"{root / 'chains' / 'flow.yaml'}: chains are not pushed" in result.err
+    assert f"{root / 'chains' / 'flow.yaml'}: stepz: unknown key" in result.err
     assert f"{root / 'stray.yaml'}: prompt files go in" in result.err
     assert await missing(pg, "greet")
 

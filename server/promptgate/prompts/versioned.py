@@ -164,10 +164,7 @@ class VersionedStore:
     ) -> Any:
         """Store ``spec`` as the resource's next version and move ``release_tags`` to it."""
         kind = self.kind
-        for i, tag in enumerate(release_tags):
-            check_tag(tag, f"release_tags[{i}]")
-        if len(set(release_tags)) != len(release_tags):
-            raise InvalidArgument.field("release_tags", "a tag is listed twice")
+        check_release_tags(release_tags)
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._sessions.write() as session:
                 resource = await self.resource(session, workspace, ref)
@@ -484,6 +481,14 @@ def check_tag(tag: str, field: str) -> None:
             "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             reason="INVALID_RELEASE_TAG",
         )
+
+
+def check_release_tags(release_tags: Sequence[str]) -> None:
+    """INVALID_ARGUMENT unless ``release_tags`` (of a new version) are settable and distinct."""
+    for i, tag in enumerate(release_tags):
+        check_tag(tag, f"release_tags[{i}]")
+    if len(set(release_tags)) != len(release_tags):
+        raise InvalidArgument.field("release_tags", "a tag is listed twice")
 
 
 def event_of(row: Any) -> ReleaseTagEvent:

@@ -1,12 +1,13 @@
 """``promptgate prompts push|pull DIR``: prompts as code, over gRPC with an API key.
 
     promptgate prompts push DIR [--dry-run] [--allow-breaking-changes]
-    promptgate prompts pull DIR [--prompt NAME ...] [--tag TAG]
+    promptgate prompts pull DIR [--prompt NAME ...] [--chain NAME ...] [--tag TAG]
 
-Push plans every partial and prompt file, prints the plan, and (unless
+Push plans every partial, prompt and chain file, prints the plan, and (unless
 --dry-run, and only when nothing is refused) pushes the partials, checks the
-prompts that include changed partials again, then pushes the prompts. Pull
-writes prompts and the partials they need.
+prompts that include changed partials again, pushes the prompts, checks the
+chains that make versions again, then pushes the chains. Pull writes prompts,
+the partials they need and chains (with the prompts their steps name).
 
 Both take --address (PROMPTGATE_ADDRESS, default localhost:50051), --api-key
 (PROMPTGATE_API_KEY), --tls or --insecure (the default), --ca-file and
@@ -34,6 +35,13 @@ import grpc
 
 from promptgate_client._errors import StatusError
 from promptgate_client._sync import Client
+from promptgate_client.prompts_as_code import chain_plan
+from promptgate_client.prompts_as_code.chain_plan import (
+    ChainPlan,
+    apply_chains,
+    plan_chains,
+    prompt_changes,
+)
 from promptgate_client.prompts_as_code.folder import read_folder
 from promptgate_client.prompts_as_code.partial_plan import (
     apply_partials,
@@ -46,8 +54,13 @@ from promptgate_client.prompts_as_code.plan import (
     plan_push,
     recheck,
 )
-from promptgate_client.prompts_as_code.pull import PARTIAL, pull
-from promptgate_client.prompts_as_code.report import partial_lines, plan_lines, summary
+from promptgate_client.prompts_as_code.pull import PROMPT, pull
+from promptgate_client.prompts_as_code.report import (
+    chain_lines,
+    partial_lines,
+    plan_lines,
+    summary,
+)
 from promptgate_client.prompts_as_code.yaml_text import FolderError
 
 DEFAULT_ADDRESS = "localhost:50051"
@@ -83,9 +96,10 @@ def parser(prog: str = "promptgate prompts") -> argparse.ArgumentParser:
     push = commands.add_parser(
         "push",
         parents=[connection],
-        help="create partials, prompts, versions and tag moves from DIR/partials/ and DIR/prompts/",
+        help="create partials, prompts, chains, versions and tag moves from DIR/partials/, "
+        "DIR/prompts/ and DIR/chains/",
     )
-    push.add_argument("dir", type=Path, help="the folder holding prompts/ and partials/")
+    push.add_argument("dir", type=Path, help="the folder holding prompts/, partials/ and chains/")
     push.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     push.add_argument(
         "--allow-breaking-changes",
@@ -96,16 +110,22 @@ def parser(prog: str = "promptgate prompts") -> argparse.ArgumentParser:
         "pull",
         parents=[connection],
         help="write DIR/prompts/<name>.yaml for each prompt, DIR/partials/<name>.yaml for "
-        "each partial",
+        "each partial, DIR/chains/<name>.yaml for each chain",
     )
     pull_command.add_argument(
-        "dir", type=Path, help="the folder to write prompts/ and partials/ into"
+        "dir", type=Path, help="the folder to write prompts/, partials/ and chains/ into"
     )
     pull_command.add_argument(
         "--prompt",
         action="append",
         default=[],
         help="only this prompt, and the partials it includes (repeat for several)",
+    )
+    pull_command.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        help="only this chain, and the prompts its steps name (repeat for several)",
     )
     pull_command.add_argument(
         "--tag", default="", help="the version this release tag points at (default: the latest)"
@@ -182,17 +202,22 @@ def _push(args: argparse.Namespace) -> int:
         partials = plan_partials(client, folder.partials)
         changed = changes(partials)
         plans = plan_push(client, folder.prompts, changed)
-        for line in partial_lines(partials) + plan_lines(plans, allow_breaking_changes=allow):
+        chains = plan_chains(client, folder.chains, prompt_changes(plans))
+        lines = partial_lines(partials) + plan_lines(plans, allow_breaking_changes=allow)
+        for line in lines + chain_lines(chains):
             print(line)
-        print(summary(plans, partials))
-        refused = "errors" if any(p.errors for p in partials) else _refused(plans, allow)
+        print(summary(plans, partials, chains))
+        refused = _refused(plans, allow)
+        if any(p.errors for p in partials) or any(c.error is not None for c in chains):
+            refused = "errors"
         if args.dry_run:
             print("dry run: nothing was written")
             return 1 if refused else 0
         if refused:
             print(f"nothing was pushed: {refused}", file=sys.stderr)
             return 1
-        if not changed and not any(p.changes for p in plans):
+        prompts_change = bool(changed) or any(p.changes for p in plans)
+        if not prompts_change and not any(c.changes for c in chains):
             print("up to date: nothing to push")
             return 0
         try:
@@ -209,10 +234,26 @@ def _push(args: argparse.Namespace) -> int:
                     return 1
             for line in apply_push(client, plans, allow_breaking_changes=allow):
                 print(line)
+            if prompts_change:
+                chains = chain_plan.recheck(client, chains)
+                if _chains_refused(chains):
+                    return 1
+            for line in apply_chains(client, chains):
+                print(line)
         except StatusError as exc:
             print(f"push stopped: {exc!s}", file=sys.stderr)
             return 1
     return 0
+
+
+def _chains_refused(plans: list[ChainPlan]) -> bool:
+    """Print the chains the server refuses once the prompts are pushed; True if any."""
+    failed = [p for p in plans if p.error is not None]
+    for line in chain_lines(failed):
+        print(line)
+    if failed:
+        print("the prompts and partials were pushed, no chain was: errors", file=sys.stderr)
+    return bool(failed)
 
 
 def _refused(plans: list[PromptPlan], allow_breaking_changes: bool) -> str:
@@ -226,8 +267,9 @@ def _refused(plans: list[PromptPlan], allow_breaking_changes: bool) -> str:
 
 def _pull(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        for result in pull(client, args.dir, names=args.prompt, tag=args.tag):
-            name = f"partial {result.name}" if result.kind == PARTIAL else result.name
+        results = pull(client, args.dir, names=args.prompt, chains=args.chain, tag=args.tag)
+        for result in results:
+            name = result.name if result.kind == PROMPT else f"{result.kind} {result.name}"
             if result.path is None:
                 print(f"skipped {name}: {result.skipped}")
             else:

@@ -89,27 +89,11 @@ def read_prompt_file(path: Path) -> PromptFile:
 
 
 def _prompt_file(path: Path, data: Any, problems: Problems) -> PromptFile:
-    name = path.stem
-    prompt = PromptFile(path=path, name=name)
+    prompt = PromptFile(path=path, name=path.stem)
     if not isinstance(data, Mapping):
         problems.add("", "expected a mapping of keys (name, model, messages, ...)")
         return prompt
-    if not PROMPT_NAME.fullmatch(name):
-        problems.add(
-            "", "the file name is not a prompt name (letters, digits, '.', '_', '-'; 1-128)"
-        )
-    given = data.get("name", name)
-    if given != name:
-        problems.add("name", f"{given!r} differs from the file name {name!r}")
-    prompt.description = _string(data.get("description", ""), "description", problems)
-    labels = data.get("labels", {})
-    if isinstance(labels, Mapping) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        prompt.labels = dict(labels)
-    else:
-        problems.add("labels", "expected a mapping of strings to strings")
-    prompt.tags = _tags(data.get("tags", []), problems)
+    prompt.description, prompt.labels, prompt.tags = read_header(path, data, problems, "prompt")
     version = {k: v for k, v in data.items() if k not in PROMPT_KEYS}
     read_message(
         version,
@@ -119,6 +103,29 @@ def _prompt_file(path: Path, data: Any, problems: Problems) -> PromptFile:
         allowed_elsewhere=frozenset(PROMPT_KEYS),
     )
     return prompt
+
+
+def read_header(
+    path: Path, data: Mapping[Any, Any], problems: Problems, noun: str
+) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    """The keys about the prompt (or chain, ``noun``) rather than its version: its
+    description, labels and tags; ``name``, if given, must equal the file name."""
+    name = path.stem
+    if not PROMPT_NAME.fullmatch(name):
+        problems.add(
+            "", f"the file name is not a {noun} name (letters, digits, '.', '_', '-'; 1-128)"
+        )
+    given = data.get("name", name)
+    if given != name:
+        problems.add("name", f"{given!r} differs from the file name {name!r}")
+    description = _string(data.get("description", ""), "description", problems)
+    labels = data.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        problems.add("labels", "expected a mapping of strings to strings")
+        labels = {}
+    return description, dict(labels), _tags(data.get("tags", []), problems)
 
 
 def _string(value: Any, key: str, problems: Problems) -> str:
@@ -148,19 +155,27 @@ def prompt_document(
     tags: list[str],
 ) -> dict[str, Any]:
     """The file data of ``version`` of ``prompt``, with the ``tags`` that point at it."""
-    data: dict[str, Any] = {"name": prompt.name}
-    if prompt.description:
-        data["description"] = prompt.description
-    if prompt.labels:
-        data["labels"] = {k: prompt.labels[k] for k in sorted(prompt.labels)}
-    if tags:
-        data["tags"] = sorted(tags)
+    data = header_document(prompt.name, prompt.description, prompt.labels, tags)
     body = content(version, pins=False)
     if body.parameters == body.parameters.__class__():
         body.ClearField("parameters")  # no parameters; the server stores them as empty
     fields = write_message(body, skip=OUTPUT_ONLY)
     data.update((k, fields.pop(k)) for k in FIRST_VERSION_KEYS if k in fields)
     data.update(fields)
+    return data
+
+
+def header_document(
+    name: str, description: str, labels: Mapping[str, str], tags: list[str]
+) -> dict[str, Any]:
+    """The keys ``read_header`` reads, those that are set, in the order written."""
+    data: dict[str, Any] = {"name": name}
+    if description:
+        data["description"] = description
+    if labels:
+        data["labels"] = {k: labels[k] for k in sorted(labels)}
+    if tags:
+        data["tags"] = sorted(tags)
     return data
 
 

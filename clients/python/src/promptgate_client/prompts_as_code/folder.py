@@ -3,13 +3,13 @@
     DIR/prompts/<name>.yaml    a prompt (``.yml`` works too; see ``files``)
     DIR/partials/<name>.yaml   a partial (``.yml``, or ``.jinja`` for the content
                                alone; see ``partial_files``)
-    DIR/chains/<name>.yaml     reserved for chains: not pushed by this version
+    DIR/chains/<name>.yaml     a stored chain (``.yml`` works too; see ``chain_files``)
 
 The folder names the kind of every file in it. Other files in DIR (a README)
 and hidden folders (.git, .github) are ignored; YAML files directly in DIR, in
-another folder (a typo such as ``prompt/``) or in a folder below ``prompts/``
-or ``partials/`` are errors, as are files in ``chains/`` and two files for one
-partial (``tone.yaml`` and ``tone.jinja``).
+another folder (a typo such as ``prompt/``) or in a folder below ``prompts/``,
+``partials/`` or ``chains/`` are errors, as are two files for one name
+(``tone.yaml`` and ``tone.jinja``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from promptgate_client.prompts_as_code.chain_files import CHAINS, ChainFile, read_chain_file
 from promptgate_client.prompts_as_code.files import PROMPTS, PromptFile, read_prompt_file
 from promptgate_client.prompts_as_code.partial_files import (
     PARTIALS,
@@ -30,8 +31,8 @@ from promptgate_client.prompts_as_code.yaml_text import FolderError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 KNOWN_SUFFIXES = (*YAML_SUFFIXES, *PARTIAL_SUFFIXES)
-RESERVED = {"chains": "chains are not pushed by this version of promptgate prompts"}
-T = TypeVar("T", PromptFile, PartialFile)
+KNOWN = (PROMPTS, PARTIALS, CHAINS)
+T = TypeVar("T", PromptFile, PartialFile, ChainFile)
 
 
 @dataclass
@@ -40,32 +41,30 @@ class Folder:
 
     prompts: list[PromptFile] = field(default_factory=list)
     partials: list[PartialFile] = field(default_factory=list)
+    chains: list[ChainFile] = field(default_factory=list)
 
 
 def read_folder(root: Path) -> Folder:
-    """Every prompt and partial file under ``root``; FolderError lists every problem."""
+    """Every prompt, partial and chain file under ``root``; FolderError lists every problem."""
     if not root.is_dir():
         raise FolderError([f"{root}: not a folder"])
     problems: list[str] = []
-    known = (PROMPTS, PARTIALS)
+    where = (
+        f"prompt files go in {root / PROMPTS}/, partial files in {root / PARTIALS}/, "
+        f"chain files in {root / CHAINS}/"
+    )
     for path in sorted(root.iterdir()):
         if path.is_file() and path.suffix in KNOWN_SUFFIXES:
-            problems.append(
-                f"{path}: prompt files go in {root / PROMPTS}/, partial files in "
-                f"{root / PARTIALS}/ (one file each, named after it)"
-            )
-        elif path.is_dir() and path.name in RESERVED:
-            problems.extend(f"{p}: {RESERVED[path.name]}" for p in _files(path, YAML_SUFFIXES))
-        elif path.is_dir() and path.name not in known and not path.name.startswith("."):
+            problems.append(f"{path}: {where} (one file each, named after it)")
+        elif path.is_dir() and path.name not in KNOWN and not path.name.startswith("."):
             if _files(path, KNOWN_SUFFIXES):
                 problems.append(
-                    f"{path}: unknown folder of prompt or partial files; prompt files go in "
-                    f"{root / PROMPTS}/, partial files in {root / PARTIALS}/ "
-                    f"({' and '.join(f'{k}/' for k in RESERVED)} reserved)"
+                    f"{path}: unknown folder of prompt, partial or chain files; {where}"
                 )
     folder = Folder(
         prompts=_read(root / PROMPTS, YAML_SUFFIXES, read_prompt_file, "prompt", problems),
         partials=_read(root / PARTIALS, PARTIAL_SUFFIXES, read_partial_file, "partial", problems),
+        chains=_read(root / CHAINS, YAML_SUFFIXES, read_chain_file, "chain", problems),
     )
     if problems:
         raise FolderError(problems)

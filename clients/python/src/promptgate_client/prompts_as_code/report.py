@@ -2,16 +2,18 @@
 
 Each line starts with the action, padded (``create``, ``version``,
 ``unchanged``, ``tag``, ``BREAKING``, ``error``, ``note``), then what it is
-about: a prompt by name, or ``partial NAME``. Partials come first, as they
-are pushed first.
+about: a prompt by name, ``partial NAME`` or ``chain NAME``. Partials come
+first and chains last, in the order they are pushed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from promptgate_client.prompts_as_code.chain_files import file_key
+from promptgate_client.prompts_as_code.chain_plan import ChainPlan
 from promptgate_client.prompts_as_code.partial_plan import PartialPlan
-from promptgate_client.prompts_as_code.plan import CREATE, NEW_VERSION, PromptPlan
+from promptgate_client.prompts_as_code.plan import CREATE, NEW_VERSION, PromptPlan, TagMove
 from promptgate_client.v1 import prompt_service_pb2 as ppb
 
 INDENT = " " * 11
@@ -58,11 +60,7 @@ def plan_lines(plans: Sequence[PromptPlan], *, allow_breaking_changes: bool) -> 
         else:
             lines.append(f"{'unchanged':<10} {name}: version {plan.version}")
         for move in plan.moves:
-            where = (
-                f"{move.tag} v{move.from_version} -> v{plan.version}"
-                if move.from_version
-                else f"{move.tag} -> v{plan.version} (new tag)"
-            )
+            where = _where(move, plan.version)
             if move.ends_split:
                 where += " (ends its A/B split)"
             if move.unchecked:
@@ -81,6 +79,43 @@ def plan_lines(plans: Sequence[PromptPlan], *, allow_breaking_changes: bool) -> 
             lines.append(f"{'note':<10} {name}: {_pending(plan)}")
         lines.extend(f"{'note':<10} {name}: {note}" for note in plan.notes)
     return lines
+
+
+def chain_lines(plans: Sequence[ChainPlan]) -> list[str]:
+    """The chain plan, one line per action, with indented lines per refused key."""
+    lines: list[str] = []
+    for plan in plans:
+        name = f"chain {plan.file.name}"
+        if plan.error is not None:
+            lines.append(f"{'error':<10} {name} ({plan.file.path}): {plan.error!s}")
+            for violation in plan.error.violations:
+                key = file_key(violation.field)
+                lines.append(f"{INDENT}{key + ': ' if key else ''}{violation.description}")
+            continue
+        if plan.action == CREATE:
+            lines.append(f"{'create':<10} {name}: new chain, version 1")
+        elif plan.action == NEW_VERSION:
+            lines.append(f"{'version':<10} {name}: new version {plan.version}")
+        else:
+            lines.append(f"{'unchanged':<10} {name}: version {plan.version}")
+        lines.extend(f"{'tag':<10} {name}: {_where(m, plan.version)}" for m in plan.moves)
+        if plan.pending:
+            many = len(plan.pending) > 1
+            lines.append(
+                f"{'note':<10} {name}: steps name prompt{'s' if many else ''} "
+                f"{', '.join(plan.pending)}, which this push creates or changes: the server "
+                f"checks this version against {'them' if many else 'it'} once "
+                f"{'they are' if many else 'it is'} pushed"
+                + (" (until then the file is compared as written)" if plan.compared_locally else "")
+            )
+        lines.extend(f"{'note':<10} {name}: {note}" for note in plan.notes)
+    return lines
+
+
+def _where(move: TagMove, version: int) -> str:
+    if move.from_version:
+        return f"{move.tag} v{move.from_version} -> v{version}"
+    return f"{move.tag} -> v{version} (new tag)"
 
 
 def _pending(plan: PromptPlan) -> str:
@@ -109,8 +144,12 @@ def _why(plan: PromptPlan) -> str:
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 
-def summary(plans: Sequence[PromptPlan], partials: Sequence[PartialPlan] = ()) -> str:
-    """One line of counts (of partials too, when there are partial files)."""
+def summary(
+    plans: Sequence[PromptPlan],
+    partials: Sequence[PartialPlan] = (),
+    chains: Sequence[ChainPlan] = (),
+) -> str:
+    """One line of counts (of partials and chains too, when there are such files)."""
     count = {
         kind: sum(p.action == kind and p.error is None for p in plans)
         for kind in (CREATE, NEW_VERSION)
@@ -130,6 +169,8 @@ def summary(plans: Sequence[PromptPlan], partials: Sequence[PartialPlan] = ()) -
     line = "plan: " + ", ".join(parts)
     if partials:
         line += "; partials: " + _partial_counts(partials)
+    if chains:
+        line += "; chains: " + _chain_counts(chains)
     return line
 
 
@@ -138,6 +179,20 @@ def _partial_counts(plans: Sequence[PartialPlan]) -> str:
     parts = [
         f"{sum(p.action == CREATE for p in fine)} to create",
         _count(sum(p.action == NEW_VERSION for p in fine), "new version"),
+        f"{sum(not p.changes for p in fine)} up to date",
+    ]
+    errors = len(plans) - len(fine)
+    if errors:
+        parts.append(_count(errors, "error"))
+    return ", ".join(parts)
+
+
+def _chain_counts(plans: Sequence[ChainPlan]) -> str:
+    fine = [p for p in plans if p.error is None]
+    parts = [
+        f"{sum(p.action == CREATE for p in fine)} to create",
+        _count(sum(p.action == NEW_VERSION for p in fine), "new version"),
+        _count(sum(len(p.moves) for p in fine), "tag move"),
         f"{sum(not p.changes for p in fine)} up to date",
     ]
     errors = len(plans) - len(fine)

@@ -795,8 +795,18 @@ class CreateChainVersionRequest(_message.Message):
     CHAIN_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     RELEASE_TAGS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     chain: _builtins.str
     """Required. The chain's id or name."""
+    validate_only: _builtins.bool
+    """Optional. Check the version and the tag names as CreateChainVersion
+    would (the steps' stored prompts included), but create nothing and move
+    no tag (AIP-163). The response holds the version as it would be stored,
+    without id or create_time. The content and tag names are checked before
+    the chain is looked up, so for a chain that does not exist yet
+    INVALID_ARGUMENT means bad content and NOT_FOUND means the content is
+    valid.
+    """
     @_builtins.property
     def version(self) -> Global___ChainVersion:
         """Required. The version's content; output-only fields are ignored."""
@@ -811,10 +821,11 @@ class CreateChainVersionRequest(_message.Message):
         chain: _builtins.str = ...,
         version: Global___ChainVersion | None = ...,
         release_tags: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "release_tags", b"release_tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "release_tags", b"release_tags", "validate_only", b"validate_only", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
