@@ -1,0 +1,383 @@
+"""Schema migrations (Alembic), in process, on real SQLite files and PostgreSQL databases.
+
+The guard: a database upgraded to head matches the models exactly (Alembic's
+autogenerate compare finds nothing), so a model change without a revision
+fails here. Databases that a promptgate from before Alembic left (schema
+versions 1 to 4, built from its frozen DDL by tests/legacy_db.py) upgrade
+with every row intact, to exactly the schema of a new database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import text
+
+from promptgate.api.v1 import chain_service_pb2 as cpb
+from promptgate.api.v1 import chain_service_pb2_grpc as cpb_grpc
+from promptgate.api.v1 import common_pb2 as pb
+from promptgate.api.v1 import execution_service_pb2 as epb
+from promptgate.api.v1 import prompt_service_pb2 as ppb
+from promptgate.store.engine import create_engine
+from promptgate.store.migrations import SchemaError, runner
+from promptgate.store.migrations.autogen import target_metadata
+from promptgate.store.migrations.baseline import ALEMBIC_MANAGED_VERSION
+from promptgate.store.migrations.runner import head_revision, schema_status, upgrade_schema
+from tests.conftest import PG_ADMIN_DSN, Running
+from tests.legacy_db import (
+    ADDED_COLUMNS,
+    FIRST_TABLES,
+    create_legacy_database,
+    fill_every_table,
+    model_differences,
+    rows,
+    scalar,
+    schema,
+)
+
+DIALECTS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database of the test's dialect."""
+    if dialect == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'promptgate.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def fresh_url(dialect: str, tmp_path: Path) -> Iterator[str]:
+    """A second empty database of the test's dialect (to compare with)."""
+    if dialect == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    import asyncio
+
+    name = f"pg_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _versions(url: str) -> tuple[str, int]:
+    """The database's Alembic revision and what its schema_version table says."""
+    revision = await scalar(url, "SELECT version_num FROM alembic_version")
+    return revision, await scalar(url, "SELECT version FROM schema_version")
+
+
+def _added_after(version: int) -> set[tuple[str, str]]:
+    return {column for newer in range(version + 1, 5) for column in ADDED_COLUMNS[newer]}
+
+
+async def _assert_rows_kept(
+    url: str,
+    before: dict[str, list[dict[str, Any]]],
+    version: int,
+    revised: frozenset[tuple[str, str]] = frozenset(),
+) -> None:
+    """Every row of ``before`` is still there with its values; the columns added since
+    (legacy ``version``, then the ``revised`` ones) are NULL."""
+    after = await rows(url)
+    added = _added_after(version) | revised
+    for table, old in before.items():
+        new = after[table]
+        assert len(new) == len(old), table
+        assert [{k: row[k] for k in old_row} for row, old_row in zip(new, old, strict=True)] == old
+        for row in new:
+            for column in set(row) - set(old[0]):
+                assert (table, column) in added, f"{table}.{column} came from nowhere"
+                assert row[column] is None
+
+
+# The guard
+
+
+async def test_a_new_database_is_migrated_to_exactly_the_models(database_url: str) -> None:
+    assert await upgrade_schema(database_url) == head_revision()
+    assert await model_differences(database_url) == [], (
+        "the models and the migrations differ: add a revision (README: Changing the schema)"
+    )
+    assert await _versions(database_url) == (head_revision(), ALEMBIC_MANAGED_VERSION)
+    assert (await schema_status(database_url)).at_head
+
+
+async def test_the_guard_sees_a_model_change_without_a_revision(database_url: str) -> None:
+    await upgrade_schema(database_url)
+    changed = sa.MetaData()
+    for table in target_metadata().tables.values():
+        table.to_metadata(changed)
+    changed.tables["executions"].append_column(sa.Column("trace_id", sa.String(32)))
+    differences = await model_differences(database_url, changed)
+    assert [(d[0], d[2], d[3].name) for d in differences] == [
+        ("add_column", "executions", "trace_id")
+    ]
+
+
+# Databases from before Alembic
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+async def test_a_legacy_database_upgrades_with_its_data(
+    database_url: str, fresh_url: str, version: int
+) -> None:
+    await create_legacy_database(database_url, version)
+    await fill_every_table(database_url)
+    before = await rows(database_url)
+    assert len(before) == 21 and all(len(r) == 1 for r in before.values())
+
+    assert await upgrade_schema(database_url) == head_revision()
+
+    await _assert_rows_kept(database_url, before, version)
+    assert await _versions(database_url) == (head_revision(), ALEMBIC_MANAGED_VERSION)
+    assert await model_differences(database_url) == []
+    await upgrade_schema(fresh_url)
+    assert await schema(database_url) == await schema(fresh_url), (
+        "an adopted database must end at exactly the schema of a new one"
+    )
+
+
+async def test_a_database_from_before_batches_gets_the_tables_it_lacks(
+    database_url: str, fresh_url: str
+) -> None:
+    await create_legacy_database(database_url, 1, tables=FIRST_TABLES)
+    await fill_every_table(database_url)
+    before = await rows(database_url)
+    assert set(before) == FIRST_TABLES - {"schema_version"}
+
+    await upgrade_schema(database_url)
+
+    await _assert_rows_kept(database_url, before, 1)
+    await upgrade_schema(fresh_url)
+    assert await schema(database_url) == await schema(fresh_url)
+
+
+async def test_upgrading_again_changes_nothing(database_url: str) -> None:
+    await create_legacy_database(database_url, 2)
+    await fill_every_table(database_url)
+    await upgrade_schema(database_url)
+    state = (
+        await schema(database_url),
+        await rows(database_url),
+        await scalar(database_url, "SELECT updated_at FROM schema_version"),
+    )
+    assert await upgrade_schema(database_url) == head_revision()
+    assert await upgrade_schema(database_url) == head_revision()
+    assert (
+        await schema(database_url),
+        await rows(database_url),
+        await scalar(database_url, "SELECT updated_at FROM schema_version"),
+    ) == state
+    assert await _versions(database_url) == (head_revision(), ALEMBIC_MANAGED_VERSION)
+
+
+# Refusals
+
+
+async def test_a_database_at_an_unknown_revision_is_refused(
+    database_url: str, start_server: Any
+) -> None:
+    await upgrade_schema(database_url)
+    await _execute(database_url, "UPDATE alembic_version SET version_num = '9999'")
+    before = await schema(database_url)
+    with pytest.raises(SchemaError, match=r"revision 9999, .* newer one\); upgrade promptgate"):
+        await upgrade_schema(database_url)
+    with pytest.raises(SchemaError, match="upgrade promptgate"):
+        await start_server(database_url=database_url)
+    with pytest.raises(SchemaError, match="upgrade promptgate"):
+        await schema_status(database_url)
+    assert await schema(database_url) == before
+    assert await scalar(database_url, "SELECT version_num FROM alembic_version") == "9999"
+
+
+async def test_a_legacy_database_newer_than_the_code_is_refused(database_url: str) -> None:
+    await create_legacy_database(database_url, 4)
+    await _execute(database_url, "UPDATE schema_version SET version = 5")
+    before = await schema(database_url)
+    with pytest.raises(SchemaError, match=r"schema version 5, .* upgrade promptgate"):
+        await upgrade_schema(database_url)
+    assert await schema(database_url) == before, "no alembic_version, nothing adopted"
+
+
+# Later revisions
+
+TRACE_ID_REVISION = '''"""executions.trace_id"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("executions") as batch:
+        batch.add_column(sa.Column("trace_id", sa.String(length=32), nullable=True))
+        batch.create_index("ix_executions_trace_id", ["trace_id"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("executions") as batch:
+        batch.drop_index("ix_executions_trace_id")
+        batch.drop_column("trace_id")
+'''
+
+FAILING_REVISION = '''"""a revision that fails half-way"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("executions", sa.Column("doomed", sa.Integer(), nullable=True))
+    op.create_table("doomed", sa.Column("id", sa.Integer(), primary_key=True))
+    op.execute("SELECT no_such_function()")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+async def test_a_new_revision_applies_and_a_failing_one_leaves_nothing(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_legacy_database(database_url, 3)
+    await fill_every_table(database_url)
+    before = await rows(database_url)
+    scripts = tmp_path / "scripts"
+    shutil.copytree(runner.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_executions_trace_id.py").write_text(TRACE_ID_REVISION)
+    monkeypatch.setattr(runner, "SCRIPT_LOCATION", scripts)
+
+    assert await upgrade_schema(database_url) == "0002"
+    assert (await _versions(database_url))[0] == "0002"
+    await _assert_rows_kept(database_url, before, 3, frozenset({("executions", "trace_id")}))
+    indexes = (await schema(database_url))["executions"]["indexes"]
+    assert ("ix_executions_trace_id", ("trace_id",), False) in indexes
+    migrated = await schema(database_url)
+
+    (scripts / "versions" / "0003_doomed.py").write_text(FAILING_REVISION)
+    with pytest.raises(sa.exc.DBAPIError, match="no_such_function"):
+        await upgrade_schema(database_url)
+    assert await schema(database_url) == migrated, "a failed upgrade is rolled back whole"
+    assert (await _versions(database_url))[0] == "0002"
+
+
+# Serve on an upgraded database
+
+
+async def _idempotent_call(running: Running) -> None:
+    """Executions keep their request's fingerprint (version 2)."""
+    request = epb.ExecutePromptRequest(
+        prompt="demo",
+        inputs=[pb.PromptInput(name="question", string_value="migrated?")],
+        external_id="after-migration",
+    )
+    first = await running.executions.ExecutePrompt(request)
+    again = await running.executions.ExecutePrompt(request)
+    assert first.state == pb.EXECUTION_STATE_FULFILLED
+    assert again.replayed and again.execution_id == first.execution_id
+
+
+async def _split_call(running: Running) -> None:
+    """A release tag takes an A/B split, which executions record (version 3)."""
+    prompts = running.prompts
+    old = await prompts.GetPromptVersion(ppb.GetPromptVersionRequest(prompt="demo", version=1))
+    await prompts.CreatePromptVersion(
+        ppb.CreatePromptVersionRequest(prompt="demo", version=old.version)
+    )
+    tag = await prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(
+            prompt="demo",
+            tag="production",
+            splits=[ppb.VersionWeight(version=1, weight=1), ppb.VersionWeight(version=2, weight=1)],
+        )
+    )
+    response = await running.executions.ExecutePrompt(
+        epb.ExecutePromptRequest(
+            prompt="demo",
+            inputs=[pb.PromptInput(name="question", string_value="split?")],
+            split_key="user-1",
+        )
+    )
+    assert response.meta.split_id == tag.release_tag.split.id
+    history = await prompts.ListReleaseTagHistory(
+        ppb.ListReleaseTagHistoryRequest(prompt="demo", tag="production")
+    )
+    assert [e.HasField("split") for e in history.events] == [True, False]
+
+
+async def _chain_call(running: Running) -> None:
+    """A chain's steps are recorded with their chain execution and step (version 4)."""
+    prompt = pb.InlinePrompt(model="mock-1", prompt="Say {{ word }}")
+    request = cpb.ExecuteChainRequest(
+        inline_chain=cpb.InlineChain(
+            steps=[cpb.ChainStep(name="say", inline_prompt=prompt, output_variable="said")]
+        ),
+        inputs=[pb.PromptInput(name="word", string_value="hi")],
+    )
+    response = await cpb_grpc.ChainServiceStub(running.channel).ExecuteChain(request)
+    assert response.chain_execution.state == pb.EXECUTION_STATE_FULFILLED
+    listed = await running.executions.ListExecutions(
+        epb.ListExecutionsRequest(chain_execution_id=response.chain_execution.id)
+    )
+    assert [e.chain_step for e in listed.executions] == ["say"]
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_serve_migrates_a_legacy_database_at_start(
+    database_url: str, start_server: Any, version: int
+) -> None:
+    await create_legacy_database(database_url, version)
+    await fill_every_table(database_url)
+    before = await rows(database_url)
+
+    running: Running = await start_server(database_url=database_url)
+
+    assert await _versions(database_url) == (head_revision(), ALEMBIC_MANAGED_VERSION)
+    await _idempotent_call(running)
+    await _split_call(running)
+    await _chain_call(running)
+    after = await rows(database_url)
+    for table, old in before.items():
+        assert old[0] in [{k: row[k] for k in old[0]} for row in after[table]], table
+
+
+async def _execute(url: str, statement: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
