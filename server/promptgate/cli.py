@@ -128,10 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "serve":
         from promptgate.server import run_loop, run_workers, serve
+        from promptgate.store.migrations import SchemaError
 
         if settings.workers > 1:
             return run_workers(settings)
-        return run_loop(serve(settings), settings.event_loop)
+        try:
+            return run_loop(serve(settings), settings.event_loop)
+        except SchemaError as exc:
+            print(f"promptgate: {exc}", file=sys.stderr)
+            return 1
     if args.command == "migrate":
         return _migrate(args, settings)
     return asyncio.run(_manage(args, settings))

@@ -41,9 +41,6 @@ from promptgate.store.engine import create_migration_engine
 from promptgate.store.migrations import SchemaError, legacy
 
 log = logging.getLogger(__name__)
-# Alembic names the dialect and its DDL mode on every connection: noise in a
-# server's start-up log. What migrates, from where to where, is logged here.
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 # The revision that a database from before Alembic is stamped at once adopted.
