@@ -26,7 +26,7 @@ from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
 from promptgate.store.engine import create_engine
-from promptgate.store.migrations import SchemaError, runner
+from promptgate.store.migrations import SchemaError, autogen, runner
 from promptgate.store.migrations.autogen import target_metadata
 from promptgate.store.migrations.baseline import ALEMBIC_MANAGED_VERSION
 from promptgate.store.migrations.runner import head_revision, schema_status, upgrade_schema
@@ -292,6 +292,35 @@ async def test_a_new_revision_applies_and_a_failing_one_leaves_nothing(
         await upgrade_schema(database_url)
     assert await schema(database_url) == migrated, "a failed upgrade is rolled back whole"
     assert (await _versions(database_url))[0] == "0002"
+
+
+async def test_new_revision_tool_writes_what_the_models_added(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/new_revision.py, as a developer uses it after changing tables.py."""
+    from tools.new_revision import write_revision
+
+    scripts = tmp_path / "scripts"
+    shutil.copytree(runner.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "SCRIPT_LOCATION", scripts)
+    changed = sa.MetaData()
+    for table in target_metadata().tables.values():
+        table.to_metadata(changed)
+    executions = changed.tables["executions"]
+    executions.append_column(sa.Column("trace_id", sa.String(32), nullable=True))
+    sa.Index("ix_executions_trace_id", executions.c.trace_id)
+    monkeypatch.setattr(autogen, "target_metadata", lambda: changed)
+
+    path = await write_revision("executions trace_id")
+
+    assert path == scripts / "versions" / "0002_executions_trace_id.py"
+    written = path.read_text()
+    assert "down_revision: str | Sequence[str] | None = '0001'" in written
+    assert "sa.Column('trace_id', sa.String(length=32), nullable=True)" in written
+    assert "sqlmodel" not in written
+    await create_legacy_database(database_url, 4)
+    assert await upgrade_schema(database_url) == "0002"
+    assert await model_differences(database_url, changed) == []
 
 
 # Serve on an upgraded database
