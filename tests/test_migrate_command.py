@@ -65,6 +65,8 @@ async def pg_execute(url: str, script: str) -> None:
 
 
 def assert_upgrade_sql(out: str) -> None:
+    statements = [s.strip() for s in out.split(";") if s.strip()]
+    assert (statements[0], statements[-1]) == ("BEGIN", "COMMIT"), "one transaction"
     assert "CREATE TABLE alembic_version" in out
     assert "CREATE TABLE executions (" in out
     assert "CREATE INDEX ix_executions_chain ON executions (chain_execution_id)" in out

@@ -13,18 +13,24 @@ from alembic import context
 from promptgate.store.migrations.autogen import CONTEXT_OPTIONS, target_metadata
 
 config = context.config
+# SQLite's DDL is transactional too (Alembic assumes not): offline SQL for it
+# is then wrapped in BEGIN/COMMIT like PostgreSQL's. (Online, the runner's
+# transaction holds the whole upgrade either way.)
+TRANSACTIONAL_DDL = True
 
 if context.is_offline_mode():
     context.configure(
         url=config.get_main_option("sqlalchemy.url"),
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        transactional_ddl=TRANSACTIONAL_DDL,
         target_metadata=target_metadata(),
         **CONTEXT_OPTIONS,
     )
 else:
     context.configure(
         connection=config.attributes["connection"],
+        transactional_ddl=TRANSACTIONAL_DDL,
         target_metadata=target_metadata(),
         **CONTEXT_OPTIONS,
     )

@@ -46,7 +46,7 @@ SCRIPT_LOCATION = Path(__file__).resolve().parent
 # The revision that a database from before Alembic is stamped at once adopted.
 BASELINE_REVISION = "0001"
 # The key of the PostgreSQL advisory lock held while migrating (the bytes
-# "promptgt"); visible in pg_locks as objid 1735684212 with classid 1886547821.
+# "promptgt", 8102661195421738868); in pg_locks, classid 1886547821 and objid 1886676852.
 MIGRATION_LOCK_ID = 0x70726F6D70746774
 
 
