@@ -43,6 +43,11 @@ from tests.legacy_db import (
 )
 
 DIALECTS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+# Columns that revisions after the baseline added to existing tables, as
+# (table, column): rows from before them have NULL there. Add a revision's here.
+ADDED_BY_REVISIONS: frozenset[tuple[str, str]] = frozenset()
+# A column that no model has, for revisions and model changes made up by tests.
+PROBE = "migration_probe"
 
 
 @pytest.fixture(params=DIALECTS)
@@ -100,9 +105,9 @@ async def _assert_rows_kept(
     revised: frozenset[tuple[str, str]] = frozenset(),
 ) -> None:
     """Every row of ``before`` is still there with its values; the columns added since
-    (legacy ``version``, then the ``revised`` ones) are NULL."""
+    (legacy versions after ``version``, revisions, and the ``revised`` ones) are NULL."""
     after = await rows(url)
-    added = _added_after(version) | revised
+    added = _added_after(version) | ADDED_BY_REVISIONS | revised
     for table, old in before.items():
         new = after[table]
         assert len(new) == len(old), table
@@ -130,11 +135,9 @@ async def test_the_guard_sees_a_model_change_without_a_revision(database_url: st
     changed = sa.MetaData()
     for table in target_metadata().tables.values():
         table.to_metadata(changed)
-    changed.tables["executions"].append_column(sa.Column("trace_id", sa.String(32)))
+    changed.tables["executions"].append_column(sa.Column(PROBE, sa.String(32)))
     differences = await model_differences(database_url, changed)
-    assert [(d[0], d[2], d[3].name) for d in differences] == [
-        ("add_column", "executions", "trace_id")
-    ]
+    assert [(d[0], d[2], d[3].name) for d in differences] == [("add_column", "executions", PROBE)]
 
 
 # Databases from before Alembic
@@ -224,36 +227,46 @@ async def test_a_legacy_database_newer_than_the_code_is_refused(database_url: st
 
 # Later revisions
 
-TRACE_ID_REVISION = '''"""executions.trace_id"""
+
+def _next(revision: str) -> str:
+    return f"{int(revision) + 1:04d}"
+
+
+def _probe_revision(revision: str, down_revision: str) -> str:
+    """A revision as a developer writes one: a column and an index on executions."""
+    return f'''"""executions.{PROBE}"""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table("executions") as batch:
-        batch.add_column(sa.Column("trace_id", sa.String(length=32), nullable=True))
-        batch.create_index("ix_executions_trace_id", ["trace_id"])
+        batch.add_column(sa.Column("{PROBE}", sa.String(length=32), nullable=True))
+        batch.create_index("ix_executions_{PROBE}", ["{PROBE}"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("executions") as batch:
-        batch.drop_index("ix_executions_trace_id")
-        batch.drop_column("trace_id")
+        batch.drop_index("ix_executions_{PROBE}")
+        batch.drop_column("{PROBE}")
 '''
 
-FAILING_REVISION = '''"""a revision that fails half-way"""
+
+def _failing_revision(revision: str, down_revision: str) -> str:
+    """A revision that fails half-way."""
+    return f'''"""doomed"""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
@@ -275,23 +288,23 @@ async def test_a_new_revision_applies_and_a_failing_one_leaves_nothing(
     await create_legacy_database(database_url, 3)
     await fill_every_table(database_url)
     before = await rows(database_url)
-    scripts = tmp_path / "scripts"
-    shutil.copytree(runner.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_executions_trace_id.py").write_text(TRACE_ID_REVISION)
-    monkeypatch.setattr(runner, "SCRIPT_LOCATION", scripts)
+    head = head_revision()
+    probe, doomed = _next(head), _next(_next(head))
+    scripts = _copy_scripts(tmp_path, monkeypatch)
+    (scripts / "versions" / f"{probe}_probe.py").write_text(_probe_revision(probe, head))
 
-    assert await upgrade_schema(database_url) == "0002"
-    assert (await _versions(database_url))[0] == "0002"
-    await _assert_rows_kept(database_url, before, 3, frozenset({("executions", "trace_id")}))
+    assert await upgrade_schema(database_url) == probe
+    assert (await _versions(database_url))[0] == probe
+    await _assert_rows_kept(database_url, before, 3, frozenset({("executions", PROBE)}))
     indexes = (await schema(database_url))["executions"]["indexes"]
-    assert ("ix_executions_trace_id", ("trace_id",), False) in indexes
+    assert (f"ix_executions_{PROBE}", (PROBE,), False) in indexes
     migrated = await schema(database_url)
 
-    (scripts / "versions" / "0003_doomed.py").write_text(FAILING_REVISION)
+    (scripts / "versions" / f"{doomed}_doomed.py").write_text(_failing_revision(doomed, probe))
     with pytest.raises(sa.exc.DBAPIError, match="no_such_function"):
         await upgrade_schema(database_url)
     assert await schema(database_url) == migrated, "a failed upgrade is rolled back whole"
-    assert (await _versions(database_url))[0] == "0002"
+    assert (await _versions(database_url))[0] == probe
 
 
 async def test_new_revision_tool_writes_what_the_models_added(
@@ -300,27 +313,34 @@ async def test_new_revision_tool_writes_what_the_models_added(
     """tools/new_revision.py, as a developer uses it after changing tables.py."""
     from tools.new_revision import write_revision
 
-    scripts = tmp_path / "scripts"
-    shutil.copytree(runner.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(runner, "SCRIPT_LOCATION", scripts)
+    head = head_revision()
+    scripts = _copy_scripts(tmp_path, monkeypatch)
     changed = sa.MetaData()
     for table in target_metadata().tables.values():
         table.to_metadata(changed)
     executions = changed.tables["executions"]
-    executions.append_column(sa.Column("trace_id", sa.String(32), nullable=True))
-    sa.Index("ix_executions_trace_id", executions.c.trace_id)
+    executions.append_column(sa.Column(PROBE, sa.String(32), nullable=True))
+    sa.Index(f"ix_executions_{PROBE}", executions.c[PROBE])
     monkeypatch.setattr(autogen, "target_metadata", lambda: changed)
 
-    path = await write_revision("executions trace_id")
+    path = await write_revision(f"executions {PROBE}")
 
-    assert path == scripts / "versions" / "0002_executions_trace_id.py"
+    assert path == scripts / "versions" / f"{_next(head)}_executions_{PROBE}.py"
     written = path.read_text()
-    assert "down_revision: str | Sequence[str] | None = '0001'" in written
-    assert "sa.Column('trace_id', sa.String(length=32), nullable=True)" in written
+    assert f"down_revision: str | Sequence[str] | None = '{head}'" in written
+    assert f"sa.Column('{PROBE}', sa.String(length=32), nullable=True)" in written
     assert "sqlmodel" not in written
     await create_legacy_database(database_url, 4)
-    assert await upgrade_schema(database_url) == "0002"
+    assert await upgrade_schema(database_url) == _next(head)
     assert await model_differences(database_url, changed) == []
+
+
+def _copy_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the migration scripts that the runner uses for the rest of the test."""
+    scripts = tmp_path / "scripts"
+    shutil.copytree(runner.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "SCRIPT_LOCATION", scripts)
+    return scripts
 
 
 # Serve on an upgraded database
