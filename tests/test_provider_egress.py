@@ -9,6 +9,7 @@ environment, which the in-process server reads when it starts.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -163,6 +164,24 @@ async def test_a_proxy_that_refuses_the_tunnel_is_unreachable(
         assert "proxy" in response.error.message and "403" in response.error.message
         assert proxy.tunnels == [f"127.0.0.1:{tls_fake.port}"]
         assert tls_fake.requests == []
+
+
+async def test_a_proxy_that_is_down_is_unreachable(
+    start_server: Any,
+    tls_fake: FakeOpenAI,
+    ca_bundle: str,
+    no_proxy_environment: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    no_proxy_environment.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    gw = await start_openai(start_server, tls_fake.base_url, http_ca_bundle=ca_bundle)
+    response = await gw.executions.ExecutePrompt(ask())
+    assert response.state == pb.EXECUTION_STATE_REJECTED
+    assert response.error.code == "PROVIDER_UNREACHABLE"
+    assert "proxy" in response.error.message and f"127.0.0.1:{port}" in response.error.message
+    assert tls_fake.requests == []
 
 
 # ---------------------------------------------------------------------- sent once
