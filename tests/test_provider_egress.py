@@ -26,8 +26,8 @@ from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.config import Settings
 from tests.conftest import Running, error_details
 from tests.connect_proxy import ConnectProxy
+from tests.dying_upstream import DyingUpstream
 from tests.fake_openai import FakeOpenAI
-from tests.test_provider_http import DyingUpstream
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
