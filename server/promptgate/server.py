@@ -83,7 +83,7 @@ from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
-from promptgate.providers.transport import KeepAliveTransport, LeanClient
+from promptgate.providers.upstream import UpstreamClient, UpstreamSettings
 from promptgate.store.engine import create_engine, session_factory
 from promptgate.store.migrations.runner import upgrade_schema
 
@@ -142,18 +142,17 @@ class PromptgateServer:
             max_connections=s.http_max_connections,
             max_keepalive_connections=s.http_max_connections,
         )
-        # Webhooks use httpx's own transport; provider calls (the hot path) use
-        # the lean keep-alive transport unless PROMPTGATE_HTTP_TRANSPORT=httpcore.
+        # Webhooks use httpx; provider calls (the hot path) one aiohttp session.
         self.http = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self.provider_http = (
-            LeanClient(
-                timeout=timeout,
-                transport=KeepAliveTransport(max_connections=s.http_max_connections),
+        self.provider_http = client = await UpstreamClient.open(
+            UpstreamSettings(
+                connect_timeout_s=s.http_connect_timeout_s,
+                max_connections=s.http_max_connections,
+                max_connections_per_host=s.http_max_connections_per_host,
+                keepalive_s=s.http_keepalive_expiry_s,
+                ca_bundle=s.http_ca_bundle,
             )
-            if s.http_transport == "builtin"
-            else httpx.AsyncClient(timeout=timeout, limits=limits)
         )
-        client = self.provider_http
         providers: dict[str, Provider] = {"mock": MockProvider()}
         if s.openai_enabled:
             providers["openai"] = OpenAIProvider(
