@@ -33,7 +33,7 @@ from promptgate.store.tables import SchemaVersionRow, utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 async def _idempotency_columns(conn: AsyncConnection) -> None:
@@ -58,11 +58,17 @@ async def _chain_columns(conn: AsyncConnection) -> None:
     await conn.execute(text("CREATE INDEX ix_executions_chain ON executions (chain_execution_id)"))
 
 
+async def _trace_column(conn: AsyncConnection) -> None:
+    """Version 5: executions keep the trace id of the trace they ran in."""
+    await conn.execute(text("ALTER TABLE executions ADD COLUMN trace_id VARCHAR(32)"))
+
+
 # Migrations from version N-1 to N, run in order inside one transaction.
 MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
     2: _idempotency_columns,
     3: _split_columns,
     4: _chain_columns,
+    5: _trace_column,
 }
 
 
