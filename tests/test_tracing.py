@@ -9,12 +9,18 @@ the server (so no process-wide OpenTelemetry state is touched).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,6 +35,8 @@ from promptgate.config import Settings
 from promptgate.observability import tracing
 from promptgate.server import PromptgateServer
 from tests.conftest import Running, authed_channel
+from tests.live import start_live_server
+from tests.test_batches import wait_done
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
@@ -361,3 +369,192 @@ async def test_chain_steps_and_render_prompt_are_traced(
             "promptgate.chain.step"
         ]
     assert all(_hex(s.context.trace_id) == TRACE_ID for s in spans if s.parent is not None)
+
+
+async def test_batch_items_are_traces_of_their_own(
+    traced_server: Any, exporter: InMemorySpanExporter
+) -> None:
+    running: Running = await traced_server()
+    created = await running.executions.ExecuteBatch(
+        epb.ExecuteBatchRequest(
+            prompt="demo",
+            items=[
+                epb.BatchItem(
+                    custom_id=name, inputs=[pb.PromptInput(name="question", string_value=name)]
+                )
+                for name in ("a", "b")
+            ],
+        )
+    )
+    batch = await wait_done(running, created.batch.id)
+    assert batch.state == epb.BATCH_STATE_SUCCEEDED
+    results = await running.executions.ListBatchResults(
+        epb.ListBatchResultsRequest(batch_id=created.batch.id)
+    )
+    await _until(
+        lambda: len(_named(list(exporter.get_finished_spans()), "promptgate.batch.item")) == 2
+    )
+    spans = list(exporter.get_finished_spans())
+    items = {
+        (s.attributes or {})["promptgate.batch.custom_id"]: s
+        for s in _named(spans, "promptgate.batch.item")
+    }
+    assert set(items) == {"a", "b"}
+    assert all(s.parent is None for s in items.values())
+    assert items["a"].context.trace_id != items["b"].context.trace_id
+    for result in results.results:
+        item = items[result.custom_id]
+        (execution,) = [
+            s
+            for s in _named(spans, "promptgate.execution")
+            if s.parent is not None and s.parent.span_id == item.context.span_id
+        ]
+        assert (execution.attributes or {})["promptgate.execution.id"] == result.execution_id
+        got = await running.executions.GetExecution(
+            epb.GetExecutionRequest(execution_id=result.execution_id)
+        )
+        assert got.execution.trace_id == _hex(item.context.trace_id)
+
+
+def _without_otel(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment with no OTEL_* variable (also applied to this process)."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+async def test_tracing_off_records_nothing_and_costs_no_sdk(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_otel(monkeypatch)
+    running: Running = await start_server()
+    assert not tracing.enabled()
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert tracing.start("anything") is trace.INVALID_SPAN
+    with tracing.span("anything") as span:
+        assert span is trace.INVALID_SPAN
+    # The caller's traceparent still names the trace the execution ran in.
+    continued = await running.executions.ExecutePrompt(
+        _demo(), metadata=(("traceparent", TRACEPARENT),)
+    )
+    fresh = await running.executions.ExecutePrompt(_demo())
+    for response, expected in ((continued, TRACE_ID), (fresh, "")):
+        got = await running.executions.GetExecution(
+            epb.GetExecutionRequest(execution_id=response.execution_id)
+        )
+        assert got.execution.trace_id == expected
+
+
+def test_without_otel_settings_the_sdk_is_never_imported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = (
+        "import sys\n"
+        "from promptgate.observability import tracing\n"
+        "import promptgate.server\n"
+        "assert tracing.activate() is None and not tracing.enabled()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk'))\n"
+        "assert not loaded, loaded\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_without_otel(monkeypatch),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "clean", result.stderr
+
+
+def test_the_environment_decides_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    def exporters(provider: Any) -> list[Any]:
+        processors = provider._active_span_processor._span_processors
+        assert all(isinstance(p, BatchSpanProcessor) for p in processors)
+        return [type(p._batch_processor._exporter) for p in processors]
+
+    assert tracing.configure_from_env({}) is None
+    assert tracing.configure_from_env({"OTEL_SERVICE_NAME": "x"}) is None
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    assert tracing.configure_from_env({**endpoint, "OTEL_SDK_DISABLED": "true"}) is None
+    assert tracing.configure_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"}) is None
+    _without_otel(monkeypatch)
+    provider = tracing.configure_from_env(endpoint)
+    assert provider is not None
+    try:
+        assert exporters(provider) == [OTLPSpanExporter]
+        assert provider.resource.attributes["service.name"] == "promptgate"
+    finally:
+        provider.shutdown()
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
+    console = tracing.configure_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert console is not None
+    try:
+        assert exporters(console) == [ConsoleSpanExporter]
+        assert console.resource.attributes["service.name"] == "gateway-eu"
+    finally:
+        console.shutdown()
+    with pytest.raises(tracing.TracingError):
+        tracing.configure_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "jaeger"})
+    with pytest.raises(tracing.TracingError):
+        tracing.configure_from_env({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver: what a collector would get."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_a_served_process_exports_otlp_to_the_configured_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = _Collector()
+    receiver = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    await receiver.start()
+    env = _without_otel(monkeypatch)
+    env |= {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_SERVICE_NAME": "promptgate-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    live = await asyncio.to_thread(start_live_server, tmp_path, env)
+    try:
+        channel = authed_channel(live.address, live.key)
+        stub = execution_service_pb2_grpc.ExecutionServiceStub(channel)
+        response = await stub.ExecutePrompt(_demo(), metadata=(("traceparent", TRACEPARENT),))
+        got = await stub.GetExecution(epb.GetExecutionRequest(execution_id=response.execution_id))
+        assert got.execution.trace_id == TRACE_ID
+        await channel.close()
+    finally:
+        await asyncio.to_thread(live.stop)  # SIGTERM: the server flushes its spans
+        await receiver.stop(0)
+    assert live.process.returncode == 0
+    spans = {}
+    for request in collector.requests:
+        for resource_spans in request.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert resource["service.name"] == "promptgate-test"
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    spans[span.name] = span
+    server = spans["promptgate.v1.ExecutionService/ExecutePrompt"]
+    assert server.trace_id.hex() == TRACE_ID
+    assert server.parent_span_id.hex() == PARENT_SPAN_ID
+    assert {"promptgate.execution", "promptgate.render", "chat mock-1", "promptgate.record"} <= set(
+        spans
+    )
