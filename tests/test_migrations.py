@@ -33,6 +33,7 @@ ADDED_COLUMNS = {
         ("executions", "chain_step"),
         ("batches", "chain_id"),
     ),
+    5: (("executions", "trace_id"),),
 }
 # The indexes each schema version added on existing tables (dropped before their columns).
 ADDED_INDEXES = {4: ("ix_executions_chain",)}
@@ -127,6 +128,21 @@ async def _chain_call(running: Running) -> None:
     assert [e.chain_step for e in listed.executions] == ["say"]
 
 
+async def _traced_call(running: Running) -> None:
+    """Executions keep the trace id of the caller's traceparent (version 5)."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    response = await running.executions.ExecutePrompt(
+        epb.ExecutePromptRequest(
+            prompt="demo", inputs=[pb.PromptInput(name="question", string_value="traced?")]
+        ),
+        metadata=(("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"),),
+    )
+    got = await running.executions.GetExecution(
+        epb.GetExecutionRequest(execution_id=response.execution_id)
+    )
+    assert got.execution.trace_id == trace_id
+
+
 async def _upgrade_from(start_server: Any, url: str, version: int) -> Running:
     """Seed a database at the current version, take it back to ``version``, start on it."""
     seeded: Running = await start_server(database_url=url)
@@ -134,7 +150,7 @@ async def _upgrade_from(start_server: Any, url: str, version: int) -> Running:
     await seeded.server.stop(grace=0)
     await _downgrade_to(url, version)
     running: Running = await start_server(database_url=url)
-    assert await _version(url) == SCHEMA_VERSION == 4
+    assert await _version(url) == SCHEMA_VERSION == 5
     return running
 
 
@@ -142,9 +158,10 @@ async def test_sqlite_database_at_version_1_is_migrated(tmp_path: Path, start_se
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     await _downgrade_to(url, 1)
     running: Running = await start_server(database_url=url)
-    assert await _version(url) == SCHEMA_VERSION == 4
+    assert await _version(url) == SCHEMA_VERSION == 5
     await _idempotent_call(running)
     await _chain_call(running)
+    await _traced_call(running)
 
 
 async def test_sqlite_database_at_version_2_is_migrated(tmp_path: Path, start_server: Any) -> None:
@@ -159,13 +176,19 @@ async def test_sqlite_database_at_version_3_is_migrated(tmp_path: Path, start_se
     await _idempotent_call(running)
 
 
+async def test_sqlite_database_at_version_4_is_migrated(tmp_path: Path, start_server: Any) -> None:
+    running = await _upgrade_from(start_server, f"sqlite+aiosqlite:///{tmp_path / 'v4.db'}", 4)
+    await _traced_call(running)
+    await _idempotent_call(running)
+
+
 @pytest.mark.postgres
 async def test_postgres_database_at_version_1_is_migrated(
     postgres_url: str, start_server: Any
 ) -> None:
     await _downgrade_to(postgres_url, 1)
     running: Running = await start_server(database_url=postgres_url)
-    assert await _version(postgres_url) == SCHEMA_VERSION == 4
+    assert await _version(postgres_url) == SCHEMA_VERSION == 5
     await _idempotent_call(running)
     await _chain_call(running)
 
@@ -185,4 +208,13 @@ async def test_postgres_database_at_version_3_is_migrated(
     postgres_url: str, start_server: Any
 ) -> None:
     running = await _upgrade_from(start_server, postgres_url, 3)
+    await _chain_call(running)
+
+
+@pytest.mark.postgres
+async def test_postgres_database_at_version_4_is_migrated(
+    postgres_url: str, start_server: Any
+) -> None:
+    running = await _upgrade_from(start_server, postgres_url, 4)
+    await _traced_call(running)
     await _chain_call(running)
