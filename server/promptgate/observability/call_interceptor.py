@@ -40,10 +40,11 @@ from opentelemetry import propagate, trace
 
 from promptgate.observability import context as log_context
 from promptgate.observability import tracing
+from promptgate.observability.logging import ACCESS_LOGGER
 
 __all__ = ["CallInterceptor"]
 
-access_log = logging.getLogger("promptgate.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 QUIET_PREFIXES = ("/grpc.health.v1.Health/",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -154,7 +155,6 @@ class CallInterceptor(_ServerInterceptor):
                         "grpc_code": code.name,
                         "duration_ms": round(duration_ms, 3),
                         "peer": peer,
-                        "access": True,
                     }
                 },
             )

@@ -35,6 +35,7 @@ from promptgate.observability.redaction import Redactor
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "settings_secrets"]
 
 FORMATS = ("text", "json")
+ACCESS_LOGGER = "promptgate.access"
 _CONTEXT_KEYS = ("request_id", "trace_id", "span_id", "method", "workspace", "execution_id")
 
 
@@ -74,6 +75,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
         found = _context_of()
+        if record.name == ACCESS_LOGGER:
+            found.pop("method", None)  # the access line starts with it
         if found:
             line += " " + " ".join(f"{key}={found[key]}" for key in _CONTEXT_KEYS if key in found)
         if record.exc_info:
