@@ -20,7 +20,7 @@ from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import execution_service_pb2_grpc
 from promptgate.observability.logging import configure_logging, settings_secrets
-from promptgate.observability.redaction import MASK
+from promptgate.observability.redaction import MASK, Redactor
 from tests.conftest import Running, authed_channel
 from tests.test_batches import wait_done
 
@@ -279,3 +279,24 @@ async def test_secrets_never_appear_in_the_logs(
         assert secret not in output, secret
     if fmt == "json":
         _json_lines(stream)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("authorization: Bearer pgk_0123456789abcdefghijklmnop.SECRETsecret0123", "SECRETsecret"),
+        ("authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+        ("{'x-api-key': 'plain-token-value'}", "plain-token-value"),
+        ("x-goog-api-key=AIzaSyA1234567890123456789012345678901", "AIzaSyA12345678901"),
+        ("GET https://host/v1/models?key=abcdef123456&alt=sse", "abcdef123456"),
+        ("POST http://hook:hunter22@127.0.0.1/cb", "hunter22"),
+        ("anthropic said sk-ant-api03-abcdefghijklmnopqrst", "abcdefghijklmnopqrst"),
+        ("signing with whsec_00112233445566778899aabbccddeeff", "00112233445566778899"),
+        ("server secret is S3cr3t-Server-Value in the message", "S3cr3t-Server-Value"),
+        ('json: {"s": "quote\\"d-S3cr3t\\\\value"}', "S3cr3t"),
+    ],
+)
+def test_the_redactor_masks_credentials(text: str, secret: str) -> None:
+    redactor = Redactor(["S3cr3t-Server-Value", 'quote"d-S3cr3t\\value'])
+    masked = redactor.redact(text)
+    assert secret not in masked and MASK in masked, masked

@@ -39,7 +39,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r"(?i)(\b(?:authorization|proxy-authorization|x-api-key|api[-_]key|x-goog-api-key)"
-            r"['\"]?\s*[:=]\s*['\"]?)(?!bearer\b|\[REDACTED\])[^\s,;'\"\\&]+"
+            r"['\"]?\s*[:=]\s*['\"]?(?:(?:bearer|basic|digest|token|apikey)\s+)?+)"
+            r"(?!\[REDACTED\])[^\s,;'\"\\&]+"
         ),
         r"\1" + MASK,
     ),
