@@ -29,14 +29,23 @@ MASK = "[REDACTED]"
 # Secrets shorter than this are not redacted by value: "x" would mask every x.
 MIN_SECRET_CHARS = 6
 
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# (cheap test, pattern, replacement): a pattern runs only on lines that pass its
+# test (a substring check, of the lower-cased line for the case-insensitive
+# ones), so a line without anything secret-looking costs a few substring checks.
+_Test = tuple[str, bool]  # (substring, on the lower-cased line)
+_PATTERNS: tuple[tuple[tuple[_Test, ...], re.Pattern[str], str], ...] = (
     # promptgate API keys: keep "pgk_<id>." (the id names the key, harmlessly).
-    (re.compile(r"(pgk_[0-9A-Za-z]{0,64}\.)[A-Za-z0-9_-]+"), r"\1" + MASK),
-    (re.compile(r"whsec_[0-9A-Za-z]+"), "whsec_" + MASK),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{12,}"), "sk-" + MASK),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), MASK),
-    (re.compile(r"(?i)(\bbearer\s+)(?!\[REDACTED\])[^\s,;'\"\\]+"), r"\1" + MASK),
+    ((("pgk_", False),), re.compile(r"(pgk_[0-9A-Za-z]{0,64}\.)[A-Za-z0-9_-]+"), r"\1" + MASK),
+    ((("whsec_", False),), re.compile(r"whsec_[0-9A-Za-z]+"), "whsec_" + MASK),
+    ((("sk-", False),), re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{12,}"), "sk-" + MASK),
+    ((("AIza", False),), re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{20,}"), MASK),
     (
+        (("bearer", True),),
+        re.compile(r"(?i)(\bbearer\s+)(?!\[REDACTED\])[^\s,;'\"\\]+"),
+        r"\1" + MASK,
+    ),
+    (
+        (("authoriz", True), ("api-key", True), ("api_key", True)),
         re.compile(
             r"(?i)(\b(?:authorization|proxy-authorization|x-api-key|api[-_]key|x-goog-api-key)"
             r"['\"]?\s*[:=]\s*['\"]?(?:(?:bearer|basic|digest|token|apikey)\s+)?+)"
@@ -44,8 +53,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         r"\1" + MASK,
     ),
-    (re.compile(r"(?i)([?&](?:key|api_key|apikey|access_token)=)[^&\s'\"#]+"), r"\1" + MASK),
-    (re.compile(r"(://)[^/\s:@'\"]+:[^/\s@'\"]+@"), r"\1" + MASK + "@"),
+    (
+        (("key=", True), ("access_token=", True)),
+        re.compile(r"(?i)([?&](?:key|api_key|apikey|access_token)=)[^&\s'\"#]+"),
+        r"\1" + MASK,
+    ),
+    ((("://", False),), re.compile(r"(://)[^/\s:@'\"]+:[^/\s@'\"]+@"), r"\1" + MASK + "@"),
 )
 
 
@@ -62,13 +75,17 @@ class Redactor:
             literals.add(json.dumps(secret)[1:-1])
             literals.add(repr(secret)[1:-1])
         # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(literals, key=len, reverse=True)
-        self._literals = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._literals = sorted(literals, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``[REDACTED]``."""
-        if self._literals is not None:
-            text = self._literals.sub(MASK, text)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        for literal in self._literals:
+            if literal in text:
+                text = text.replace(literal, MASK)
+        lower = text.lower()
+        for tests, pattern, replacement in _PATTERNS:
+            for needle, folded in tests:
+                if needle in (lower if folded else text):
+                    text = pattern.sub(replacement, text)
+                    break
         return text
