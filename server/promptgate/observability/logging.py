@@ -60,14 +60,16 @@ def _context_of() -> dict[str, str]:
     return found
 
 
-_last_second: list[Any] = [None, ""]  # (whole second, its text): one strftime a second
+_last_second: tuple[int, str] = (-1, "")  # (whole second, its text): one strftime a second
 
 
 def _timestamp(record: logging.LogRecord) -> str:
+    global _last_second
     second = int(record.created)
-    if _last_second[0] != second:
-        _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_last_second[1]}.{int(record.msecs):03d}Z"
+    cached = _last_second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
