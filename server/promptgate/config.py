@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # Developer mode: seed a demo prompt and print example commands.
     dev: bool = False
     log_level: str = "INFO"
+    # Logs: "text" or "json" (one object per line); one access line per RPC.
+    log_format: str = Field("text", pattern="^(text|json)$")
+    access_log: bool = True
     workspace: str = "default"
 
     @field_validator(

@@ -74,7 +74,9 @@ from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.execution.usage import UsageReader
 from promptgate.ids import new_id
-from promptgate.observability.logging import configure_logging
+from promptgate.observability import tracing
+from promptgate.observability.call_interceptor import CallInterceptor
+from promptgate.observability.logging import configure_logging, settings_secrets
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -124,8 +126,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 class PromptgateServer:
     """One promptgate server: its components and its grpc.aio server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracer_provider: Any | None = None) -> None:
+        """``tracer_provider``: trace with it (tests) instead of the OTEL_* environment's."""
         self.settings = settings
+        self._tracer_provider = tracer_provider
+        self._tracing: Any | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
@@ -135,6 +140,7 @@ class PromptgateServer:
     async def start(self) -> int:
         """Build everything, bind and start serving; return the bound port."""
         s = self.settings
+        self._tracing = tracing.activate(self._tracer_provider)
         await upgrade_schema(s.database_url)
         self.engine = create_engine(s.database_url, echo=s.database_echo)
         self.sessions = session_factory(self.engine)
@@ -273,6 +279,7 @@ class PromptgateServer:
         calls = CallContext()
         server = grpc.aio.server(
             interceptors=[
+                CallInterceptor(access_log=s.access_log),
                 ErrorInterceptor(draining=lambda: self.draining),
                 AuthInterceptor(self.keys, self.limiter),
             ],
@@ -427,6 +434,7 @@ class PromptgateServer:
         await self.http.aclose()
         await self.provider_http.aclose()
         await self.engine.dispose()
+        await tracing.deactivate(self._tracing)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -559,7 +567,9 @@ def run_workers(settings: Settings) -> int:
 
 
 def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level, fmt=settings.log_format, secrets=settings_secrets(settings)
+    )
     code = run_loop(
         serve(settings, announce=announce, on_ready=ready.set if ready else None),
         settings.event_loop,
