@@ -17,6 +17,8 @@ from promptgate.api.v1 import admin_service_pb2_grpc as apb_grpc
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
+from promptgate.observability.logging import settings_secrets
+from promptgate.observability.redaction import Redactor
 from promptgate.providers.azure_openai import AzureOpenAIProvider, asks_stream_usage
 from tests.conftest import Running, error_details, provider_http_client
 from tests.fake_azure_openai import FakeAzureOpenAI, call
@@ -416,3 +418,11 @@ def test_endpoint_and_key_go_together(settings_factory: Any) -> None:
             azure_openai_api_key="k",
             azure_openai_deployments="gpt-4o",
         )
+
+
+def test_the_key_is_redacted_from_logs(settings_factory: Any) -> None:
+    settings = settings_factory(
+        azure_openai_endpoint="https://r.openai.azure.com", azure_openai_api_key=KEY
+    )
+    redactor = Redactor(settings_secrets(settings))
+    assert KEY not in redactor.redact(f"azure-openai said: key {KEY} is not valid")
