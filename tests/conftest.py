@@ -56,6 +56,8 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
             "retry_max_attempts": 1,
             "openai_api_key": None,
             "openai_base_url": "https://api.openai.com/v1",
+            "azure_openai_endpoint": None,
+            "azure_openai_api_key": None,
         }
         values.update(overrides)
         return Settings(**values)

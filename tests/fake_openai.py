@@ -88,7 +88,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import h11
 
@@ -204,9 +204,13 @@ class _Exchange:
             self.gone.set()
             raise _ClientGone from exc
 
+    def base_headers(self) -> list[tuple[str, str]]:
+        """The headers every answer carries."""
+        return [("x-request-id", self.request_id), ("openai-processing-ms", "1")]
+
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.record.status = status
-        base = [("x-request-id", self.request_id), ("openai-processing-ms", "1")]
+        base = self.base_headers()
         await self._write(
             h11.Response(
                 status_code=status,
@@ -271,6 +275,9 @@ _ids = itertools.count(1)
 
 class FakeOpenAI:
     """A fake OpenAI Chat Completions server on 127.0.0.1 (see the module docstring)."""
+
+    # What writes one answer (dialects of the wire format have their own).
+    exchange_type: ClassVar[type[_Exchange]] = _Exchange
 
     def __init__(
         self,
@@ -426,7 +433,7 @@ class FakeOpenAI:
         seen.set()
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(conn, reader, gone))
-        exchange = _Exchange(conn, writer, record, gone)
+        exchange = self.exchange_type(conn, writer, record, gone)
         try:
             await self._route(exchange)
         except _ClientGone:
@@ -535,10 +542,10 @@ async def _send_error(
 class _Behaviour:
     """The answer to one well-formed chat completion request."""
 
-    def __init__(self, ex: _Exchange, body: dict[str, Any]) -> None:
+    def __init__(self, ex: _Exchange, body: dict[str, Any], model: str | None = None) -> None:
         self.ex = ex
         self.body = body
-        self.model: str = body["model"]
+        self.model: str = body["model"] if model is None else model
         self.stream = body.get("stream") is True
         options = body.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True

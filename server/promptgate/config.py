@@ -8,8 +8,14 @@ The provider keys also read the providers' usual variables
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from promptgate.providers.azure_openai import DEFAULT_API_VERSION as AZURE_OPENAI_API_VERSION
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -110,6 +116,12 @@ class Settings(BaseSettings):
     )
     gemini_base_url: str = GEMINI_DEFAULT_BASE_URL
     gemini_models: list[str] = Field(default_factory=list)
+    # Azure OpenAI: on when both the endpoint and the key are set.
+    azure_openai_endpoint: str | None = None
+    azure_openai_api_key: str | None = None
+    azure_openai_api_version: str = AZURE_OPENAI_API_VERSION
+    # Model name -> deployment id: "gpt-4o=my-gpt4o,gpt-4o-mini=mini" (or a JSON object).
+    azure_openai_deployments: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # Provider HTTP (aiohttp); proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
     http_connect_timeout_s: float = Field(10.0, gt=0)
     http_max_connections: int = Field(1000, ge=1)
@@ -126,13 +138,59 @@ class Settings(BaseSettings):
     access_log: bool = True
     workspace: str = "default"
 
-    @field_validator("openai_api_key", "anthropic_api_key", "gemini_api_key")
+    @field_validator(
+        "openai_api_key",
+        "anthropic_api_key",
+        "gemini_api_key",
+        "azure_openai_api_key",
+        "azure_openai_api_version",
+    )
     @classmethod
     def _sendable_key(cls, value: str | None) -> str | None:
         # Keys are sent as header values on connections shared by every workspace.
         if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError("holds a control character (a trailing newline?)")
         return value
+
+    @field_validator("azure_openai_endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        parts = urlsplit(value or "")
+        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError("is not an http(s) URL, e.g. https://NAME.openai.azure.com")
+        return value
+
+    @field_validator("azure_openai_deployments", mode="before")
+    @classmethod
+    def _deployment_map(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        deployments: dict[str, str] = {}
+        for entry in filter(None, (part.strip() for part in text.split(","))):
+            model, equals, deployment = (side.strip() for side in entry.partition("="))
+            if not equals or not model or not deployment:
+                raise ValueError(f"{entry!r} is not MODEL=DEPLOYMENT")
+            if model in deployments:
+                raise ValueError(f"model {model!r} is listed twice")
+            deployments[model] = deployment
+        return deployments
+
+    @model_validator(mode="after")
+    def _azure_openai_complete(self) -> Settings:
+        if bool(self.azure_openai_endpoint) != bool(self.azure_openai_api_key):
+            raise ValueError(
+                "PROMPTGATE_AZURE_OPENAI_ENDPOINT and PROMPTGATE_AZURE_OPENAI_API_KEY "
+                "are set together (one of them is missing)"
+            )
+        return self
+
+    @property
+    def azure_openai_enabled(self) -> bool:
+        """The azure-openai provider is on when it has an endpoint and a key."""
+        return bool(self.azure_openai_endpoint) and bool(self.azure_openai_api_key)
 
     @property
     def anthropic_enabled(self) -> bool:

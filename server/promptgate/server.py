@@ -80,6 +80,7 @@ from promptgate.observability.logging import configure_logging, settings_secrets
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
+from promptgate.providers.azure_openai import AzureOpenAIProvider
 from promptgate.providers.base import Provider
 from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
@@ -172,13 +173,28 @@ class PromptgateServer:
             providers["gemini"] = GeminiProvider(
                 client=client, base_url=s.gemini_base_url, api_key=s.gemini_api_key
             )
+        if s.azure_openai_enabled:
+            providers["azure-openai"] = AzureOpenAIProvider(
+                client=client,
+                endpoint=s.azure_openai_endpoint or "",
+                api_key=s.azure_openai_api_key or "",
+                api_version=s.azure_openai_api_version,
+                deployments=s.azure_openai_deployments,
+            )
         self.registry = ProviderRegistry(
             providers,
-            {"openai": s.openai_models, "anthropic": s.anthropic_models, "gemini": s.gemini_models},
+            {
+                "openai": s.openai_models,
+                "anthropic": s.anthropic_models,
+                "gemini": s.gemini_models,
+                # Mapped models are the ones it serves (and the ones inferred to it).
+                "azure-openai": list(s.azure_openai_deployments),
+            },
             {
                 "openai": s.openai_base_url,
                 "anthropic": s.anthropic_base_url,
                 "gemini": s.gemini_base_url,
+                "azure-openai": s.azure_openai_endpoint or "",
             },
         )
         self.prices = PriceTable.load(s.prices_file)

@@ -122,7 +122,13 @@ class JsonFormatter(logging.Formatter):
 
 def settings_secrets(settings: Any) -> list[str]:
     """The secrets a server holds by value: provider API keys and the webhook secret."""
-    names = ("openai_api_key", "anthropic_api_key", "gemini_api_key", "webhook_secret")
+    names = (
+        "openai_api_key",
+        "anthropic_api_key",
+        "gemini_api_key",
+        "azure_openai_api_key",
+        "webhook_secret",
+    )
     return [value for name in names if (value := getattr(settings, name, None))]
 
 

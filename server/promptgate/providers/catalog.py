@@ -25,6 +25,7 @@ from promptgate.providers.registry import Capabilities, ProviderRegistry
 # provider that accepts any model.
 LISTED_PREFIXES: Final[dict[str, tuple[str, ...]]] = {
     "openai": ("gpt-", "o1", "o3", "o4"),
+    "azure-openai": ("gpt-", "o1", "o3", "o4"),
     "anthropic": ("claude",),
     "gemini": ("gemini",),
     "mock": ("mock",),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from promptgate import jsontext
 from promptgate.chat import (
@@ -100,7 +100,18 @@ class OpenAIProvider(HttpProvider):
     does not. ``base_url`` is the API root (``https://api.openai.com/v1``,
     ``http://localhost:11434/v1``, ...). ``api_key`` is sent as
     ``Authorization: Bearer <key>`` when set; servers without keys take None.
+
+    Dialects of the same wire format (``promptgate.providers.azure_openai``)
+    subclass it and override the hooks: ``_request_url``, ``_credentials``,
+    ``_protected_headers``, ``_stream_usage``, ``_stream_raw_keys`` and
+    ``_status_error``.
     """
+
+    # Headers raw_overrides may not set: the credentials' and HTTP framing.
+    _protected_headers: ClassVar[frozenset[str]] = PROTECTED_HEADERS
+    # Keys of a stream's chunks that ``raw`` (the usage chunk) keeps when that
+    # chunk lacks them.
+    _stream_raw_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -113,6 +124,8 @@ class OpenAIProvider(HttpProvider):
         super().__init__(client=client, name=name)
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key or None
+        self._stream_usage = True
+        """Whether a stream asks for its usage (``stream_options.include_usage``)."""
 
     # ------------------------------------------------------------------ payload
 
@@ -137,7 +150,8 @@ class OpenAIProvider(HttpProvider):
             body["tool_choice"] = _tool_choice_payload(request.tool_choice)
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self._stream_usage:
+                body["stream_options"] = {"include_usage": True}
 
         dropped = _EXTRA_DROPPED if stream else _EXTRA_DROPPED | _STREAM_KEYS
         return merge_overrides(body, request, dropped=dropped)
@@ -149,7 +163,9 @@ class OpenAIProvider(HttpProvider):
         http_request = self._http_request(request, self.build_payload(request), stream=False)
         response = await self._send(http_request, request, deadline_after(request.timeout))
         if not response.is_success:
-            raise self._status_error(response.status_code, response.headers, response.content)
+            raise self._status_error(
+                response.status_code, response.headers, response.content, request
+            )
         return self._parse_completion(self._decode_json(response.content, response), request)
 
     # ------------------------------------------------------------------ stream
@@ -171,13 +187,13 @@ class OpenAIProvider(HttpProvider):
         try:
             if not response.is_success:
                 body = await self._read_error_body(response, deadline)
-                raise self._status_error(response.status_code, response.headers, body)
+                raise self._status_error(response.status_code, response.headers, body, request)
             if is_json(response):
-                body = await self._read_body(response, request, self._url, deadline)
+                body = await self._read_body(response, request, http_request.url, deadline)
                 result = self._parse_completion(self._decode_json(body, response), request)
                 whole_text = result.text
             else:
-                state = _StreamState(model=request.model)
+                state = _StreamState(model=request.model, raw_keys=self._stream_raw_keys)
                 parser = SSEParser()
                 chunks = response.aiter_bytes()
                 try:
@@ -217,12 +233,20 @@ class OpenAIProvider(HttpProvider):
     ) -> PreparedRequest:
         return self._build_request(
             request,
-            self._url,
+            self._request_url(request),
             payload,
             stream=stream,
-            protected=PROTECTED_HEADERS,
-            credentials={"authorization": f"Bearer {self._api_key}"} if self._api_key else {},
+            protected=self._protected_headers,
+            credentials=self._credentials(),
         )
+
+    def _request_url(self, request: ProviderRequest) -> str:
+        """Where ``request`` is sent."""
+        return self._url
+
+    def _credentials(self) -> dict[str, str]:
+        """The headers that authenticate a request (they win over raw_overrides)."""
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     # ------------------------------------------------------------------ parsing
 
@@ -262,7 +286,10 @@ class OpenAIProvider(HttpProvider):
 
     # ------------------------------------------------------------------ errors
 
-    def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+    def _status_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, request: ProviderRequest
+    ) -> ProviderError:
+        """The error for an HTTP error status answering ``request``."""
         detail = _error_detail(body)
         message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
         code, retryable = classify_status(status)
@@ -447,10 +474,16 @@ class _StreamState:
     usage: Usage = field(default_factory=Usage)
     last_chunk: dict[str, Any] = field(default_factory=dict)
     usage_chunk: dict[str, Any] | None = None
+    raw_keys: tuple[str, ...] = ()
+    """Keys kept from any chunk for ``raw`` (first seen wins)."""
+    kept: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, chunk: dict[str, Any]) -> str:
         """Take in one chunk; return its text delta ("" if none)."""
         self.last_chunk = chunk
+        for key in self.raw_keys:
+            if key not in self.kept and chunk.get(key) is not None:
+                self.kept[key] = chunk[key]
         model = chunk.get("model")
         if isinstance(model, str) and model:
             self.model = model
@@ -523,8 +556,13 @@ class _StreamState:
             function_calls=calls,
             finish_reason=self.finish_reason,
             usage=self.usage,
-            raw=self.usage_chunk if self.usage_chunk is not None else self.last_chunk,
+            raw=self._raw(),
         )
+
+    def _raw(self) -> dict[str, Any]:
+        raw = self.usage_chunk if self.usage_chunk is not None else self.last_chunk
+        missing = {key: value for key, value in self.kept.items() if key not in raw}
+        return {**raw, **missing} if missing else raw
 
 
 # ---------------------------------------------------------------------- error helpers

@@ -1,10 +1,14 @@
 """Which provider serves which model.
 
 ``mock`` is always available; ``openai``, ``anthropic`` and ``gemini`` when
-they have an API key or a custom base URL. A request names its provider, or
-promptgate infers it from the model: a model on a provider's allow-list goes
-there; ``mock*`` models go to the mock, ``claude*`` to anthropic, ``gemini*``
-to gemini, and any other model to openai (OpenAI and compatible servers).
+they have an API key or a custom base URL; ``azure-openai`` when it has an
+endpoint and a key. A request names its provider, or promptgate infers it
+from the model: a model on a provider's allow-list goes there (the first of
+openai, anthropic, gemini, azure-openai whose list holds it; azure-openai's
+list is its model -> deployment map); ``mock*`` models go to the mock,
+``claude*`` to anthropic, ``gemini*`` to gemini, and any other model to
+openai (OpenAI and compatible servers). So azure-openai serves an unnamed
+provider's model only when that model is mapped to one of its deployments.
 """
 
 from __future__ import annotations
