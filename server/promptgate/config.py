@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     event_loop: str = Field("asyncio", pattern="^(asyncio|uvloop)$")
     reuse_port: bool = False
+    # Prometheus /metrics over HTTP on this port (same host); off when unset,
+    # except with --dev (then a free port, printed). 0 picks a free port.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/promptgate.db"
@@ -116,6 +119,13 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "INFO"
     workspace: str = "default"
+
+    @property
+    def metrics_listen_port(self) -> int | None:
+        """The port /metrics listens on (0: a free one), or None when metrics are off."""
+        if self.metrics_port is None and self.dev:
+            return 0
+        return self.metrics_port
 
     @property
     def anthropic_enabled(self) -> bool:

@@ -73,6 +73,8 @@ class RouteRun:
 
     attempts: list[Attempt] = field(default_factory=list)
     served: Candidate | None = None
+    # The call under way: (provider, model, monotonic start); None between calls.
+    in_flight: tuple[str, str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ class Router:
         for candidate in self.order(candidates, policy.strategy):
             for attempt in range(1, max(policy.max_attempts, 1) + 1):
                 started = time.monotonic()
+                run.in_flight = (candidate.provider_name, candidate.request.model, started)
                 try:
                     response = await self._call(candidate, policy, deadline)
                 except ProviderError as exc:
@@ -197,6 +200,7 @@ class Router:
         for candidate in self.order(candidates, policy.strategy):
             for attempt in range(1, max(policy.max_attempts, 1) + 1):
                 started = time.monotonic()
+                run.in_flight = (candidate.provider_name, candidate.request.model, started)
                 sent = False
                 events = candidate.provider.stream(candidate.request)
                 try:
@@ -297,6 +301,7 @@ class Router:
     ) -> None:
         if exc.retryable:
             self._health.failed(candidate.key)
+        run.in_flight = None
         run.attempts.append(
             Attempt(
                 len(run.attempts) + 1,
@@ -309,6 +314,7 @@ class Router:
 
     def _succeeded(self, run: RouteRun, candidate: Candidate, started: float) -> None:
         self._health.succeeded(candidate.key)
+        run.in_flight = None
         run.attempts.append(
             Attempt(
                 len(run.attempts) + 1,
