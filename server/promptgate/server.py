@@ -468,11 +468,6 @@ async def serve(
         return await _run_until_signal(server, announce)
     address = f"{'localhost' if settings.host in ('127.0.0.1', '::1') else settings.host}:{port}"
     print(f"promptgate listening on {settings.host}:{port}", flush=True)
-    if server.http_server is not None:
-        host = address.rsplit(":", 1)[0]
-        print(
-            f"promptgate metrics on http://{host}:{server.metrics_port}{METRICS_PATH}", flush=True
-        )
     if settings.dev:
         if server.dev_key:
             print(f"dev API key (admin, shown once): {server.dev_key}", flush=True)
@@ -483,6 +478,11 @@ async def serve(
                 flush=True,
             )
         print(demo.demo_commands(address, server.dev_key), flush=True)
+    if server.http_server is not None:
+        host = address.rsplit(":", 1)[0]
+        print(
+            f"promptgate metrics on http://{host}:{server.metrics_port}{METRICS_PATH}", flush=True
+        )
     return await _run_until_signal(server, announce)
 
 
