@@ -8,7 +8,9 @@ The provider keys also read the providers' usual variables
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -119,6 +121,12 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "INFO"
     workspace: str = "default"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``PROMPTGATE_METRICS_PORT=`` (empty) leaves metrics off."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def metrics_listen_port(self) -> int | None:
