@@ -24,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from promptgate import cli
 from promptgate.api.v1 import chain_service_pb2 as cpb
@@ -483,6 +484,9 @@ async def test_metrics_are_off_unless_asked_for(start_server: Any) -> None:
     assert Settings(dev=False).metrics_listen_port is None
     assert Settings(dev=True).metrics_listen_port == 0
     assert Settings(dev=False, metrics_port=9464).metrics_listen_port == 9464
+    assert Settings(dev=False, metrics_port="").metrics_listen_port is None  # empty variable
+    with pytest.raises(ValidationError):
+        Settings(port=9464, metrics_port=9464)
     on: Running = await start_server(dev=False, metrics_port=0)
     assert on.server.metrics_port > 0
     assert (await scrape(on.server.metrics_port)).series("grpc_server_started_total") == []
