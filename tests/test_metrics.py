@@ -371,6 +371,23 @@ async def test_recorder_metrics(pg: Running) -> None:
     assert after.value("promptgate_recorder_retrying") == 0
 
 
+async def test_recorder_queue_depth_shows_a_stalled_writer(pg: Running) -> None:
+    port = pg.server.metrics_port
+    calls: list[asyncio.Future[Any]] = []
+    async with pg.server.sessions.write_turn():  # the writer waits for its turn
+        # The first group is taken and stalls; every call after it waits in the queue.
+        for _ in range(40):
+            calls.append(asyncio.ensure_future(pg.executions.ExecutePrompt(demo())))
+            await asyncio.sleep(0.1)
+            if (await scrape(port)).value("promptgate_recorder_queue_depth") >= 1:
+                break
+        else:
+            raise AssertionError("the queue depth never showed the waiting records")
+        assert not any(call.done() for call in calls)  # unanswered until committed
+    await asyncio.gather(*calls)
+    await eventually(port, lambda s: s.value("promptgate_recorder_queue_depth") == 0)
+
+
 async def test_batch_items_and_batches(pg: Running) -> None:
     port = pg.server.metrics_port
     before = await scrape(port)

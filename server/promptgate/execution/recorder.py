@@ -104,6 +104,8 @@ class ExecutionRecorder:
         self.written = 0
         self.lost = 0
         self._lost_counted = 0
+        if metrics is not None:
+            metrics.watch_recorder_queue(self._queue.qsize)
 
     def start(self) -> None:
         """Start the writer task."""
@@ -122,8 +124,6 @@ class ExecutionRecorder:
             raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(record, upsert, done))
-        if self._metrics is not None:
-            self._metrics.recorder_queued(self._queue.qsize())
         # Shielded: if the caller is cancelled, the write still completes.
         await asyncio.shield(done)
 
@@ -135,8 +135,6 @@ class ExecutionRecorder:
             log.error("execution %s finished after the recorder closed; not recorded", record.id)
             return
         self._queue.put_nowait(_Pending(record, upsert, None))
-        if self._metrics is not None:
-            self._metrics.recorder_queued(self._queue.qsize())
 
     def _skips(self, record: ExecutionRecord, upsert: bool) -> bool:
         """Whether ``record`` is left unstored (recording is off and nothing depends on it)."""
@@ -212,6 +210,8 @@ class ExecutionRecorder:
             finally:
                 for _ in group:
                     self._queue.task_done()
+                if self._metrics is not None:
+                    self._metrics.recorder_queued(self._queue.qsize())
 
     async def _write(self, group: list[_Pending]) -> None:
         try:

@@ -26,9 +26,8 @@ from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from promptgate.observability.metrics import Metrics
+from promptgate.observability.metrics import MULTIPROC_ENV, Metrics
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
 
 

@@ -25,8 +25,9 @@ kept, so counting an execution is a few dictionary lookups and ``inc()`` calls.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from promptgate.execution.model import ExecutionRecord
 
 OTHER = "other"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_CODES = 64
 OK = "OK"
 NO_ERROR = ""
@@ -374,8 +376,13 @@ class Metrics:
 
     # Recorder
 
+    def watch_recorder_queue(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth at each scrape (one process; workers use ``recorder_queued``)."""
+        if not os.environ.get(MULTIPROC_ENV):
+            self.recorder_queue_depth.set_function(depth)
+
     def recorder_queued(self, depth: int) -> None:
-        """The recorder's queue now holds ``depth`` records."""
+        """The recorder's queue holds ``depth`` records (set once per group commit)."""
         self.recorder_queue_depth.set(depth)
 
     def recorder_committed(self, seconds: float, records: int) -> None:
