@@ -20,6 +20,7 @@ from promptgate.api.v1 import prompt_service_pb2 as ppb
 from promptgate.auth.model import Scope
 from tests.conftest import Running, authed_channel, error_details
 from tests.fake_openai import FakeOpenAI
+from tests.test_audit import key_id, list_events, plain
 
 JSON_FORMAT = pb.ResponseFormat(type=pb.ResponseFormat.TYPE_JSON_OBJECT)
 
@@ -957,3 +958,118 @@ async def test_a_chain_whose_end_could_not_be_written_is_not_left_running(
         again = (await stub.ExecuteChain(request, timeout=30)).chain_execution
         assert again.state == pb.EXECUTION_STATE_FULFILLED and again.id != stored.id
         assert again.outputs[0].string_value == mock_reply("Hold on please")
+
+
+async def test_chain_changes_are_in_the_audit_log(pg: Running) -> None:
+    await store_support_prompts(pg)
+    stub = chains(pg)
+    created = (await stub.CreateChain(cpb.CreateChainRequest(name="audited"))).chain
+    body = cpb.ChainVersion(steps=support_steps(), input_variables=[var("ticket")])
+    request = cpb.CreateChainVersionRequest(chain="audited", version=body)
+    await stub.CreateChainVersion(request)
+    request.release_tags.append("production")
+    v2 = (await stub.CreateChainVersion(request)).version
+    await stub.SetChainReleaseTag(
+        cpb.SetChainReleaseTagRequest(chain="audited", tag="production", version=1)
+    )
+    await stub.ArchiveChain(cpb.ArchiveChainRequest(chain="audited"))
+    await stub.ArchiveChain(cpb.ArchiveChainRequest(chain="audited"))  # no change, no entry
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.CreateChain(cpb.CreateChainRequest(name="audited"))  # refused, no entry
+
+    me = await key_id(pg.channel)
+    events = await list_events(pg.channel, resource="chains/audited")
+    assert [plain(e) for e in reversed(events)] == [
+        {
+            "action": "chain.create",
+            "resource": "chains/audited",
+            "actor": me,
+            "before": None,
+            "after": {"id": created.id, "description": "", "labels": {}},
+        },
+        {
+            "action": "chain_version.create",
+            "resource": "chains/audited/versions/1",
+            "actor": me,
+            "before": None,
+            "after": {"version": 1.0, "id": events[-2].after["id"], "description": ""},
+        },
+        {
+            "action": "chain_version.create",
+            "resource": "chains/audited/versions/2",
+            "actor": me,
+            "before": None,
+            "after": {"version": 2.0, "id": v2.id, "description": ""},
+        },
+        {
+            "action": "chain_release_tag.set",
+            "resource": "chains/audited/releaseTags/production",
+            "actor": me,
+            "before": None,
+            "after": {"version": 2.0, "version_id": v2.id},
+        },
+        {
+            "action": "chain_release_tag.set",
+            "resource": "chains/audited/releaseTags/production",
+            "actor": me,
+            "before": {"version": 2.0},
+            "after": {"version": 1.0, "version_id": events[-2].after["id"]},
+        },
+        {
+            "action": "chain.archive",
+            "resource": "chains/audited",
+            "actor": me,
+            "before": {"archived": False},
+            "after": {"archived": True},
+        },
+    ]
+    kinds = await list_events(pg.channel, action="chain_version")
+    assert {e.resource for e in kinds} == {
+        "chains/audited/versions/1",
+        "chains/audited/versions/2",
+    }
+
+
+async def test_a_split_key_keeps_every_step_on_one_variant(pg: Running) -> None:
+    await store_support_prompts(pg)
+    reply_v2 = ppb.PromptVersion(
+        model="mock-1",
+        messages=[
+            pb.PromptTemplateMessage(
+                role=pb.MESSAGE_ROLE_USER, template="V2 {{ ticket }} / {{ classification.label }}"
+            )
+        ],
+        input_variables=[var("ticket"), var("classification", pb.INPUT_TYPE_JSON)],
+    )
+    await pg.prompts.CreatePromptVersion(
+        ppb.CreatePromptVersionRequest(prompt="reply", version=reply_v2)
+    )
+    await pg.prompts.SetReleaseTag(
+        ppb.SetReleaseTagRequest(
+            prompt="reply",
+            tag="production",
+            splits=[
+                ppb.VersionWeight(version=1, weight=50),
+                ppb.VersionWeight(version=2, weight=50),
+            ],
+        )
+    )
+    stub = chains(pg)
+
+    async def reply_version(key: str) -> int:
+        response = await stub.ExecuteChain(
+            inline_chain(*support_steps(), inputs=[text("ticket", "refund?")], split_key=key)
+        )
+        steps = await chain_steps(pg, response.chain_execution.id)
+        return {s.chain_step: s.meta.prompt_version for s in steps}["reply"]
+
+    assert len({await reply_version("customer-7") for _ in range(8)}) == 1
+    seen = {await reply_version(f"customer-{i}") for i in range(40)}
+    assert seen == {1, 2}
+
+    code, fields = await bad_request(
+        stub.ExecuteChain(
+            inline_chain(*support_steps(), inputs=[text("ticket", "x")], split_key="k" * 257)
+        )
+    )
+    assert code == "INVALID_PARAMETERS" and "split_key" in fields

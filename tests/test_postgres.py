@@ -18,7 +18,8 @@ import pytest
 from promptgate.api.v1 import common_pb2 as pb
 from promptgate.api.v1 import execution_service_pb2 as epb
 from promptgate.api.v1 import prompt_service_pb2 as ppb
-from promptgate.store.engine import SCHEMA_VERSION
+from promptgate.store.migrations.baseline import ALEMBIC_MANAGED_VERSION
+from promptgate.store.migrations.runner import head_revision
 from tests.conftest import Running, error_details
 
 pytestmark = pytest.mark.postgres
@@ -77,6 +78,7 @@ async def test_schema_is_created_and_a_second_start_reuses_it(
         )
     }
     assert {
+        "alembic_version",
         "schema_version",
         "prompts",
         "prompt_versions",
@@ -84,8 +86,10 @@ async def test_schema_is_created_and_a_second_start_reuses_it(
         "release_tag_events",
         "executions",
     } <= tables
+    rows = await sql(postgres_url, "SELECT version_num FROM alembic_version")
+    assert [r["version_num"] for r in rows] == [head_revision()]
     rows = await sql(postgres_url, "SELECT id, version, updated_at FROM schema_version")
-    assert [(r["id"], r["version"]) for r in rows] == [(1, SCHEMA_VERSION)]
+    assert [(r["id"], r["version"]) for r in rows] == [(1, ALEMBIC_MANAGED_VERSION)]
     stamped = rows[0]["updated_at"]
     executed = await first.executions.ExecutePrompt(demo("before the restart"))
     assert executed.state == pb.EXECUTION_STATE_FULFILLED
@@ -95,8 +99,10 @@ async def test_schema_is_created_and_a_second_start_reuses_it(
     second: Running = await start_server(database_url=postgres_url)
     rows = await sql(postgres_url, "SELECT id, version, updated_at FROM schema_version")
     assert [(r["id"], r["version"], r["updated_at"]) for r in rows] == [
-        (1, SCHEMA_VERSION, stamped)
-    ], "a restart at the same schema version must leave schema_version alone"
+        (1, ALEMBIC_MANAGED_VERSION, stamped)
+    ], "a restart at head must leave the schema alone"
+    rows = await sql(postgres_url, "SELECT version_num FROM alembic_version")
+    assert [r["version_num"] for r in rows] == [head_revision()]
     # The demo prompt is not seeded twice, and the first run's data is still there.
     prompts = await second.prompts.ListPrompts(ppb.ListPromptsRequest())
     assert [(p.name, p.latest_version) for p in prompts.prompts] == [("demo", 1)]

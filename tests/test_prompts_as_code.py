@@ -386,7 +386,8 @@ async def test_newer_partials_make_a_new_version_that_pins_them(
     await pg.prompts.CreatePartialVersion(
         ppb.CreatePartialVersionRequest(partial="footer", content="Thank you.")
     )
-    result = await run(pg, "push", pulled)
+    # The repo has no partial files: the same prompt file pins the newer version.
+    result = await run(pg, "push", root)
     assert result.code == 0, result
     assert "version    greet: new version 2" in result.out
     assert (
@@ -395,7 +396,7 @@ async def test_newer_partials_make_a_new_version_that_pins_them(
     )
     assert dict((await version(pg, "greet", 2)).partials) == {"footer": 2}
     assert await tags(pg, "greet") == {"production": 2, "staging": 2}
-    assert "up to date" in (await run(pg, "push", pulled)).out
+    assert "up to date" in (await run(pg, "push", root)).out
 
 
 BAD_FILES = {
@@ -445,6 +446,8 @@ async def test_folder_layout_errors(pg: Running, tmp_path: Path) -> None:
     root = folder(tmp_path, greet=GREET)
     (root / "partials").mkdir()
     (root / "partials" / "footer.yaml").write_text("template: bye\n")
+    (root / "chains").mkdir()
+    (root / "chains" / "flow.yaml").write_text("stepz: []\n")
     (root / "stray.yaml").write_text("model: mock-1\n")
     (root / "README.md").write_text("ignored\n")
     (root / ".github").mkdir()
@@ -455,10 +458,11 @@ async def test_folder_layout_errors(pg: Running, tmp_path: Path) -> None:
     (root / "prompts" / "team" / "nested.yaml").write_text(GREET)
     result = await run(pg, "push", root)
     assert result.code == 2
-    assert f"{root / 'prompt'}: unknown folder of YAML files" in result.err
+    assert f"{root / 'prompt'}: unknown folder of prompt, partial or chain files" in result.err
     assert f"{root / 'prompts' / 'team' / 'nested.yaml'}: nested folders" in result.err
     assert ".github" not in result.err and "README" not in result.err
-    assert f"{root / 'partials' / 'footer.yaml'}: partials are not pushed" in result.err
+    assert f"{root / 'partials' / 'footer.yaml'}: template: unknown key" in result.err
+    assert f"{root / 'chains' / 'flow.yaml'}: stepz: unknown key" in result.err
     assert f"{root / 'stray.yaml'}: prompt files go in" in result.err
     assert await missing(pg, "greet")
 

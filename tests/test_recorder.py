@@ -13,7 +13,8 @@ from promptgate.execution.model import ExecutionRecord, ExecutionState
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory
 from promptgate.ids import new_id
-from promptgate.store.engine import create_engine, prepare_schema, session_factory
+from promptgate.store.engine import create_engine, session_factory
+from promptgate.store.migrations.runner import upgrade_schema
 from promptgate.store.tables import utcnow
 
 
@@ -28,8 +29,8 @@ def record(execution_id: str | None = None) -> ExecutionRecord:
 
 
 async def test_a_bad_record_does_not_lose_the_others(tmp_path: Path) -> None:
+    await upgrade_schema(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await prepare_schema(engine)
     sessions = session_factory(engine)
     recorder = ExecutionRecorder(sessions)
     recorder.start()
@@ -57,8 +58,8 @@ async def test_a_bad_record_does_not_lose_the_others(tmp_path: Path) -> None:
 
 
 async def test_close_flushes_submitted_records(tmp_path: Path) -> None:
+    await upgrade_schema(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await prepare_schema(engine)
     sessions = session_factory(engine)
     recorder = ExecutionRecorder(sessions, batch_max=7)
     recorder.start()

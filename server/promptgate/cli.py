@@ -1,6 +1,7 @@
 """The ``promptgate`` command.
 
     promptgate serve [--host H] [--port P] [--database-url URL] [--dev] ...
+    promptgate migrate [--database-url URL] [--sql [--from REV] | --current]
     promptgate workspaces create NAME [--database-url URL]
     promptgate keys create --workspace W --scope S [--scope S ...] [--plan P] [--name N]
     promptgate prompts push|pull DIR ...   (prompts as code, from promptgate-client)
@@ -57,6 +58,29 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seed a demo prompt and print example grpcurl commands",
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the database's schema to this promptgate's newest revision",
+        description="Upgrade the database's schema to head (serve does this at start too).",
+    )
+    migrate.add_argument("--database-url", help="SQLAlchemy async URL (default: as serve)")
+    shown = migrate.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL of the upgrade for the URL's database kind; touch no database",
+    )
+    shown.add_argument(
+        "--current",
+        action="store_true",
+        help="print the database's revision and head; exit 1 if it is not at head",
+    )
+    migrate.add_argument(
+        "--from",
+        dest="from_revision",
+        metavar="REV",
+        help="with --sql: the revision the database is at (default: an empty database)",
+    )
     workspaces = commands.add_parser("workspaces", help="manage workspaces")
     workspace_commands = workspaces.add_subparsers(dest="action", required=True)
     create_workspace = workspace_commands.add_parser("create", help="create a workspace")
@@ -111,11 +135,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "serve":
         from promptgate.server import run_loop, run_workers, serve
+        from promptgate.store.migrations import SchemaError
 
         if settings.workers > 1:
             return run_workers(settings)
-        return run_loop(serve(settings), settings.event_loop)
+        try:
+            return run_loop(serve(settings), settings.event_loop)
+        except SchemaError as exc:
+            print(f"promptgate: {exc}", file=sys.stderr)
+            return 1
+    if args.command == "migrate":
+        return _migrate(args, settings)
     return asyncio.run(_manage(args, settings))
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """``promptgate migrate``: upgrade to head, print its SQL, or say where the database is."""
+    from promptgate.store.migrations import SchemaError
+    from promptgate.store.migrations.runner import schema_status, upgrade_schema, write_upgrade_sql
+
+    url = settings.database_url
+    try:
+        if args.sql:
+            write_upgrade_sql(url, sys.stdout, start=args.from_revision)
+            return 0
+        if args.from_revision:
+            print("promptgate: --from goes with --sql", file=sys.stderr)
+            return 2
+        if args.current:
+            status = asyncio.run(schema_status(url))
+            if status.at_head:
+                print(f"database at revision {status.head} (head)")
+            elif status.legacy_version is not None:
+                print(f"database at schema version {status.legacy_version} (before Alembic)")
+            else:
+                print(f"database at revision {', '.join(status.current) or 'none (empty)'}")
+            print(f"head: {status.head}")
+            return 0 if status.at_head else 1
+        head = asyncio.run(upgrade_schema(url))
+    except SchemaError as exc:
+        print(f"promptgate: {exc}", file=sys.stderr)
+        return 1
+    print(f"database at revision {head} (head)")
+    return 0
 
 
 def _prompts(argv: list[str]) -> int:
@@ -139,12 +201,13 @@ async def _manage(args: argparse.Namespace, settings: Settings) -> int:
     from promptgate.audit import CLI, set_actor
     from promptgate.auth.keys import KeyStore
     from promptgate.errors import RequestError
-    from promptgate.store.engine import create_engine, prepare_schema, session_factory
+    from promptgate.store.engine import create_engine, session_factory
+    from promptgate.store.migrations.runner import upgrade_schema
 
     set_actor(CLI)  # these changes' audit entries name the CLI
+    await upgrade_schema(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
-        await prepare_schema(engine)
         keys = KeyStore(session_factory(engine))
         if args.command == "workspaces":
             created = await keys.ensure_workspace(args.name)

@@ -1,8 +1,9 @@
 """Wiring: builds the components, the grpc.aio server, and shuts both down.
 
-Start-up: open the store (create or migrate the schema), start the recorder,
-create the shared HTTP client and the providers, then serve ExecutionService,
-PromptService, grpc.health.v1 and server reflection.
+Start-up: migrate the store's schema to head (taking turns with other
+replicas), open the store, start the recorder, create the shared HTTP client
+and the providers, then serve ExecutionService, PromptService,
+grpc.health.v1 and server reflection.
 
 Shutdown (SIGTERM/SIGINT or ``stop()``): health turns NOT_SERVING, the server
 stops accepting calls and lets in-flight ones finish for up to the grace
@@ -87,7 +88,8 @@ from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
 from promptgate.providers.transport import KeepAliveTransport, LeanClient
-from promptgate.store.engine import create_engine, prepare_schema, session_factory
+from promptgate.store.engine import create_engine, session_factory
+from promptgate.store.migrations.runner import upgrade_schema
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,8 @@ class PromptgateServer:
     async def start(self) -> int:
         """Build everything, bind and start serving; return the bound port."""
         s = self.settings
+        await upgrade_schema(s.database_url)
         self.engine = create_engine(s.database_url, echo=s.database_echo)
-        await prepare_schema(self.engine)
         self.sessions = session_factory(self.engine)
         timeout = httpx.Timeout(s.default_timeout_s, connect=s.http_connect_timeout_s)
         limits = httpx.Limits(

@@ -108,8 +108,12 @@ class ChainServicer(cpb_grpc.ChainServiceServicer):
             spec,
             request.version.description,
             list(request.release_tags),
+            validate_only=request.validate_only,
         )
-        return cpb.CreateChainVersionResponse(version=version_to_proto(version))
+        response = cpb.CreateChainVersionResponse(version=version_to_proto(version))
+        if request.validate_only:
+            response.version.ClearField("create_time")
+        return response
 
     async def GetChainVersion(
         self, request: cpb.GetChainVersionRequest, context: Context

@@ -22,7 +22,7 @@ from promptgate.chains.model import (
 )
 from promptgate.chains.planning import ChainPlanner
 from promptgate.prompts.model import ReleaseTag, ReleaseTagEvent
-from promptgate.prompts.versioned import VersionedKind, VersionedStore
+from promptgate.prompts.versioned import VersionedKind, VersionedStore, check_release_tags
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import (
     ChainReleaseTagEventRow,
@@ -30,6 +30,7 @@ from promptgate.store.tables import (
     ChainRow,
     ChainVersionRow,
     as_utc,
+    utcnow,
 )
 
 CHAINS = VersionedKind(
@@ -81,14 +82,46 @@ class ChainCatalog:
         spec: ChainSpec,
         description: str,
         release_tags: Sequence[str],
+        *,
+        validate_only: bool = False,
     ) -> ChainVersion:
-        """Check ``spec`` and store it as the chain's next version; move tags to it."""
+        """Check ``spec`` and store it as the chain's next version; move tags to it.
+
+        ``validate_only`` checks it all, then stores nothing: the result is the
+        version as it would be stored, without an id. It checks the content and
+        tag names before it looks the chain up (NOT_FOUND then means the
+        content is valid); a real create looks the chain up first.
+        """
+        if validate_only:
+            return await self._validate_version(workspace, ref, spec, description, release_tags)
         await self._rows.get(workspace, ref)  # an unknown chain is NOT_FOUND before spec problems
         await self._planner.check(workspace, spec, field="version", inputs=None)
         row = await self._rows.add_version(
             workspace, ref, spec_to_json(spec), description, release_tags
         )
         return _version(row)
+
+    async def _validate_version(
+        self,
+        workspace: str,
+        ref: str,
+        spec: ChainSpec,
+        description: str,
+        release_tags: Sequence[str],
+    ) -> ChainVersion:
+        check_release_tags(release_tags)
+        await self._planner.check(workspace, spec, field="version", inputs=None)
+        row, _ = await self._rows.get(workspace, ref)
+        if row.archived:
+            raise self._rows.archived(row.name)
+        return ChainVersion(
+            id="",
+            chain_id=row.id,
+            version=row.latest_version + 1,
+            spec=spec_from_json(spec_to_json(spec)),  # as stored
+            description=description,
+            created_at=utcnow(),
+        )
 
     async def get_version(
         self, workspace: str, ref: str, *, version: int = 0, version_id: str = "", tag: str = ""

@@ -123,6 +123,8 @@ class ChainRequest:
     deadline: float | None = None
     """Seconds left until the caller's deadline, if it set one."""
     api_key_id: str = ""
+    split_key: str = ""
+    """Passed to every step: sticky assignment on split release tags."""
 
 
 @dataclass(slots=True)

@@ -71,6 +71,7 @@ from promptgate.execution.records import input_to_json
 from promptgate.ids import new_id
 from promptgate.observability.metrics import Metrics
 from promptgate.prompts.model import InputType, PromptInput
+from promptgate.prompts.splits import MAX_SPLIT_KEY
 from promptgate.store.faults import is_store_fault
 from promptgate.store.tables import utcnow
 
@@ -391,6 +392,7 @@ class ChainRunner:
             api_key_id=request.api_key_id,
             chain_execution_id=execution.id,
             chain_step=step.name,
+            split_key=request.split_key,
         )
 
 
@@ -400,6 +402,8 @@ def _check_request(request: ChainRequest) -> None:
         problems.append(FieldViolation("external_id", f"at most {MAX_EXTERNAL_ID} characters"))
     if request.timeout is not None and request.timeout <= 0:
         problems.append(FieldViolation("timeout", "must be positive"))
+    if len(request.split_key) > MAX_SPLIT_KEY:
+        problems.append(FieldViolation("split_key", f"at most {MAX_SPLIT_KEY} characters"))
     if problems:
         raise InvalidArgument.of(problems, reason="INVALID_PARAMETERS")
 
@@ -440,10 +444,12 @@ def output_variable(name: str, outputs: tuple[Output, ...]) -> PromptInput:
 def chain_fingerprint(request: ChainRequest) -> str:
     """A hash of what ``request`` asks to run (its target and inputs), kept with its
     external_id; not the timeout or metadata, which do not change what runs."""
-    document = {
+    document: dict[str, object] = {
         "target": to_jsonable_python(request.target),
         "inputs": [input_to_json(i) for i in request.inputs],
     }
+    if request.split_key:  # only when set: fingerprints stored before it existed stay valid
+        document["split_key"] = request.split_key
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

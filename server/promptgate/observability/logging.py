@@ -19,3 +19,5 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic's INFO is set-up chatter; promptgate logs what migrates, from where to where.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

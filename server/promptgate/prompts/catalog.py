@@ -55,6 +55,7 @@ from promptgate.prompts.versioned import (
     NAME,
     VersionedKind,
     VersionedStore,
+    check_release_tags,
     check_tag,
     event_of,
     tag_of,
@@ -208,10 +209,7 @@ class PromptCatalog:
             spec, self._templates, field="version", check_model=self._check_model, partials=partials
         )
         spec = replace(spec, partials=dict(partials.pins))
-        for i, tag in enumerate(release_tags):
-            check_tag(tag, f"release_tags[{i}]")
-        if len(set(release_tags)) != len(release_tags):
-            raise InvalidArgument.field("release_tags", "a tag is listed twice")
+        check_release_tags(release_tags)
         data = spec_to_json(spec)
         for _attempt in range(20):
             async with self._sessions.write() as session:

@@ -31,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from promptgate.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
+from promptgate.prompts import versioned_audit
 from promptgate.prompts.model import ReleaseTag, ReleaseTagEvent
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import as_utc, utcnow
@@ -96,6 +97,7 @@ class VersionedStore:
         )
         async with self._sessions.write() as session:
             session.add(row)
+            versioned_audit.created(session, kind.noun, row)
             try:
                 await session.commit()
             except IntegrityError:
@@ -143,6 +145,7 @@ class VersionedStore:
         """Archive or restore a resource."""
         async with self._sessions.write() as session:
             row = await self.resource(session, workspace, ref)
+            versioned_audit.archive_set(session, self.kind.noun, row, archived)
             row.archived = archived
             row.updated_at = utcnow()
             session.add(row)
@@ -161,10 +164,7 @@ class VersionedStore:
     ) -> Any:
         """Store ``spec`` as the resource's next version and move ``release_tags`` to it."""
         kind = self.kind
-        for i, tag in enumerate(release_tags):
-            check_tag(tag, f"release_tags[{i}]")
-        if len(set(release_tags)) != len(release_tags):
-            raise InvalidArgument.field("release_tags", "a tag is listed twice")
+        check_release_tags(release_tags)
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._sessions.write() as session:
                 resource = await self.resource(session, workspace, ref)
@@ -195,8 +195,9 @@ class VersionedStore:
                     **{kind.key: resource.id},
                 )
                 session.add(row)
+                versioned_audit.version_created(session, kind.noun, resource, row)
                 for tag in release_tags:
-                    await self.move_tag(session, resource.id, tag, row, now)
+                    await self.move_tag(session, resource, tag, row, now)
                 try:
                     await session.commit()
                 except IntegrityError:
@@ -271,7 +272,7 @@ class VersionedStore:
                 .where(col(kind.resource.id) == resource.id)
                 .values(updated_at=now)
             )
-            tag_row = await self.move_tag(session, resource.id, tag, row, now)
+            tag_row = await self.move_tag(session, resource, tag, row, now)
             await session.commit()
             return tag_of(tag_row)
 
@@ -389,10 +390,11 @@ class VersionedStore:
         return row, used_tag
 
     async def move_tag(
-        self, session: AsyncSession, resource_id: str, tag: str, version: Any, now: datetime
+        self, session: AsyncSession, resource: Any, tag: str, version: Any, now: datetime
     ) -> Any:
         """Point ``tag`` at ``version`` and append the move to the history (not committed)."""
         kind = self.kind
+        resource_id = resource.id
         current = await session.get(kind.tag, (resource_id, tag))
         previous = current.version if current else 0
         if current is None:
@@ -408,6 +410,7 @@ class VersionedStore:
             current.version = version.version
             current.updated_at = now
         session.add(current)
+        versioned_audit.tag_moved(session, kind.noun, resource, tag, version, previous)
         session.add(
             kind.event(
                 tag=tag,
@@ -478,6 +481,14 @@ def check_tag(tag: str, field: str) -> None:
             "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             reason="INVALID_RELEASE_TAG",
         )
+
+
+def check_release_tags(release_tags: Sequence[str]) -> None:
+    """INVALID_ARGUMENT unless ``release_tags`` (of a new version) are settable and distinct."""
+    for i, tag in enumerate(release_tags):
+        check_tag(tag, f"release_tags[{i}]")
+    if len(set(release_tags)) != len(release_tags):
+        raise InvalidArgument.field("release_tags", "a tag is listed twice")
 
 
 def event_of(row: Any) -> ReleaseTagEvent:

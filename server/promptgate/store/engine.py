@@ -1,69 +1,28 @@
-"""The async database engine and schema set-up.
+"""The async database engines and sessions.
 
 SQLite (the default) runs in WAL mode with full fsync, so that a committed
-row survives a crash; PostgreSQL is used as-is. The schema is created from
-the SQLModel metadata at start-up and its version kept in ``schema_version``;
-a database written by a newer promptgate is refused rather than damaged.
+row survives a crash; PostgreSQL is used as-is. The schema is Alembic's
+(``promptgate.store.migrations``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlmodel import SQLModel, select
+from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-from promptgate.errors import PromptgateError
-from promptgate.store import tables  # noqa: F401  (registers the tables)
-from promptgate.store.tables import SchemaVersionRow, utcnow
-
-log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 4
-
-
-async def _idempotency_columns(conn: AsyncConnection) -> None:
-    """Version 2: executions remember their request's fingerprint, owner and replaced key."""
-    for column, size in (("request_fingerprint", 64), ("owner", 40), ("superseded_key", 256)):
-        await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {column} VARCHAR({size})"))
-
-
-async def _split_columns(conn: AsyncConnection) -> None:
-    """Version 3: release tags and their history keep A/B splits; executions their split."""
-    await conn.execute(text("ALTER TABLE release_tags ADD COLUMN split JSON"))
-    await conn.execute(text("ALTER TABLE release_tag_events ADD COLUMN split JSON"))
-    await conn.execute(text("ALTER TABLE executions ADD COLUMN split_id VARCHAR(40)"))
-
-
-async def _chain_columns(conn: AsyncConnection) -> None:
-    """Version 4: executions name the chain execution and step they ran as; batches
-    name the chain their items run."""
-    await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_execution_id VARCHAR(40)"))
-    await conn.execute(text("ALTER TABLE batches ADD COLUMN chain_id VARCHAR(40)"))
-    await conn.execute(text("ALTER TABLE executions ADD COLUMN chain_step VARCHAR(64)"))
-    await conn.execute(text("CREATE INDEX ix_executions_chain ON executions (chain_execution_id)"))
-
-
-# Migrations from version N-1 to N, run in order inside one transaction.
-MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
-    2: _idempotency_columns,
-    3: _split_columns,
-    4: _chain_columns,
-}
 
 
 class SessionFactory:
@@ -110,10 +69,6 @@ class SessionFactory:
             yield session
 
 
-class SchemaError(PromptgateError):
-    """The database's schema cannot be used by this promptgate."""
-
-
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine for ``url``; SQLite files get their directory and pragmas."""
     parsed = make_url(url)
@@ -129,6 +84,38 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def create_migration_engine(url: str) -> AsyncEngine:
+    """An engine for schema migrations: no pool, and on SQLite an eager write lock.
+
+    Without a pool a connection ends when its user is done with it, and with
+    it a PostgreSQL session lock. On SQLite a transaction starts with
+    ``BEGIN IMMEDIATE``, taking the file's write lock before it reads the
+    schema's revision: processes migrating one file at once then take turns
+    (waiting up to the busy timeout) instead of one of them failing on a
+    snapshot another has since changed.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, poolclass=NullPool)
+    database = parsed.database or ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+    event.listen(engine.sync_engine, "connect", _sqlite_migration_connection)
+    event.listen(engine.sync_engine, "begin", _begin_immediate)
+    return engine
+
+
+def _sqlite_migration_connection(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    # The driver then starts no transaction by itself: _begin_immediate does.
+    dbapi_connection.isolation_level = None
+
+
+def _begin_immediate(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sync_sqlite_engine(url: str) -> Engine:
@@ -155,27 +142,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions that keep loaded rows usable after commit."""
     return SessionFactory(engine)
-
-
-async def prepare_schema(engine: AsyncEngine) -> int:
-    """Create missing tables and bring the schema to SCHEMA_VERSION; return it."""
-    async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
-        session = AsyncSession(bind=conn)
-        row = (await session.exec(select(SchemaVersionRow))).first()
-        if row is None:
-            session.add(SchemaVersionRow(id=1, version=SCHEMA_VERSION, updated_at=utcnow()))
-        elif row.version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database is at schema version {row.version}, newer than this "
-                f"promptgate's {SCHEMA_VERSION}; upgrade promptgate"
-            )
-        elif row.version < SCHEMA_VERSION:
-            for version in range(row.version + 1, SCHEMA_VERSION + 1):
-                log.info("migrating schema to version %d", version)
-                await MIGRATIONS[version](conn)
-            row.version = SCHEMA_VERSION
-            row.updated_at = utcnow()
-            session.add(row)
-        await session.flush()
-    return SCHEMA_VERSION

@@ -3,6 +3,8 @@
 Every row carries ``workspace_id`` so that each query can be scoped to the
 caller's workspace. Structured values (templates, inputs, outputs) are JSON
 columns; the domain owns their shape.
+
+A change here needs a migration: see "Changing the schema" in the README.
 """
 
 from __future__ import annotations
@@ -46,16 +48,6 @@ def _split() -> Any:
 
 def _time(index: bool = False) -> Any:
     return Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=index))
-
-
-class SchemaVersionRow(SQLModel, table=True):
-    """The schema version the database is at (one row)."""
-
-    __tablename__ = "schema_version"
-
-    id: int = Field(default=1, primary_key=True)
-    version: int
-    updated_at: datetime = _time()
 
 
 class PromptRow(SQLModel, table=True):

@@ -271,12 +271,15 @@ type AuditEvent struct {
 	// Output only. What was done, "<kind>.<verb>": prompt.create,
 	// prompt.archive, prompt.unarchive, prompt_version.create, release_tag.set,
 	// partial.create, partial.archive, partial.unarchive,
-	// partial_version.create, api_key.create, api_key.revoke, workspace.create.
+	// partial_version.create, chain.create, chain.archive, chain.unarchive,
+	// chain_version.create, chain_release_tag.set, api_key.create,
+	// api_key.revoke, workspace.create.
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// Output only. The changed resource: "prompts/{name}",
 	// "prompts/{name}/versions/{number}", "prompts/{name}/releaseTags/{tag}",
-	// "partials/{name}", "partials/{name}/versions/{number}", "apiKeys/{id}",
-	// "workspaces/{id}".
+	// "partials/{name}", "partials/{name}/versions/{number}", "chains/{name}",
+	// "chains/{name}/versions/{number}", "chains/{name}/releaseTags/{tag}",
+	// "apiKeys/{id}", "workspaces/{id}".
 	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
 	// Output only. The changed fields before the change; unset for a creation.
 	// Text is bounded (4,096 characters per entry side, 1,024 per string; cut

@@ -198,6 +198,7 @@ def chain_request_from_proto(
         timeout=timeout,
         deadline=deadline,
         api_key_id=api_key_id,
+        split_key=request.split_key,
     )
 
 

@@ -795,8 +795,18 @@ class CreateChainVersionRequest(_message.Message):
     CHAIN_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     RELEASE_TAGS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     chain: _builtins.str
     """Required. The chain's id or name."""
+    validate_only: _builtins.bool
+    """Optional. Check the version and the tag names as CreateChainVersion
+    would (the steps' stored prompts included), but create nothing and move
+    no tag (AIP-163). The response holds the version as it would be stored,
+    without id or create_time. The content and tag names are checked before
+    the chain is looked up, so for a chain that does not exist yet
+    INVALID_ARGUMENT means bad content and NOT_FOUND means the content is
+    valid.
+    """
     @_builtins.property
     def version(self) -> Global___ChainVersion:
         """Required. The version's content; output-only fields are ignored."""
@@ -811,10 +821,11 @@ class CreateChainVersionRequest(_message.Message):
         chain: _builtins.str = ...,
         version: Global___ChainVersion | None = ...,
         release_tags: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "release_tags", b"release_tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "release_tags", b"release_tags", "validate_only", b"validate_only", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1146,6 +1157,7 @@ class ExecuteChainRequest(_message.Message):
     EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    SPLIT_KEY_FIELD_NUMBER: _builtins.int
     chain: _builtins.str
     """A stored chain's id or name."""
     release_tag: _builtins.str
@@ -1161,6 +1173,12 @@ class ExecuteChainRequest(_message.Message):
     same key with a different request is FAILED_PRECONDITION
     (IDEMPOTENCY_KEY_REUSED). A chain rejected for a transient reason runs
     again.
+    """
+    split_key: _builtins.str
+    """Optional. The key to split on, for steps whose stored prompt is reached
+    through a release tag that splits its traffic (an A/B test): every step
+    of the chain uses it as its ExecutePromptRequest.split_key, so one caller
+    always gets the same variants. Without it, each step draws at random.
     """
     @_builtins.property
     def inline_chain(self) -> Global___InlineChain:
@@ -1191,10 +1209,11 @@ class ExecuteChainRequest(_message.Message):
         external_id: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        split_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "inline_chain", b"inline_chain", "metadata", b"metadata", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "external_id", b"external_id", "inline_chain", b"inline_chain", "inputs", b"inputs", "metadata", b"metadata", "release_tag", b"release_tag", "target", b"target", "timeout", b"timeout", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "external_id", b"external_id", "inline_chain", b"inline_chain", "inputs", b"inputs", "metadata", b"metadata", "release_tag", b"release_tag", "split_key", b"split_key", "target", b"target", "timeout", b"timeout", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["chain", "inline_chain"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

@@ -1,7 +1,13 @@
 """``promptgate prompts push|pull DIR``: prompts as code, over gRPC with an API key.
 
     promptgate prompts push DIR [--dry-run] [--allow-breaking-changes]
-    promptgate prompts pull DIR [--prompt NAME ...] [--tag TAG]
+    promptgate prompts pull DIR [--prompt NAME ...] [--chain NAME ...] [--tag TAG]
+
+Push plans every partial, prompt and chain file, prints the plan, and (unless
+--dry-run, and only when nothing is refused) pushes the partials, checks the
+prompts that include changed partials again, pushes the prompts, checks the
+chains that make versions again, then pushes the chains. Pull writes prompts,
+the partials they need and chains (with the prompts their steps name).
 
 Both take --address (PROMPTGATE_ADDRESS, default localhost:50051), --api-key
 (PROMPTGATE_API_KEY), --tls or --insecure (the default), --ca-file and
@@ -29,19 +35,35 @@ import grpc
 
 from promptgate_client._errors import StatusError
 from promptgate_client._sync import Client
-from promptgate_client.prompts_as_code.files import FolderError, read_folder
+from promptgate_client.prompts_as_code import chain_plan
+from promptgate_client.prompts_as_code.chain_plan import (
+    ChainPlan,
+    apply_chains,
+    plan_chains,
+    prompt_changes,
+)
+from promptgate_client.prompts_as_code.folder import read_folder
+from promptgate_client.prompts_as_code.partial_plan import (
+    apply_partials,
+    changes,
+    plan_partials,
+)
 from promptgate_client.prompts_as_code.plan import (
-    CREATE,
-    NEW_VERSION,
     PromptPlan,
     apply_push,
     plan_push,
+    recheck,
 )
-from promptgate_client.prompts_as_code.pull import pull
-from promptgate_client.v1 import prompt_service_pb2 as ppb
+from promptgate_client.prompts_as_code.pull import PROMPT, pull
+from promptgate_client.prompts_as_code.report import (
+    chain_lines,
+    partial_lines,
+    plan_lines,
+    summary,
+)
+from promptgate_client.prompts_as_code.yaml_text import FolderError
 
 DEFAULT_ADDRESS = "localhost:50051"
-INDENT = " " * 11
 
 
 def parser(prog: str = "promptgate prompts") -> argparse.ArgumentParser:
@@ -74,9 +96,10 @@ def parser(prog: str = "promptgate prompts") -> argparse.ArgumentParser:
     push = commands.add_parser(
         "push",
         parents=[connection],
-        help="create prompts, versions and tag moves from DIR/prompts/*.yaml",
+        help="create partials, prompts, chains, versions and tag moves from DIR/partials/, "
+        "DIR/prompts/ and DIR/chains/",
     )
-    push.add_argument("dir", type=Path, help="the folder holding prompts/")
+    push.add_argument("dir", type=Path, help="the folder holding prompts/, partials/ and chains/")
     push.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     push.add_argument(
         "--allow-breaking-changes",
@@ -84,11 +107,25 @@ def parser(prog: str = "promptgate prompts") -> argparse.ArgumentParser:
         help="move tags even when the new version breaks their callers",
     )
     pull_command = commands.add_parser(
-        "pull", parents=[connection], help="write DIR/prompts/<name>.yaml for each prompt"
+        "pull",
+        parents=[connection],
+        help="write DIR/prompts/<name>.yaml for each prompt, DIR/partials/<name>.yaml for "
+        "each partial, DIR/chains/<name>.yaml for each chain",
     )
-    pull_command.add_argument("dir", type=Path, help="the folder to write prompts/ into")
     pull_command.add_argument(
-        "--prompt", action="append", default=[], help="only this prompt (repeat for several)"
+        "dir", type=Path, help="the folder to write prompts/, partials/ and chains/ into"
+    )
+    pull_command.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="only this prompt, and the partials it includes (repeat for several)",
+    )
+    pull_command.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        help="only this chain, and the prompts its steps name (repeat for several)",
     )
     pull_command.add_argument(
         "--tag", default="", help="the version this release tag points at (default: the latest)"
@@ -154,7 +191,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _push(args: argparse.Namespace) -> int:
     try:
-        files = read_folder(args.dir)
+        folder = read_folder(args.dir)
     except FolderError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -162,24 +199,46 @@ def _push(args: argparse.Namespace) -> int:
         return 2
     allow = args.allow_breaking_changes
     with _client(args) as client:
-        plans = plan_push(client, files)
-        for line in plan_lines(plans, allow_breaking_changes=allow):
+        partials = plan_partials(client, folder.partials)
+        changed = changes(partials)
+        plans = plan_push(client, folder.prompts, changed)
+        chains = plan_chains(client, folder.chains, prompt_changes(plans))
+        lines = partial_lines(partials) + plan_lines(plans, allow_breaking_changes=allow)
+        for line in lines + chain_lines(chains):
             print(line)
-        print(summary(plans))
-        errors = [p for p in plans if p.error is not None]
-        refused = [p for p in plans if p.breaking and not allow]
+        print(summary(plans, partials, chains))
+        refused = _refused(plans, allow)
+        if any(p.errors for p in partials) or any(c.error is not None for c in chains):
+            refused = "errors"
         if args.dry_run:
             print("dry run: nothing was written")
-            return 1 if errors or refused else 0
-        if errors or refused:
-            why = "errors" if errors else "breaking changes (--allow-breaking-changes to push them)"
-            print(f"nothing was pushed: {why}", file=sys.stderr)
+            return 1 if refused else 0
+        if refused:
+            print(f"nothing was pushed: {refused}", file=sys.stderr)
             return 1
-        if not any(p.changes for p in plans):
+        prompts_change = bool(changed) or any(p.changes for p in plans)
+        if not prompts_change and not any(c.changes for c in chains):
             print("up to date: nothing to push")
             return 0
         try:
+            for line in apply_partials(client, partials):
+                print(line)
+            if changed:
+                plans = recheck(client, plans)
+                refused = _refused(plans, allow)
+                if refused:
+                    failed = [p for p in plans if p.error is not None or p.breaking]
+                    for line in plan_lines(failed, allow_breaking_changes=allow):
+                        print(line)
+                    print(f"the partials were pushed, no prompt was: {refused}", file=sys.stderr)
+                    return 1
             for line in apply_push(client, plans, allow_breaking_changes=allow):
+                print(line)
+            if prompts_change:
+                chains = chain_plan.recheck(client, chains)
+                if _chains_refused(chains):
+                    return 1
+            for line in apply_chains(client, chains):
                 print(line)
         except StatusError as exc:
             print(f"push stopped: {exc!s}", file=sys.stderr)
@@ -187,95 +246,32 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chains_refused(plans: list[ChainPlan]) -> bool:
+    """Print the chains the server refuses once the prompts are pushed; True if any."""
+    failed = [p for p in plans if p.error is not None]
+    for line in chain_lines(failed):
+        print(line)
+    if failed:
+        print("the prompts and partials were pushed, no chain was: errors", file=sys.stderr)
+    return bool(failed)
+
+
+def _refused(plans: list[PromptPlan], allow_breaking_changes: bool) -> str:
+    """Why ``plans`` cannot be pushed ("" when they can)."""
+    if any(p.error is not None for p in plans):
+        return "errors"
+    if not allow_breaking_changes and any(p.breaking for p in plans):
+        return "breaking changes (--allow-breaking-changes to push them)"
+    return ""
+
+
 def _pull(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        for result in pull(client, args.dir, names=args.prompt, tag=args.tag):
+        results = pull(client, args.dir, names=args.prompt, chains=args.chain, tag=args.tag)
+        for result in results:
+            name = result.name if result.kind == PROMPT else f"{result.kind} {result.name}"
             if result.path is None:
-                print(f"skipped {result.name}: {result.skipped}")
+                print(f"skipped {name}: {result.skipped}")
             else:
-                print(f"pulled  {result.name} version {result.version} -> {result.path}")
+                print(f"pulled  {name} version {result.version} -> {result.path}")
     return 0
-
-
-def plan_lines(plans: Sequence[PromptPlan], *, allow_breaking_changes: bool) -> list[str]:
-    """The plan, one line per action, with indented lines per breaking change."""
-    lines: list[str] = []
-    for plan in plans:
-        name = plan.file.name
-        if plan.error is not None:
-            lines.append(f"{'error':<10} {name} ({plan.file.path}): {plan.error!s}")
-            lines.extend(f"{INDENT}{v.field}: {v.description}" for v in plan.error.violations)
-            continue
-        if plan.action == CREATE:
-            lines.append(f"{'create':<10} {name}: new prompt, version 1")
-        elif plan.action == NEW_VERSION:
-            lines.append(f"{'version':<10} {name}: new version {plan.version}{_report(plan)}")
-            report = plan.compatibility
-            # Listed here unless a move of that tag lists them below.
-            if report is not None and all(m.tag != report.release_tag for m in plan.moves):
-                lines.extend(
-                    f"{INDENT}{_short(c.type)} {c.variable}: {c.description}"
-                    for c in report.breaking_changes
-                )
-        else:
-            lines.append(f"{'unchanged':<10} {name}: version {plan.version}")
-        for move in plan.moves:
-            where = (
-                f"{move.tag} v{move.from_version} -> v{plan.version}"
-                if move.from_version
-                else f"{move.tag} -> v{plan.version} (new tag)"
-            )
-            if move.ends_split:
-                where += " (ends its A/B split)"
-            if move.breaking and not allow_breaking_changes:
-                lines.append(
-                    f"{'BREAKING':<10} {name}: {where} refused "
-                    "(--allow-breaking-changes to move it)"
-                )
-            elif move.breaking:
-                lines.append(f"{'tag':<10} {name}: {where} (breaking changes allowed)")
-            else:
-                lines.append(f"{'tag':<10} {name}: {where}")
-            lines.extend(f"{INDENT}{v.type} {v.subject}: {v.description}" for v in move.breaking)
-        lines.extend(f"{'note':<10} {name}: {note}" for note in plan.notes)
-    return lines
-
-
-def summary(plans: Sequence[PromptPlan]) -> str:
-    """One line of counts."""
-    count = {
-        kind: sum(p.action == kind and p.error is None for p in plans)
-        for kind in (CREATE, NEW_VERSION)
-    }
-    unchanged = sum(not p.changes and p.error is None for p in plans)
-    moves = sum(len(p.moves) for p in plans if p.error is None)
-    breaking = sum(bool(m.breaking) for p in plans if p.error is None for m in p.moves)
-    errors = sum(p.error is not None for p in plans)
-    parts = [
-        f"{count[CREATE]} to create",
-        _count(count[NEW_VERSION], "new version"),
-        f"{_count(moves, 'tag move')} ({breaking} breaking)",
-        f"{unchanged} up to date",
-    ]
-    if errors:
-        parts.append(_count(errors, "error"))
-    return "plan: " + ", ".join(parts)
-
-
-def _report(plan: PromptPlan) -> str:
-    report = plan.compatibility
-    if report is None:
-        return ""
-    served = ", ".join(f"v{n}" for n in report.versions)
-    if report.compatible:
-        return f" (compatible with {report.release_tag} {served})"
-    count = _count(len(report.breaking_changes), "breaking change")
-    return f" (breaks callers of {report.release_tag} {served}: {count})"
-
-
-def _count(number: int, thing: str) -> str:
-    return f"{number} {thing}{'' if number == 1 else 's'}"
-
-
-def _short(kind: ppb.BreakingChangeType.ValueType) -> str:
-    return ppb.BreakingChangeType.Name(kind).removeprefix("BREAKING_CHANGE_TYPE_")

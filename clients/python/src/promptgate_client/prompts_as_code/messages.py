@@ -33,6 +33,11 @@ ALIASES: dict[str, dict[str, str]] = {
         "version_description": "description",
     },
     "promptgate.v1.InputVariable": {"default": "default_value"},
+    "promptgate.v1.ChainVersion": {
+        "variables": "input_variables",
+        "version_description": "description",
+    },
+    "promptgate.v1.InlinePrompt": {"variables": "input_variables"},
 }
 
 _INTEGERS = {
@@ -70,6 +75,25 @@ def keys_of(descriptor: Any, skip: frozenset[str] = frozenset()) -> dict[str, Fi
     """The keys a file may use for ``descriptor``'s fields (aliases applied), in field order."""
     renamed = {v: k for k, v in ALIASES.get(descriptor.full_name, {}).items()}
     return {renamed.get(f.name, f.name): f for f in descriptor.fields if f.name not in skip}
+
+
+def file_path(descriptor: Descriptor, path: str) -> str:
+    """A field path of the server's (proto names under ``descriptor``, e.g.
+    ``steps[2].inline_prompt.input_variables[0]``) as the keys of a file
+    (``steps[2].inline_prompt.variables[0]``); parts it does not know stay as they are."""
+    parts: list[str] = []
+    current: Descriptor | None = descriptor
+    for segment in path.split("."):
+        name, bracket, rest = segment.partition("[")
+        field = current.fields_by_name.get(name) if current is not None else None
+        if current is None or field is None:
+            parts.append(segment)
+            current = None
+            continue
+        renamed = {v: k for k, v in ALIASES.get(current.full_name, {}).items()}
+        parts.append(renamed.get(name, name) + bracket + rest)
+        current = field.message_type
+    return ".".join(parts)
 
 
 def read_message(

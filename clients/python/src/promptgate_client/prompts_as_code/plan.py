@@ -9,6 +9,14 @@ For each file the plan is one of
   versions, the same file makes a new version that pins them (a note says so);
 - ``unchanged``: the content equals one of them (no version is made);
 
+and a prompt including a partial that the same push creates or gives a new
+version (``partial_plan``) gets a new version too, pinning it: ``changing``
+names those partials. The server checks files against the partials it has,
+so a prompt including a partial the push creates cannot be checked before it
+exists (``pending``): ``recheck`` plans such prompts again once the
+partials are pushed, before any prompt is written. A prompt including a
+partial that is neither on the server nor in the folder is an error.
+
 then a tag move for each of the file's tags not already at that version. The
 server decides what "equal" means: the file is sent with ``validate_only``
 and the version it would store is compared, output-only fields cleared, with
@@ -22,7 +30,7 @@ errors and no refused breaking changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +38,7 @@ import grpc
 
 from promptgate_client._errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     PreconditionViolation,
     StatusError,
@@ -37,22 +46,37 @@ from promptgate_client._errors import (
 )
 from promptgate_client._sync import Client
 from promptgate_client.prompts_as_code.files import PromptFile, content
+from promptgate_client.prompts_as_code.partial_files import PARTIALS
 from promptgate_client.v1 import prompt_service_pb2 as ppb
 
 CREATE, NEW_VERSION, UNCHANGED = "create", "version", "unchanged"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class PartialChange:
+    """A partial the push creates (``from_version`` 0) or gives a new version."""
+
+    name: str
+    from_version: int
+    to_version: int
+
+
+NO_CHANGES: dict[str, PartialChange] = {}
+
+
 @dataclass
 class TagMove:
     """Point ``tag`` at the plan's version; ``breaking`` lists the changes that break
     the callers of ``from_version`` (0: a new tag); ``ends_split``: the tag splits
-    its traffic now (an A/B test, ``from_version`` its control) and the move ends it."""
+    its traffic now (an A/B test, ``from_version`` its control) and the move ends it;
+    ``unchecked``: the server checks it only once the partials are pushed."""
 
     tag: str
     from_version: int
     breaking: list[PreconditionViolation] = field(default_factory=list)
     ends_split: bool = False
+    unchecked: bool = False
 
 
 @dataclass
@@ -66,6 +90,8 @@ class PromptPlan:
     compatibility: ppb.CompatibilityReport | None = None
     notes: list[str] = field(default_factory=list)
     error: StatusError | None = None
+    changing: list[PartialChange] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
     @property
     def breaking(self) -> bool:
@@ -84,12 +110,29 @@ def call(method: Callable[..., T], request: Any) -> T:
         raise from_rpc_error(err) from err
 
 
-def plan_push(client: Client, files: Sequence[PromptFile]) -> list[PromptPlan]:
-    """The plan of every file, in order; writes nothing."""
-    return [_plan(client, f) for f in files]
+def plan_push(
+    client: Client,
+    files: Sequence[PromptFile],
+    changes: Mapping[str, PartialChange] = NO_CHANGES,
+) -> list[PromptPlan]:
+    """The plan of every file, in order, given the partial ``changes`` the push makes
+    first; writes nothing."""
+    return [plan_prompt(client, f, changes) for f in files]
 
 
-def _plan(client: Client, file: PromptFile) -> PromptPlan:
+def recheck(client: Client, plans: Sequence[PromptPlan]) -> list[PromptPlan]:
+    """``plans`` with those that make a version planned again: call it once the partials
+    are pushed, so the server checks them with the new partial versions (a new
+    prompt's plan does not say which partials it includes)."""
+    return [
+        plan_prompt(client, p.file) if p.changing or p.action != UNCHANGED else p for p in plans
+    ]
+
+
+def plan_prompt(
+    client: Client, file: PromptFile, changes: Mapping[str, PartialChange] = NO_CHANGES
+) -> PromptPlan:
+    """What pushing ``file`` does, after the partial ``changes``."""
     plan = PromptPlan(file)
     stub = client.prompts
     try:
@@ -105,13 +148,15 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
         except NotFoundError:
             pass  # valid; the prompt does not exist yet
         except StatusError as exc:
-            plan.error = exc
+            _refused(plan, exc, changes)
         return plan
     if prompt.description != file.description or dict(prompt.labels) != file.labels:
         plan.notes.append(
             "description and labels differ from the server's; they are set only when a "
             "prompt is created"
         )
+    tags = {t.tag: t.version for t in prompt.release_tags if not t.automatic}
+    split = {t.tag for t in prompt.release_tags if t.HasField("split")}
     try:
         checked = call(
             stub.CreatePromptVersion,
@@ -120,22 +165,27 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
             ),
         )
     except StatusError as exc:
-        plan.action, plan.error = NEW_VERSION, exc
+        plan.action, plan.version = NEW_VERSION, prompt.latest_version + 1
+        if _refused(plan, exc, changes):
+            plan.moves = [
+                TagMove(t, tags.get(t, 0), ends_split=t in split, unchecked=True) for t in file.tags
+            ]
         return plan
     candidate = content(checked.version)
-    tags = {t.tag: t.version for t in prompt.release_tags if not t.automatic}
+    plan.changing = [changes[n] for n in sorted(candidate.partials) if n in changes]
     latest = [prompt.latest_version] if prompt.latest_version else []
     compared = list(dict.fromkeys(latest + [tags[t] for t in file.tags if t in tags]))
     stored = {n: _content_of(client, file.name, n) for n in compared}
     same = next((n for n, v in stored.items() if v == candidate), 0)
-    if same:
+    if same and not plan.changing:
         plan.action, plan.version = UNCHANGED, same
     else:
         plan.action, plan.version = NEW_VERSION, checked.version.version
         if checked.HasField("compatibility"):
             plan.compatibility = checked.compatibility
+        for change in plan.changing:
+            candidate.partials[change.name] = change.to_version
         plan.notes.extend(_repinned(stored, candidate))
-    split = {t.tag for t in prompt.release_tags if t.HasField("split")}
     plan.moves = [
         TagMove(t, tags.get(t, 0), ends_split=t in split)
         for t in file.tags
@@ -147,6 +197,38 @@ def _plan(client: Client, file: PromptFile) -> PromptPlan:
     except StatusError as exc:
         plan.error = exc
     return plan
+
+
+def _refused(plan: PromptPlan, exc: StatusError, changes: Mapping[str, PartialChange]) -> bool:
+    """Note why the server refused ``plan``'s file: True when only because it includes
+    partials the push creates (``plan.pending``), else ``plan.error`` says why."""
+    missing = _missing_partials(exc)
+    if missing and all(name in changes for name in missing):
+        plan.pending = missing
+        plan.changing = [changes[name] for name in missing]
+        return True
+    unknown = [name for name in missing if name not in changes]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        folder = plan.file.path.parent.parent / PARTIALS
+        exc = InvalidArgumentError(
+            f"includes partial{'s' if len(unknown) > 1 else ''} {names}, which "
+            f"{'are' if len(unknown) > 1 else 'is'} neither on the server nor in {folder}/",
+            reason=exc.reason,
+            domain=exc.domain,
+            metadata=exc.metadata,
+            violations=exc.violations,
+        )
+    plan.error = exc
+    return False
+
+
+def _missing_partials(exc: StatusError) -> list[str]:
+    """The partials a PARTIAL_NOT_FOUND error names (the server lists them in its
+    ErrorInfo metadata, comma-separated: names have no commas)."""
+    if exc.reason != "PARTIAL_NOT_FOUND":
+        return []
+    return sorted({n for n in exc.metadata.get("partial", "").split(", ") if n})
 
 
 def _repinned(stored: dict[int, ppb.PromptVersion], candidate: ppb.PromptVersion) -> list[str]:

@@ -144,7 +144,9 @@ export type AuditEvent = Message<"promptgate.v1.AuditEvent"> & {
    * Output only. What was done, "<kind>.<verb>": prompt.create,
    * prompt.archive, prompt.unarchive, prompt_version.create, release_tag.set,
    * partial.create, partial.archive, partial.unarchive,
-   * partial_version.create, api_key.create, api_key.revoke, workspace.create.
+   * partial_version.create, chain.create, chain.archive, chain.unarchive,
+   * chain_version.create, chain_release_tag.set, api_key.create,
+   * api_key.revoke, workspace.create.
    *
    * @generated from field: string action = 4;
    */
@@ -153,8 +155,9 @@ export type AuditEvent = Message<"promptgate.v1.AuditEvent"> & {
   /**
    * Output only. The changed resource: "prompts/{name}",
    * "prompts/{name}/versions/{number}", "prompts/{name}/releaseTags/{tag}",
-   * "partials/{name}", "partials/{name}/versions/{number}", "apiKeys/{id}",
-   * "workspaces/{id}".
+   * "partials/{name}", "partials/{name}/versions/{number}", "chains/{name}",
+   * "chains/{name}/versions/{number}", "chains/{name}/releaseTags/{tag}",
+   * "apiKeys/{id}", "workspaces/{id}".
    *
    * @generated from field: string resource = 5;
    */
