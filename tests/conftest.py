@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -10,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from promptgate.api.v1 import execution_service_pb2_grpc, prompt_service_pb2_grpc
 from promptgate.config import Settings
-from promptgate.providers.transport import KeepAliveTransport, LeanClient
+from promptgate.providers.upstream import UpstreamClient, UpstreamSettings
 from promptgate.server import PromptgateServer
 from tests.live import LiveServer, start_live_server
 
@@ -187,14 +188,17 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         server.stop()
 
 
-HTTP_CLIENTS = ("lean", "httpx")
+# One TLS context for every adapter test's client: building one costs ~20 ms.
+_TLS = ssl.create_default_context()
 
 
-def provider_http_client(kind: str, *, ssl_context: Any = None) -> httpx.AsyncClient:
-    """An HTTP client for provider adapters: the server's own (``lean``) or plain httpx."""
-    timeout = httpx.Timeout(5.0)
-    if kind == "lean":
-        return LeanClient(timeout=timeout, transport=KeepAliveTransport(ssl_context=ssl_context))
-    if ssl_context is not None:
-        return httpx.AsyncClient(timeout=timeout, verify=ssl_context)
-    return httpx.AsyncClient(timeout=timeout)
+@contextlib.asynccontextmanager
+async def provider_http_client(**settings: Any) -> AsyncIterator[UpstreamClient]:
+    """The server's provider HTTP client, with ``UpstreamSettings`` overrides; closed after."""
+    values: dict[str, Any] = {"connect_timeout_s": 5.0, **settings}
+    context = None if values.get("ca_bundle") else _TLS
+    client = await UpstreamClient.open(UpstreamSettings(**values), ssl_context=context)
+    try:
+        yield client
+    finally:
+        await client.aclose()

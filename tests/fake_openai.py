@@ -60,7 +60,9 @@ Request headers tune the answer: ``x-fake-delay`` (seconds, ``fake-slow``),
 ``none`` omits it) and ``x-fake-retry-after-ms``.
 
 With ``FakeOpenAI(api_key="sk-...")`` requests must carry that bearer token
-(401 ``invalid_api_key`` otherwise); by default no key is checked.
+(401 ``invalid_api_key`` otherwise); by default no key is checked. With
+``FakeOpenAI(ssl_context=...)`` (a server context, e.g. from ``trustme``) it
+speaks HTTPS and ``base_url`` starts with ``https://``.
 
 Usage counts: a token is a whitespace-separated word. ``prompt_tokens`` counts
 the words of every message; ``completion_tokens`` the words of the answer.
@@ -82,6 +84,7 @@ import contextlib
 import itertools
 import json
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -269,9 +272,17 @@ _ids = itertools.count(1)
 class FakeOpenAI:
     """A fake OpenAI Chat Completions server on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.host = host
         self.api_key = api_key
+        self.ssl_context = ssl_context
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.disconnected = asyncio.Event()
@@ -293,12 +304,15 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
-        """The API root, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{self.host}:{self.port}/v1"
+        """The API root, e.g. ``http://127.0.0.1:PORT/v1`` (``https://`` with TLS)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
         """Start listening."""
-        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self._port, ssl=self.ssl_context
+        )
 
     async def close(self) -> None:
         """Stop listening and drop every open connection."""

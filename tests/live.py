@@ -44,14 +44,16 @@ class LiveServer:
         self.stderr.close()
 
 
-def start_live_server(data_dir: Path) -> LiveServer:
-    """Start ``python -m promptgate serve --dev --port 0`` on SQLite in ``data_dir``."""
+def start_live_server(data_dir: Path, env: dict[str, str] | None = None) -> LiveServer:
+    """Start ``python -m promptgate serve --dev --port 0`` on SQLite in ``data_dir``
+    (``env``: more environment variables)."""
     env = {
         **os.environ,
         "PROMPTGATE_GRACE_PERIOD_S": "1",
         # One provider call per target: a provider failure shows up at once.
         "PROMPTGATE_RETRY_MAX_ATTEMPTS": "1",
         "PROMPTGATE_LOG_LEVEL": "WARNING",
+        **(env or {}),
     }
     command = [
         sys.executable,

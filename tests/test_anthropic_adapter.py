@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import json
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from promptgate.chat import (
@@ -41,7 +39,8 @@ from promptgate.providers.base import (
     StreamEvent,
     TextDelta,
 )
-from tests.conftest import HTTP_CLIENTS, provider_http_client
+from promptgate.providers.upstream import UpstreamClient, UpstreamError
+from tests.conftest import provider_http_client
 from tests.fake_anthropic import FakeAnthropic
 
 KEY = "sk-ant-test-123"
@@ -57,8 +56,6 @@ WEATHER = Tool(
 CLOCK = Tool(name="get_time")
 PARIS = {"location": "Paris, France", "unit": "celsius"}
 TOKYO = {"location": "Tokyo, Japan", "unit": "celsius"}
-# One TLS context for every client: building one per client costs ~50 ms (the fake is plain HTTP).
-TLS = ssl.create_default_context()
 
 
 @pytest.fixture
@@ -68,19 +65,19 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
     assert server.errors == []
 
 
-@pytest.fixture(params=HTTP_CLIENTS)
-async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """The server's lean client and plain httpx: every wire case holds for both."""
-    async with provider_http_client(request.param, ssl_context=TLS) as client:
+@pytest.fixture
+async def http() -> AsyncIterator[UpstreamClient]:
+    """The server's provider HTTP client."""
+    async with provider_http_client() as client:
         yield client
 
 
 @pytest.fixture
-def provider(fake: FakeAnthropic, http: httpx.AsyncClient) -> AnthropicProvider:
+def provider(fake: FakeAnthropic, http: UpstreamClient) -> AnthropicProvider:
     return AnthropicProvider(client=http, base_url=fake.base_url, api_key=KEY)
 
 
-def offline(http: httpx.AsyncClient, **kwargs: Any) -> AnthropicProvider:
+def offline(http: UpstreamClient, **kwargs: Any) -> AnthropicProvider:
     return AnthropicProvider(client=http, base_url="http://fake", api_key=None, **kwargs)
 
 
@@ -113,7 +110,7 @@ def dones(events: list[StreamEvent]) -> list[StreamDone]:
     return [event for event in events if isinstance(event, StreamDone)]
 
 
-def test_it_is_a_provider(http: httpx.AsyncClient) -> None:
+def test_it_is_a_provider(http: UpstreamClient) -> None:
     provider: Provider = offline(http)
     assert provider.name == "anthropic"
     assert offline(http, name="claude-eu").name == "claude-eu"
@@ -253,7 +250,7 @@ async def test_streams_reuse_the_connection(
 # ---------------------------------------------------------------------- payload
 
 
-def test_system_messages_become_the_top_level_system(http: httpx.AsyncClient) -> None:
+def test_system_messages_become_the_top_level_system(http: UpstreamClient) -> None:
     request = ProviderRequest(
         model="claude-test",
         messages=(
@@ -288,7 +285,7 @@ async def test_system_prompt_reaches_the_api_outside_messages(
     assert [m["role"] for m in body["messages"]] == ["user"]
 
 
-def test_build_payload_maps_every_field(http: httpx.AsyncClient) -> None:
+def test_build_payload_maps_every_field(http: UpstreamClient) -> None:
     request = ProviderRequest(
         model="claude-sonnet-4-5",
         messages=(
@@ -377,7 +374,7 @@ def test_build_payload_maps_every_field(http: httpx.AsyncClient) -> None:
     }
 
 
-def test_assistant_calls_without_text_have_no_empty_text_block(http: httpx.AsyncClient) -> None:
+def test_assistant_calls_without_text_have_no_empty_text_block(http: UpstreamClient) -> None:
     request = ProviderRequest(
         model="m",
         messages=(
@@ -418,12 +415,12 @@ def test_assistant_calls_without_text_have_no_empty_text_block(http: httpx.Async
         (ToolChoice(ToolChoiceMode.FUNCTION, "get_time"), {"type": "tool", "name": "get_time"}),
     ],
 )
-def test_tool_choices(http: httpx.AsyncClient, choice: ToolChoice, expected: object) -> None:
+def test_tool_choices(http: UpstreamClient, choice: ToolChoice, expected: object) -> None:
     payload = offline(http).build_payload(make_request(tools=(CLOCK,), tool_choice=choice))
     assert payload["tool_choice"] == expected
 
 
-def test_json_schema_is_emulated_with_a_system_instruction(http: httpx.AsyncClient) -> None:
+def test_json_schema_is_emulated_with_a_system_instruction(http: UpstreamClient) -> None:
     schema = {"type": "object", "properties": {"t": {"type": "number"}}, "required": ["t"]}
     response_format = ResponseFormat(
         type=ResponseFormatType.JSON_SCHEMA, schema_name="weather", json_schema=schema, strict=True
@@ -454,7 +451,7 @@ def test_json_schema_is_emulated_with_a_system_instruction(http: httpx.AsyncClie
     assert text["system"] == "Be brief."
 
 
-def test_max_tokens_default_and_stream_keys(http: httpx.AsyncClient) -> None:
+def test_max_tokens_default_and_stream_keys(http: UpstreamClient) -> None:
     provider = offline(http, default_max_tokens=333)
     request = make_request(parameters=ModelParameters(extra={"stream": True, "mock": {}}))
     unary = provider.build_payload(request)
@@ -495,7 +492,7 @@ async def test_a_body_that_is_not_json_is_refused_before_sending(
 
 
 async def test_raw_headers_are_sent_but_cannot_replace_the_key(
-    provider: AnthropicProvider, fake: FakeAnthropic, http: httpx.AsyncClient
+    provider: AnthropicProvider, fake: FakeAnthropic, http: UpstreamClient
 ) -> None:
     request = make_request(
         raw_headers={
@@ -522,7 +519,7 @@ async def test_raw_headers_are_sent_but_cannot_replace_the_key(
     assert "x-api-key" not in fake.last_request.headers
 
 
-async def test_the_version_header_is_configurable(http: httpx.AsyncClient) -> None:
+async def test_the_version_header_is_configurable(http: UpstreamClient) -> None:
     async with FakeAnthropic(version="2023-01-01") as old:
         provider = AnthropicProvider(
             client=http, base_url=old.base_url + "/", api_key=None, version="2023-01-01"
@@ -540,7 +537,7 @@ async def test_the_version_header_is_configurable(http: httpx.AsyncClient) -> No
     assert "anthropic-version" in caught.value.message
 
 
-async def test_a_wrong_key_is_an_auth_failure(fake: FakeAnthropic, http: httpx.AsyncClient) -> None:
+async def test_a_wrong_key_is_an_auth_failure(fake: FakeAnthropic, http: UpstreamClient) -> None:
     wrong = AnthropicProvider(client=http, base_url=fake.base_url, api_key="sk-ant-wrong")
     for streaming in (False, True):
         with pytest.raises(ProviderError) as caught:
@@ -771,7 +768,7 @@ async def test_unary_body_cut_midway_is_a_retryable_provider_error(
         await provider.complete(make_request("fake-cut"))
     assert type(caught.value) is ProviderError
     assert caught.value.code == "PROVIDER_ERROR" and caught.value.retryable
-    assert isinstance(caught.value.__cause__, httpx.HTTPError)
+    assert isinstance(caught.value.__cause__, UpstreamError)
 
 
 async def test_malformed_json_is_a_bad_response(provider: AnthropicProvider) -> None:
@@ -810,7 +807,7 @@ async def test_stream_timeout_covers_a_trickling_stream(provider: AnthropicProvi
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unreachable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unreachable(http: UpstreamClient, streaming: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -887,8 +884,8 @@ async def test_cancelling_a_unary_call_disconnects_upstream(
 
 
 async def test_aclose_leaves_the_shared_client_open(
-    provider: AnthropicProvider, http: httpx.AsyncClient
+    provider: AnthropicProvider, http: UpstreamClient
 ) -> None:
     await provider.aclose()
-    assert not http.is_closed
+    assert not http.closed
     assert (await provider.complete(make_request())).text == "hello brave new world"

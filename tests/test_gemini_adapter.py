@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from promptgate.chat import (
@@ -40,7 +39,8 @@ from promptgate.providers.base import (
     TextDelta,
 )
 from promptgate.providers.gemini import GeminiProvider, parse_retry_delay
-from tests.conftest import HTTP_CLIENTS, provider_http_client
+from promptgate.providers.upstream import UpstreamClient, UpstreamError
+from tests.conftest import provider_http_client
 from tests.fake_gemini import _SIGNATURE as SIGNATURE
 from tests.fake_gemini import FakeGemini
 
@@ -68,19 +68,19 @@ async def fake() -> AsyncIterator[FakeGemini]:
     assert server.errors == []
 
 
-@pytest.fixture(params=HTTP_CLIENTS)
-async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """The server's lean client and plain httpx: every wire case holds for both."""
-    async with provider_http_client(request.param) as client:
+@pytest.fixture
+async def http() -> AsyncIterator[UpstreamClient]:
+    """The server's provider HTTP client."""
+    async with provider_http_client() as client:
         yield client
 
 
 @pytest.fixture
-def provider(fake: FakeGemini, http: httpx.AsyncClient) -> GeminiProvider:
+def provider(fake: FakeGemini, http: UpstreamClient) -> GeminiProvider:
     return GeminiProvider(client=http, base_url=fake.base_url, api_key=KEY)
 
 
-def offline(http: httpx.AsyncClient) -> GeminiProvider:
+def offline(http: UpstreamClient) -> GeminiProvider:
     return GeminiProvider(client=http, base_url="http://fake", api_key=None)
 
 
@@ -144,7 +144,7 @@ def dones(events: list[StreamEvent]) -> list[StreamDone]:
     return [event for event in events if isinstance(event, StreamDone)]
 
 
-def test_it_is_a_provider(http: httpx.AsyncClient) -> None:
+def test_it_is_a_provider(http: UpstreamClient) -> None:
     provider: Provider = GeminiProvider(client=http, base_url="http://x", api_key=None)
     assert provider.name == "gemini"
     named = GeminiProvider(client=http, base_url="http://x", api_key=None, name="vertex-ish")
@@ -182,7 +182,7 @@ async def test_complete_returns_the_answer_and_the_raw_response(
     assert "model" not in sent.body and "stream" not in sent.body
 
 
-async def test_the_model_goes_in_the_path(fake: FakeGemini, http: httpx.AsyncClient) -> None:
+async def test_the_model_goes_in_the_path(fake: FakeGemini, http: UpstreamClient) -> None:
     provider = GeminiProvider(client=http, base_url=fake.base_url + "/", api_key=KEY)
     await provider.complete(make_request("models/gemini-2.0-flash"))
     assert fake.last_request.path == "/v1beta/models/gemini-2.0-flash:generateContent"
@@ -264,7 +264,7 @@ async def test_streams_reuse_the_connection(provider: GeminiProvider, fake: Fake
 # ---------------------------------------------------------------------- payload
 
 
-def test_system_messages_become_the_system_instruction(http: httpx.AsyncClient) -> None:
+def test_system_messages_become_the_system_instruction(http: UpstreamClient) -> None:
     request = ProviderRequest(
         model=MODEL,
         messages=(
@@ -289,7 +289,7 @@ async def test_the_system_instruction_reaches_the_server(
     assert [c["role"] for c in fake.last_request.body["contents"]] == ["user"]
 
 
-def test_generation_config_maps_every_parameter(http: httpx.AsyncClient) -> None:
+def test_generation_config_maps_every_parameter(http: UpstreamClient) -> None:
     request = make_request(
         parameters=ModelParameters(
             temperature=0.2,
@@ -359,7 +359,7 @@ async def test_response_formats(
     assert fake.last_request.body.get("generationConfig") == expected
 
 
-def test_tool_history_maps_to_function_calls_and_responses(http: httpx.AsyncClient) -> None:
+def test_tool_history_maps_to_function_calls_and_responses(http: UpstreamClient) -> None:
     request = ProviderRequest(model=MODEL, messages=tool_history())
     assert offline(http).build_payload(request)["contents"] == [
         {"role": "user", "parts": [{"text": "Weather in Paris, and the time?"}]},
@@ -486,7 +486,7 @@ async def test_stream_reads_function_calls(provider: GeminiProvider, fake: FakeG
     assert [call.arguments for call in done.response.function_calls] == [PARIS, TOKYO]
 
 
-def test_extra_and_raw_body_are_merged(http: httpx.AsyncClient) -> None:
+def test_extra_and_raw_body_are_merged(http: UpstreamClient) -> None:
     request = make_request(
         parameters=ModelParameters(
             temperature=0.2,
@@ -660,7 +660,7 @@ async def test_503_retry_after_is_kept(provider: GeminiProvider) -> None:
 
 
 async def test_a_non_google_error_page_is_still_mapped(
-    fake: FakeGemini, http: httpx.AsyncClient
+    fake: FakeGemini, http: UpstreamClient
 ) -> None:
     provider = GeminiProvider(client=http, base_url=fake.base_url + "/wrong", api_key=KEY)
     error = await fail(provider, make_request(), streaming=False)
@@ -670,7 +670,7 @@ async def test_a_non_google_error_page_is_still_mapped(
 
 
 async def test_a_wrong_or_missing_key_is_an_auth_failure(
-    fake: FakeGemini, http: httpx.AsyncClient
+    fake: FakeGemini, http: UpstreamClient
 ) -> None:
     wrong = GeminiProvider(client=http, base_url=fake.base_url, api_key="AIza-wrong")
     error = await fail(wrong, make_request(), streaming=False)
@@ -687,7 +687,7 @@ async def test_a_wrong_or_missing_key_is_an_auth_failure(
 
 
 async def test_raw_headers_are_sent_but_cannot_replace_the_key(
-    provider: GeminiProvider, fake: FakeGemini, http: httpx.AsyncClient
+    provider: GeminiProvider, fake: FakeGemini, http: UpstreamClient
 ) -> None:
     request = make_request(
         raw_headers={
@@ -746,7 +746,7 @@ async def test_unary_body_cut_midway_is_a_retryable_provider_error(
     error = await fail(provider, make_request("fake-cut"), streaming=False)
     assert type(error) is ProviderError
     assert error.code == "PROVIDER_ERROR" and error.retryable
-    assert isinstance(error.__cause__, httpx.HTTPError)
+    assert isinstance(error.__cause__, UpstreamError)
 
 
 async def test_error_chunk_mid_stream_is_a_provider_error(provider: GeminiProvider) -> None:
@@ -778,7 +778,7 @@ async def test_no_candidates_is_a_bad_response_or_an_interruption(
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unreachable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unreachable(http: UpstreamClient, streaming: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -874,8 +874,8 @@ async def test_cancelling_a_unary_call_disconnects_upstream(
 
 
 async def test_aclose_leaves_the_shared_client_open(
-    provider: GeminiProvider, http: httpx.AsyncClient
+    provider: GeminiProvider, http: UpstreamClient
 ) -> None:
     await provider.aclose()
-    assert not http.is_closed
+    assert not http.closed
     assert (await provider.complete(make_request())).text == "hello brave new world"

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
-import httpx
 import pytest
 
 from promptgate.chat import (
@@ -42,7 +41,8 @@ from promptgate.providers.base import (
 )
 from promptgate.providers.http import SSEParser
 from promptgate.providers.openai import OpenAIProvider, parse_retry_after
-from tests.conftest import HTTP_CLIENTS, provider_http_client
+from promptgate.providers.upstream import UpstreamClient, UpstreamError
+from tests.conftest import provider_http_client
 from tests.fake_openai import FakeOpenAI
 
 KEY = "sk-test-123"
@@ -65,15 +65,15 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
     assert server.errors == []
 
 
-@pytest.fixture(params=HTTP_CLIENTS)
-async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """The server's lean client and plain httpx: every wire case holds for both."""
-    async with provider_http_client(request.param) as client:
+@pytest.fixture
+async def http() -> AsyncIterator[UpstreamClient]:
+    """The server's provider HTTP client."""
+    async with provider_http_client() as client:
         yield client
 
 
 @pytest.fixture
-def provider(fake: FakeOpenAI, http: httpx.AsyncClient) -> OpenAIProvider:
+def provider(fake: FakeOpenAI, http: UpstreamClient) -> OpenAIProvider:
     return OpenAIProvider(client=http, base_url=fake.base_url, api_key=KEY)
 
 
@@ -106,7 +106,7 @@ def dones(events: list[StreamEvent]) -> list[StreamDone]:
     return [event for event in events if isinstance(event, StreamDone)]
 
 
-def test_it_is_a_provider(http: httpx.AsyncClient) -> None:
+def test_it_is_a_provider(http: UpstreamClient) -> None:
     provider: Provider = OpenAIProvider(client=http, base_url="http://x/v1", api_key=None)
     assert provider.name == "openai"
     named = OpenAIProvider(client=http, base_url="http://x/v1", api_key=None, name="ollama")
@@ -299,7 +299,7 @@ def test_sse_parser(data: bytes, events: list[tuple[str, str]]) -> None:
 # ---------------------------------------------------------------------- payload
 
 
-def test_build_payload_maps_every_field(http: httpx.AsyncClient) -> None:
+def test_build_payload_maps_every_field(http: UpstreamClient) -> None:
     provider = OpenAIProvider(client=http, base_url="http://fake/v1", api_key=None)
     request = ProviderRequest(
         model="gpt-4o",
@@ -391,7 +391,7 @@ def test_build_payload_maps_every_field(http: httpx.AsyncClient) -> None:
     }
 
 
-def test_build_payload_leaves_unset_parameters_out(http: httpx.AsyncClient) -> None:
+def test_build_payload_leaves_unset_parameters_out(http: UpstreamClient) -> None:
     provider = OpenAIProvider(client=http, base_url="http://fake/v1", api_key=None)
     payload = provider.build_payload(make_request())
     assert payload == {
@@ -418,7 +418,7 @@ def test_build_payload_leaves_unset_parameters_out(http: httpx.AsyncClient) -> N
     ],
 )
 def test_response_formats(
-    http: httpx.AsyncClient, response_format: ResponseFormat, expected: dict[str, Any] | None
+    http: UpstreamClient, response_format: ResponseFormat, expected: dict[str, Any] | None
 ) -> None:
     provider = OpenAIProvider(client=http, base_url="http://fake/v1", api_key=None)
     payload = provider.build_payload(make_request(response_format=response_format))
@@ -437,7 +437,7 @@ def test_response_formats(
         ),
     ],
 )
-def test_tool_choices(http: httpx.AsyncClient, choice: ToolChoice, expected: object) -> None:
+def test_tool_choices(http: UpstreamClient, choice: ToolChoice, expected: object) -> None:
     provider = OpenAIProvider(client=http, base_url="http://fake/v1", api_key=None)
     payload = provider.build_payload(make_request(tools=(CLOCK,), tool_choice=choice))
     assert payload["tool_choice"] == expected
@@ -446,7 +446,7 @@ def test_tool_choices(http: httpx.AsyncClient, choice: ToolChoice, expected: obj
     ]
 
 
-def test_stream_payload_asks_for_usage(http: httpx.AsyncClient) -> None:
+def test_stream_payload_asks_for_usage(http: UpstreamClient) -> None:
     provider = OpenAIProvider(client=http, base_url="http://fake/v1", api_key=None)
     request = make_request(
         parameters=ModelParameters(
@@ -478,7 +478,7 @@ async def test_a_body_that_is_not_json_is_refused_before_sending(
 
 
 async def test_authorization_is_sent_only_with_a_key(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: UpstreamClient
 ) -> None:
     with_key = OpenAIProvider(client=http, base_url=fake.base_url, api_key=KEY)
     await with_key.complete(make_request())
@@ -492,7 +492,7 @@ async def test_authorization_is_sent_only_with_a_key(
 
 
 async def test_raw_headers_are_sent_but_cannot_replace_the_key(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: UpstreamClient
 ) -> None:
     provider = OpenAIProvider(client=http, base_url=fake.base_url, api_key=KEY)
     request = make_request(
@@ -511,7 +511,7 @@ async def test_raw_headers_are_sent_but_cannot_replace_the_key(
     assert "authorization" not in fake.last_request.headers
 
 
-async def test_a_wrong_key_is_an_auth_failure(http: httpx.AsyncClient) -> None:
+async def test_a_wrong_key_is_an_auth_failure(http: UpstreamClient) -> None:
     async with FakeOpenAI(api_key="sk-right") as strict:
         provider = OpenAIProvider(client=http, base_url=strict.base_url, api_key="sk-wrong")
         with pytest.raises(ProviderError) as caught:
@@ -724,7 +724,7 @@ async def test_unary_body_cut_midway_is_a_retryable_provider_error(
         await provider.complete(make_request("fake-cut"))
     assert type(caught.value) is ProviderError
     assert caught.value.code == "PROVIDER_ERROR" and caught.value.retryable
-    assert isinstance(caught.value.__cause__, httpx.HTTPError)
+    assert isinstance(caught.value.__cause__, UpstreamError)
 
 
 async def test_error_event_mid_stream_is_a_provider_error(provider: OpenAIProvider) -> None:
@@ -737,7 +737,7 @@ async def test_error_event_mid_stream_is_a_provider_error(provider: OpenAIProvid
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unreachable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unreachable(http: UpstreamClient, streaming: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -815,8 +815,8 @@ async def test_cancelling_a_unary_call_disconnects_upstream(
 
 
 async def test_aclose_leaves_the_shared_client_open(
-    provider: OpenAIProvider, http: httpx.AsyncClient
+    provider: OpenAIProvider, http: UpstreamClient
 ) -> None:
     await provider.aclose()
-    assert not http.is_closed
+    assert not http.closed
     assert (await provider.complete(make_request())).text == "hello brave new world"

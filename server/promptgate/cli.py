@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from promptgate.auth.model import DEFAULT_PLAN, PLANS, Scope
 from promptgate.config import Settings
-from promptgate.observability.logging import configure_logging
+from promptgate.observability.logging import configure_logging, settings_secrets
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"promptgate: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level, fmt=settings.log_format, secrets=settings_secrets(settings)
+    )
     if args.command == "serve":
         from promptgate.server import run_loop, run_workers, serve
         from promptgate.store.migrations import SchemaError

@@ -21,7 +21,10 @@ GEMINI_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 class Settings(BaseSettings):
     """All server settings. See the configuration table in the README."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTGATE_", extra="ignore")
+    # Errors name the setting but never echo its value (keys and secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTGATE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Listening and transport
     host: str = "127.0.0.1"
@@ -112,15 +115,29 @@ class Settings(BaseSettings):
     )
     gemini_base_url: str = GEMINI_DEFAULT_BASE_URL
     gemini_models: list[str] = Field(default_factory=list)
+    # Provider HTTP (aiohttp); proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
     http_connect_timeout_s: float = Field(10.0, gt=0)
     http_max_connections: int = Field(1000, ge=1)
-    http_transport: str = Field("builtin", pattern="^(builtin|httpcore)$")
+    http_max_connections_per_host: int = Field(0, ge=0)
+    http_keepalive_expiry_s: float = Field(4.0, gt=0)
+    http_ca_bundle: str | None = None
     prices_file: str | None = None
 
     # Developer mode: seed a demo prompt and print example commands.
     dev: bool = False
     log_level: str = "INFO"
+    # Logs: "text" or "json" (one object per line); one access line per RPC.
+    log_format: str = Field("text", pattern="^(text|json)$")
+    access_log: bool = True
     workspace: str = "default"
+
+    @field_validator("openai_api_key", "anthropic_api_key", "gemini_api_key")
+    @classmethod
+    def _sendable_key(cls, value: str | None) -> str | None:
+        # Keys are sent as header values on connections shared by every workspace.
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("holds a control character (a trailing newline?)")
+        return value
 
     @field_validator("metrics_port", mode="before")
     @classmethod

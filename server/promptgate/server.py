@@ -74,10 +74,12 @@ from promptgate.execution.records import ExecutionHistory
 from promptgate.execution.router import CooldownSettings, RoutePolicy, Router, TargetHealth
 from promptgate.execution.usage import UsageReader
 from promptgate.ids import new_id
+from promptgate.observability import tracing
+from promptgate.observability.call_interceptor import CallInterceptor
 from promptgate.observability.exposition import METRICS_PATH, WorkerMetricsDir, add_metrics_route
 from promptgate.observability.grpc_metrics import MetricsInterceptor
 from promptgate.observability.http_server import HttpServer
-from promptgate.observability.logging import configure_logging
+from promptgate.observability.logging import configure_logging, settings_secrets
 from promptgate.observability.metrics import Metrics
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
@@ -87,7 +89,7 @@ from promptgate.providers.gemini import GeminiProvider
 from promptgate.providers.mock import MockProvider
 from promptgate.providers.openai import OpenAIProvider
 from promptgate.providers.registry import ProviderRegistry
-from promptgate.providers.transport import KeepAliveTransport, LeanClient
+from promptgate.providers.upstream import UpstreamClient, UpstreamSettings
 from promptgate.store.engine import create_engine, session_factory
 from promptgate.store.migrations.runner import upgrade_schema
 
@@ -127,8 +129,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 class PromptgateServer:
     """One promptgate server: its components and its grpc.aio server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracer_provider: Any | None = None) -> None:
+        """``tracer_provider``: trace with it (tests) instead of the OTEL_* environment's."""
         self.settings = settings
+        self._tracer_provider = tracer_provider
+        self._tracing: Any | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
@@ -141,6 +146,7 @@ class PromptgateServer:
     async def start(self) -> int:
         """Build everything, bind and start serving; return the bound port."""
         s = self.settings
+        self._tracing = tracing.activate(self._tracer_provider)
         await upgrade_schema(s.database_url)
         self.engine = create_engine(s.database_url, echo=s.database_echo)
         self.sessions = session_factory(self.engine)
@@ -149,18 +155,17 @@ class PromptgateServer:
             max_connections=s.http_max_connections,
             max_keepalive_connections=s.http_max_connections,
         )
-        # Webhooks use httpx's own transport; provider calls (the hot path) use
-        # the lean keep-alive transport unless PROMPTGATE_HTTP_TRANSPORT=httpcore.
+        # Webhooks use httpx; provider calls (the hot path) one aiohttp session.
         self.http = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self.provider_http = (
-            LeanClient(
-                timeout=timeout,
-                transport=KeepAliveTransport(max_connections=s.http_max_connections),
+        self.provider_http = client = await UpstreamClient.open(
+            UpstreamSettings(
+                connect_timeout_s=s.http_connect_timeout_s,
+                max_connections=s.http_max_connections,
+                max_connections_per_host=s.http_max_connections_per_host,
+                keepalive_s=s.http_keepalive_expiry_s,
+                ca_bundle=s.http_ca_bundle,
             )
-            if s.http_transport == "builtin"
-            else httpx.AsyncClient(timeout=timeout, limits=limits)
         )
-        client = self.provider_http
         providers: dict[str, Provider] = {"mock": MockProvider()}
         if s.openai_enabled:
             providers["openai"] = OpenAIProvider(
@@ -267,10 +272,11 @@ class PromptgateServer:
 
         calls = CallContext()
         interceptors: list[Any] = [
+            CallInterceptor(access_log=s.access_log),
             ErrorInterceptor(draining=lambda: self.draining),
             AuthInterceptor(self.keys, self.limiter, self.metrics),
         ]
-        if self.metrics is not None:  # first: it sees the status the others produce
+        if self.metrics is not None:  # first: it sees every call and the status it ended with
             interceptors.insert(0, MetricsInterceptor(self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=server_options(s))
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
@@ -445,6 +451,7 @@ class PromptgateServer:
         await self.http.aclose()
         await self.provider_http.aclose()
         await self.engine.dispose()
+        await tracing.deactivate(self._tracing)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -604,7 +611,9 @@ def _supervise(
 
 
 def _worker_main(settings: Settings, announce: bool, ready: Any) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level, fmt=settings.log_format, secrets=settings_secrets(settings)
+    )
     code = run_loop(
         serve(settings, announce=announce, on_ready=ready.set if ready else None),
         settings.event_loop,

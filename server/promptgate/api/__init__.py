@@ -1,4 +1,7 @@
-"""The gRPC edge: servicers, protobuf mapping and the error interceptor.
+"""The gRPC edge: servicers, protobuf mapping (``convert``), request checks and the error interceptor.
 
-Protobuf and grpc are imported here and nowhere else in the package.
+grpc and protobuf are imported in this package (with the generated code in
+``v1``) and in ``promptgate.server``, which wires the servicers, health and
+reflection onto the grpc.aio server. The domain packages (``execution``,
+``prompts``, ``providers``, ``store``, ...) import neither.
 """

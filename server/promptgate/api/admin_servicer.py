@@ -1,4 +1,4 @@
-"""AdminService: thin mapping between gRPC and the server's configuration."""
+"""AdminService: thin mapping between gRPC and keys, usage, audit and the model catalogue."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from promptgate.errors import FailedPrecondition, InvalidArgument
 from promptgate.execution.comparison import SplitComparer
 from promptgate.execution.pricing import PriceTable
 from promptgate.execution.usage import Grouping, UsageQuery, UsageReader
-from promptgate.providers.registry import LISTED_PREFIXES, Capabilities, ProviderRegistry
+from promptgate.providers.catalog import list_models
+from promptgate.providers.registry import Capabilities, ProviderRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -190,55 +191,33 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     async def ListModels(
         self, request: apb.ListModelsRequest, context: Context
     ) -> apb.ListModelsResponse:
-        names = self._registry.names
-        if request.provider:
-            if request.provider not in names:
-                raise InvalidArgument.field(
-                    "provider",
-                    f"provider {request.provider!r} is not configured (configured: {', '.join(names)})",
-                    reason="INVALID_MODEL",
-                )
-            names = [request.provider]
-        response = apb.ListModelsResponse()
-        for name in names:
-            allowed = self._registry.allowed_models(name)
-            capabilities = _capabilities(self._registry.capabilities(name))
-            response.providers.append(
+        catalog = list_models(self._registry, self._prices, request.provider)
+        return apb.ListModelsResponse(
+            providers=[
                 apb.ProviderInfo(
-                    name=name,
-                    base_url=self._registry.base_url(name),
-                    accepts_any_model=allowed is None,
-                    capabilities=capabilities,
+                    name=p.name,
+                    base_url=p.base_url,
+                    accepts_any_model=p.accepts_any_model,
+                    capabilities=_capabilities(p.capabilities),
                 )
-            )
-            if allowed is not None:
-                models = sorted(allowed)
-            elif name == "mock":
-                models = ["mock-1"]
-            else:
-                prefixes = LISTED_PREFIXES.get(name, ())
-                models = [m for m in self._prices.models() if m.startswith(prefixes)]
-            for model in models:
-                price = self._prices.price(name, model)
-                response.models.append(
-                    apb.ModelInfo(
-                        provider=name,
-                        model=model,
-                        capabilities=capabilities,
-                        price=apb.ModelPrice(
-                            input_per_million=price.input if price else 0.0,
-                            output_per_million=price.output if price else 0.0,
-                            cached_input_per_million=(
-                                price.cached_input
-                                if price and price.cached_input is not None
-                                else (price.input if price else 0.0)
-                            ),
-                            unit="USD",
-                            priced=price is not None,
-                        ),
-                    )
+                for p in catalog.providers
+            ],
+            models=[
+                apb.ModelInfo(
+                    provider=m.provider,
+                    model=m.model,
+                    capabilities=_capabilities(m.capabilities),
+                    price=apb.ModelPrice(
+                        input_per_million=m.input_per_million,
+                        output_per_million=m.output_per_million,
+                        cached_input_per_million=m.cached_input_per_million,
+                        unit="USD",
+                        priced=m.priced,
+                    ),
                 )
-        return response
+                for m in catalog.models
+            ],
+        )
 
 
 def _key(key: ApiKey) -> apb.ApiKey:

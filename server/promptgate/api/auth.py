@@ -29,6 +29,7 @@ from promptgate.auth.keys import KeyStore
 from promptgate.auth.limits import Lease, Limiter, Window
 from promptgate.auth.model import ApiKey, Scope
 from promptgate.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from promptgate.observability import context as log_context
 from promptgate.observability.metrics import Metrics
 
 CURRENT_KEY: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar(
@@ -172,6 +173,7 @@ class AuthInterceptor(_ServerInterceptor):
                 reason="MISSING_AUTHORIZATION",
             )
         key = await self._keys.authenticate(token)
+        log_context.bind(workspace=key.workspace_id)  # on the call's log lines from now on
         if needed and not any(key.allows(scope) for scope in needed):
             names = " or ".join(s.value for s in needed)
             raise PermissionDenied(

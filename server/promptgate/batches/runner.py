@@ -23,6 +23,10 @@ by itself; faults are logged as one warning line now and then.
 
 Shutdown: claiming stops, running items get the grace period to finish, the
 rest are cancelled and put back in the queue for the next start.
+
+Each item is a trace of its own (a ``promptgate.batch.item`` span, parent of
+its execution's), and its log lines carry the workspace, the item's key
+``<batch id>/<index>`` as request id, and its execution id.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from promptgate.execution.model import (
     StoredTarget,
 )
 from promptgate.ids import new_id
+from promptgate.observability import context as log_context
+from promptgate.observability import tracing
 from promptgate.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ FATAL_REASONS = {
 }
 
 _Key = tuple[str, int]
+ITEM_SPAN = "promptgate.batch.item"
 _Queued = tuple[ItemOutcome, "asyncio.Future[bool] | None"]
 
 
@@ -319,6 +326,14 @@ class BatchRunner:
     # Items
 
     async def _run_item(self, batch: RunnableBatch, item: ClaimedItem) -> None:
+        # The item's own task: its log context and span are its own.
+        key = item_external_id(batch.id, item.index)
+        log_context.begin(log_context.CallInfo(request_id=key, workspace=batch.workspace_id))
+        about = {"promptgate.batch.id": batch.id, "promptgate.batch.custom_id": item.custom_id}
+        with tracing.span(ITEM_SPAN, attributes=about):
+            await self._item(batch, item)
+
+    async def _item(self, batch: RunnableBatch, item: ClaimedItem) -> None:
         key = (batch.id, item.index)
         started: list[str] = []
         try:

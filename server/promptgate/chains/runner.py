@@ -15,6 +15,9 @@ server's default timeout, whichever ends first) spans all steps: each step
 gets what is left of it. A caller's cancellation cancels the running step
 (which the executor records as CANCELLED), records the chain REJECTED
 (CANCELLED) and propagates.
+
+Traced as a chain span with a span per step, each the parent of the step's
+execution span (telemetry.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from promptgate.backoff import Backoff
+from promptgate.chains import telemetry
 from promptgate.chains.catalog import ChainCatalog
 from promptgate.chains.keys import ChainKeys
 from promptgate.chains.model import (
@@ -69,7 +73,9 @@ from promptgate.execution.model import (
 from promptgate.execution.planning import MAX_EXTERNAL_ID, ExecutorLimits
 from promptgate.execution.records import input_to_json
 from promptgate.ids import new_id
+from promptgate.observability import tracing
 from promptgate.observability.metrics import Metrics
+from promptgate.observability.tracing import Span
 from promptgate.prompts.model import InputType, PromptInput
 from promptgate.prompts.splits import MAX_SPLIT_KEY
 from promptgate.store.faults import is_store_fault
@@ -123,10 +129,12 @@ class ChainRunner:
 
     async def execute(self, request: ChainRequest) -> ChainExecution:
         """Run ``request`` to a recorded FULFILLED or REJECTED chain execution."""
-        async with contextlib.aclosing(self._run(request, streamed=False)) as events:
-            async for event in events:
-                if isinstance(event, ChainFinished):
-                    return event.execution
+        with tracing.span(telemetry.CHAIN) as span:
+            async with contextlib.aclosing(self._run(request, span, streamed=False)) as events:
+                async for event in events:
+                    if isinstance(event, ChainFinished):
+                        telemetry.finished(span, event.execution)
+                        return event.execution
         raise AssertionError("a chain run ends with ChainFinished")
 
     async def stream(self, request: ChainRequest) -> AsyncGenerator[ChainEvent, None]:
@@ -136,9 +144,17 @@ class ChainRunner:
         Close the iterator (``contextlib.aclosing``) when abandoning it: the
         running step is then cancelled and recorded, and the chain with it.
         """
-        async with contextlib.aclosing(self._run(request, streamed=True)) as events:
-            async for event in events:
-                yield event
+        span = tracing.start(telemetry.CHAIN)  # not current: it lives across yields
+        try:
+            async with contextlib.aclosing(self._run(request, span, streamed=True)) as events:
+                async for event in events:
+                    if isinstance(event, ChainFinished):
+                        telemetry.finished(span, event.execution)
+                    yield event
+        except BaseException as exc:
+            tracing.finish(span, exc)
+            raise
+        span.end()
 
     async def check(self, request: ChainRequest) -> None:
         """Raise the RequestError ``request`` would fail with, without running it."""
@@ -187,7 +203,7 @@ class ChainRunner:
             await asyncio.wait(pending)
 
     async def _run(
-        self, request: ChainRequest, *, streamed: bool
+        self, request: ChainRequest, span: Span, *, streamed: bool
     ) -> AsyncGenerator[ChainEvent, None]:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -219,6 +235,7 @@ class ChainRunner:
             api_key_id=request.api_key_id,
             fingerprint=fingerprint,
         )
+        telemetry.started(span, execution)
         answer = await self._keys.claim(execution, replaced)
         if answer is not None:
             for event in _replay(answer):
@@ -244,9 +261,10 @@ class ChainRunner:
                     break
                 step_request = self._step_request(request, execution, planned, variables, remaining)
                 record: ExecutionRecord | None = None
+                step_span = telemetry.step(span, index, step.name)
                 try:
                     if streamed:
-                        events = self._executor.stream(step_request)
+                        events = self._executor.stream(step_request, parent=step_span)
                         async with contextlib.aclosing(events):
                             async for part in events:
                                 if isinstance(part, Initiated):
@@ -260,13 +278,18 @@ class ChainRunner:
                                     record = part.record
                     else:
                         record = await self._executor.execute(
-                            step_request, on_started=partial(setattr, running, "execution_id")
+                            step_request,
+                            on_started=partial(setattr, running, "execution_id"),
+                            parent=step_span,
                         )
                 except RequestError as exc:
                     # The step could not run (e.g. an output that is not the JSON
                     # the next prompt declares): the chain is rejected at this step.
                     running.state = ExecutionState.REJECTED
                     running.error = ExecutionFailure(exc.reason, exc.message)
+                except BaseException as exc:
+                    tracing.finish(step_span, exc)
+                    raise
                 assert record is not None or running.error is not None
                 if record is not None:
                     running.record = record
@@ -274,6 +297,7 @@ class ChainRunner:
                     running.state = record.state
                     running.error = record.error
                 finished, running = running, None
+                telemetry.step_finished(step_span, finished)
                 execution.add_step(finished)
                 yield StepFinished(execution.id, index, finished)
                 if finished.state is not ExecutionState.FULFILLED or record is None:

@@ -6,6 +6,9 @@
     -> build the outcome (outcomes.py: outputs, usage, cost, finish reason)
     -> record the execution durably, then answer
 
+Each execution is a span with children for its render, each provider
+attempt and its record write (telemetry.py); nothing when tracing is off.
+
 Request problems raise ``RequestError`` before anything is recorded.
 Failures of the execution itself (provider errors, timeouts, an interrupted
 stream, output that breaks its JSON schema) produce a REJECTED record. A
@@ -23,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from promptgate.errors import ProviderError
+from promptgate.execution import telemetry
 from promptgate.execution.cache import CachedAnswer, ResponseCache
 from promptgate.execution.model import (
     Delta,
@@ -43,7 +47,10 @@ from promptgate.execution.pricing import PriceTable
 from promptgate.execution.recorder import ExecutionRecorder
 from promptgate.execution.records import ExecutionHistory, IdempotencyKeys, request_fingerprint
 from promptgate.execution.router import RoutePolicy, Router, RouteRun
+from promptgate.execution.telemetry import EXECUTION, RECORD, RENDER
+from promptgate.observability import tracing
 from promptgate.observability.metrics import Metrics
+from promptgate.observability.tracing import Span
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.model import CacheMode
 from promptgate.prompts.templates import TemplateEngine
@@ -114,7 +121,7 @@ class Executor:
 
     async def render(self, request: ExecutionRequest) -> Rendering:
         """The rendered messages and the exact provider body, without executing."""
-        plan = await self._planner.plan(request, streamed=False)
+        plan = await self._plan(request, streamed=False)
         build = plan.provider.build_payload
         return Rendering(
             messages=plan.request.messages,
@@ -134,30 +141,56 @@ class Executor:
         await self._planner.plan(request, streamed=False)
 
     async def execute(
-        self, request: ExecutionRequest, *, on_started: Callable[[str], None] | None = None
+        self,
+        request: ExecutionRequest,
+        *,
+        on_started: Callable[[str], None] | None = None,
+        parent: Span | None = None,
     ) -> ExecutionRecord:
         """Run ``request`` to a recorded FULFILLED or REJECTED execution.
 
         ``on_started`` gets the execution id once the execution will be recorded
         whatever happens (even if the call is cancelled from then on).
+        ``parent``: the parent of the execution's span (default: the current span).
         """
         self._active += 1
         try:
-            return await self._execute(request, on_started)
+            attributes = telemetry.request_attributes(request, streamed=False)
+            with tracing.span(EXECUTION, parent=parent, attributes=attributes) as span:
+                record = await self._execute(request, on_started, span)
+                telemetry.finished(span, record)
+                return record
         finally:
             self._leave()
 
-    async def stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
+    async def stream(
+        self, request: ExecutionRequest, *, parent: Span | None = None
+    ) -> AsyncGenerator[ExecutionEvent, None]:
         """Run ``request``, yielding Initiated, Deltas, then one Finished (after recording).
 
         Close the iterator (``contextlib.aclosing``) when abandoning it: the
         provider call is then cancelled and the partial execution recorded.
+        ``parent``: the parent of the execution's span (default: the span
+        current when iteration starts).
         """
         self._active += 1
+        # Not made current: it lives across yields (see observability.tracing).
+        span = tracing.start(
+            EXECUTION,
+            parent=parent,
+            attributes=telemetry.request_attributes(request, streamed=True),
+        )
         try:
-            async with contextlib.aclosing(self._stream(request)) as events:
+            async with contextlib.aclosing(self._stream(request, span)) as events:
                 async for event in events:
+                    if isinstance(event, Finished):
+                        telemetry.finished(span, event.record)
                     yield event
+        except BaseException as exc:
+            tracing.finish(span, exc)
+            raise
+        else:
+            span.end()
         finally:
             self._leave()
 
@@ -191,8 +224,23 @@ class Executor:
         if not self._active:
             self._idle.set()
 
+    async def _plan(self, request: ExecutionRequest, *, streamed: bool) -> Plan:
+        """``request`` planned, in a render span (a child of the current span)."""
+        with tracing.span(RENDER) as span:
+            plan = await self._planner.plan(request, streamed=streamed)
+            telemetry.rendered(span, plan.record, len(plan.request.messages))
+            return plan
+
+    async def _record(self, record: ExecutionRecord, *, upsert: bool) -> None:
+        """Record ``record`` and wait for its commit, in a record span."""
+        with tracing.span(RECORD):
+            await self._recorder.record(record, upsert=upsert)
+
     async def _execute(
-        self, request: ExecutionRequest, on_started: Callable[[str], None] | None = None
+        self,
+        request: ExecutionRequest,
+        on_started: Callable[[str], None] | None,
+        span: Span,
     ) -> ExecutionRecord:
         started = time.monotonic()
         keyed = request.external_id and not request.resume
@@ -200,8 +248,9 @@ class Executor:
         replay, replaced = await self._keys.lookup(request, fingerprint)
         if replay is not None:
             return replay
-        plan = await self._planner.plan(request, streamed=False)
+        plan = await self._plan(request, streamed=False)
         record = plan.record
+        telemetry.started(span, record)
         record.fingerprint = fingerprint
         claimed = await self._keys.claim(request, record, replaced)
         if isinstance(claimed, ExecutionRecord):
@@ -236,11 +285,13 @@ class Executor:
             self._count_usage(record)
             raise
         self._observe(record, run)
-        await self._recorder.record(record, upsert=claimed)
+        await self._record(record, upsert=claimed)
         self._count_usage(record)
         return record
 
-    async def _stream(self, request: ExecutionRequest) -> AsyncGenerator[ExecutionEvent, None]:
+    async def _stream(
+        self, request: ExecutionRequest, span: Span
+    ) -> AsyncGenerator[ExecutionEvent, None]:
         started = time.monotonic()
         keyed = request.external_id and not request.resume
         fingerprint = request_fingerprint(request) if keyed else ""
@@ -252,8 +303,10 @@ class Executor:
                     yield Delta(output.text, index)
             yield Finished(replay)
             return
-        plan = await self._planner.plan(request, streamed=True)
+        with tracing.use(span):
+            plan = await self._plan(request, streamed=True)
         record = plan.record
+        telemetry.started(span, record)
         record.fingerprint = fingerprint
         claimed = await self._keys.claim(request, record, replaced)
         if isinstance(claimed, ExecutionRecord):
@@ -278,7 +331,8 @@ class Executor:
                     while True:
                         try:
                             async with asyncio.timeout_at(deadline):
-                                event = await anext(events)
+                                with tracing.use(span):  # the attempts' parent
+                                    event = await anext(events)
                         except StopAsyncIteration:
                             raise ProviderError(
                                 "the provider's stream ended without a final event",
@@ -312,7 +366,8 @@ class Executor:
             self._count_usage(record)
             raise
         self._observe(record, run)
-        await self._recorder.record(record, upsert=claimed)
+        with tracing.use(span):
+            await self._record(record, upsert=claimed)
         self._count_usage(record)
         yield Finished(record)
 

@@ -192,6 +192,8 @@ class ExecutionRecord:
     """The chain execution this execution is a step of ("" outside chains)."""
     chain_step: str = ""
     """The name of the chain step it ran."""
+    trace_id: str = ""
+    """The W3C trace id (32 hex digits) of the trace it ran in, "" if none was known."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,13 @@ With ``record_all=False`` (``PROMPTGATE_RECORD_EXECUTIONS=false``) executions
 without an ``external_id`` are not stored at all (they are counted in
 ``skipped``); executions with one still are, because idempotency and batches
 depend on their rows, and so are chain steps, which their chain links to.
+
+Tracing: an execution's ``promptgate.record`` span (the executor's) covers
+its wait in ``record()``, from queueing to the commit that wrote it. Each
+group commit is a span of its own, ``promptgate.recorder.commit`` (a root: one
+commit serves many traces), linked both ways with the record spans of the
+executions it wrote (the first ``MAX_LINKS`` of them), which also get the
+group's size.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from sqlalchemy import Engine, insert, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
@@ -37,7 +46,9 @@ from promptgate.backoff import Backoff
 from promptgate.errors import STORE_RETRY_AFTER_S, Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
+from promptgate.observability import tracing
 from promptgate.observability.metrics import Metrics
+from promptgate.observability.tracing import Span
 from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
 from promptgate.store.faults import describe, is_store_fault, store_fault
 from promptgate.store.tables import ExecutionRow
@@ -54,6 +65,9 @@ MAX_RETRYING = 50_000
 # A failure that is not a store fault (a record the store refuses) is retried
 # this many times before it is logged as lost.
 MAX_REFUSALS = 3
+# Links from a commit span to the record spans it wrote (OpenTelemetry's default limit).
+MAX_LINKS = 128
+COMMIT_SPAN = "promptgate.recorder.commit"
 
 
 @dataclass(slots=True)
@@ -62,6 +76,7 @@ class _Pending:
     upsert: bool
     done: asyncio.Future[None] | None
     failures: int = 0
+    span: Span | None = None  # the waiting caller's record span, when tracing
 
 
 _EXECUTIONS = SQLModel.metadata.tables[ExecutionRow.__tablename__]
@@ -123,7 +138,8 @@ class ExecutionRecorder:
         if self._closing:
             raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(record, upsert, done))
+        span = trace.get_current_span() if tracing.enabled() else None
+        self._queue.put_nowait(_Pending(record, upsert, done, span=span))
         # Shielded: if the caller is cancelled, the write still completes.
         await asyncio.shield(done)
 
@@ -277,13 +293,34 @@ class ExecutionRecorder:
 
     async def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
-        await self._transaction(group)
+        await self._traced_commit(group)
         self.commits += 1
         self.written += len(group)
         if self._metrics is not None:
             self._metrics.recorder_committed(time.perf_counter() - started, len(group))
 
-    async def _transaction(self, group: list[_Pending]) -> None:
+    async def _traced_commit(self, group: list[_Pending]) -> None:
+        if not tracing.enabled():
+            await self._commit_group(group)
+            return
+        spans = [p.span for p in group if p.span is not None and p.span.is_recording()]
+        commit = tracing.start(
+            COMMIT_SPAN,
+            context=otel_context.Context(),  # a root span: the group serves many traces
+            attributes={"promptgate.recorder.group_size": len(group)},
+            links=[trace.Link(s.get_span_context()) for s in spans[:MAX_LINKS]],
+        )
+        try:
+            await self._commit_group(group)
+        except BaseException as exc:
+            tracing.finish(commit, exc)
+            raise
+        commit.end()
+        for waiting in spans:
+            waiting.set_attribute("promptgate.recorder.group_size", len(group))
+            waiting.add_link(commit.get_span_context())
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
         if self._sync is not None and not any(p.upsert for p in group):
             rows = [row_values(p.record) for p in group]
             async with self._sessions.write_turn():

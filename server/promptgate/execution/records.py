@@ -93,6 +93,7 @@ def row_values(record: ExecutionRecord) -> dict[str, Any]:
         split_id=record.split_id or None,
         chain_execution_id=record.chain_execution_id or None,
         chain_step=record.chain_step or None,
+        trace_id=record.trace_id or None,
     )
 
 
@@ -138,6 +139,7 @@ def from_row(row: ExecutionRow) -> ExecutionRecord:
         split_id=row.split_id or "",
         chain_execution_id=row.chain_execution_id or "",
         chain_step=row.chain_step or "",
+        trace_id=row.trace_id or "",
     )
 
 

@@ -16,7 +16,7 @@ targets that are cooling down to the back, and calls them:
   ends the execution.
 
 Every call is logged in ``RouteRun.attempts``; ``RouteRun.served`` is the
-candidate that answered.
+candidate that answered. Every call is also a span (``telemetry.Attempt``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 
 from promptgate.backoff import full_jitter
 from promptgate.errors import ProviderError, ProviderTimeout
+from promptgate.execution import telemetry
 from promptgate.execution.model import Attempt, ExecutionFailure
+from promptgate.observability import tracing
 from promptgate.prompts.model import Strategy
 from promptgate.providers.base import (
     Provider,
     ProviderRequest,
     ProviderResponse,
+    StreamDone,
     StreamEvent,
     TextDelta,
 )
@@ -174,14 +177,21 @@ class Router:
             for attempt in range(1, max(policy.max_attempts, 1) + 1):
                 started = time.monotonic()
                 run.in_flight = (candidate.provider_name, candidate.request.model, started)
+                traced = telemetry.attempt(candidate, len(run.attempts) + 1)
                 try:
-                    response = await self._call(candidate, policy, deadline)
+                    with tracing.use(traced.span):
+                        response = await self._call(candidate, policy, deadline)
                 except ProviderError as exc:
+                    traced.failed(exc)
                     last = exc
                     self._log_failure(run, candidate, started, exc)
                     if not await self._retry(exc, attempt, policy, deadline):
                         break
                     continue
+                except BaseException as exc:
+                    traced.aborted(exc)
+                    raise
+                traced.answered(response)
                 self._succeeded(run, candidate, started)
                 run.served = candidate
                 return response
@@ -203,10 +213,14 @@ class Router:
                 run.in_flight = (candidate.provider_name, candidate.request.model, started)
                 sent = False
                 events = candidate.provider.stream(candidate.request)
+                # Not current: the attempt lives across yields.
+                traced = telemetry.attempt(candidate, len(run.attempts) + 1)
                 try:
                     async with _closing(events):
                         first = await self._first(events, policy, deadline)
                         run.served = candidate
+                        if first and isinstance(first[-1], StreamDone):
+                            traced.answered(first[-1].response)
                         for event in first:
                             sent = sent or isinstance(event, TextDelta)
                             yield event
@@ -219,6 +233,7 @@ class Router:
                                 yield event
                             else:
                                 self._succeeded(run, candidate, started)
+                                traced.answered(event.response)
                                 yield event
                                 return
                         raise ProviderError(
@@ -227,6 +242,7 @@ class Router:
                             retryable=True,
                         )
                 except ProviderError as exc:
+                    traced.failed(exc)
                     last = exc
                     self._log_failure(run, candidate, started, exc)
                     if sent:
@@ -234,6 +250,9 @@ class Router:
                     run.served = None
                     if not await self._retry(exc, attempt, policy, deadline):
                         break
+                except BaseException as exc:  # cancelled, closed, or out of time
+                    traced.aborted(exc)
+                    raise
         assert last is not None
         raise last
 

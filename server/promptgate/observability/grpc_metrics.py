@@ -58,6 +58,7 @@ GO_NAMES = {
 }
 OK = "OK"
 UNKNOWN = "Unknown"
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class _MethodSeries:
@@ -99,7 +100,9 @@ def _code(context: Context, default: str) -> str:
     code = context.code()
     if code is None:
         return default
-    return GO_NAMES.get(code, UNKNOWN) if isinstance(code, grpc.StatusCode) else UNKNOWN
+    if not isinstance(code, grpc.StatusCode):  # some paths keep the number
+        code = _BY_VALUE.get(int(code), grpc.StatusCode.UNKNOWN)
+    return GO_NAMES.get(code, UNKNOWN)
 
 
 def _cancelled(context: Context) -> str:

@@ -87,7 +87,7 @@ Failures (every one a ``promptgate.errors.ProviderError``):
 - ``asyncio.CancelledError`` is never caught: a cancelled call closes its HTTP
   response, so the upstream server sees the disconnect.
 
-The ``httpx.AsyncClient`` is shared and owned by the caller;
+The ``UpstreamClient`` is shared and owned by the caller;
 ``AnthropicProvider.aclose`` leaves it alone. Consumers that may stop reading
 ``stream()`` early should close the generator (``contextlib.aclosing``).
 """
@@ -97,9 +97,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
-
-import httpx
+from typing import Any, Final
 
 from promptgate import jsontext
 from promptgate.chat import (
@@ -126,6 +124,7 @@ from promptgate.providers.base import (
 from promptgate.providers.http import (
     PROTECTED_HEADERS,
     HttpProvider,
+    PreparedRequest,
     SSEParser,
     deadline_after,
     drain,
@@ -136,6 +135,7 @@ from promptgate.providers.http import (
     snippet,
     token_count,
 )
+from promptgate.providers.upstream import UpstreamClient, UpstreamResponse
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
@@ -194,7 +194,7 @@ class AnthropicProvider(HttpProvider):
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         base_url: str,
         api_key: str | None,
         name: str = "anthropic",
@@ -248,9 +248,7 @@ class AnthropicProvider(HttpProvider):
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """Send the request and return the whole answer."""
         http_request = self._http_request(request, self.build_payload(request), stream=False)
-        response = await self._send(
-            http_request, request, self._url, deadline_after(request.timeout)
-        )
+        response = await self._send(http_request, request, deadline_after(request.timeout))
         if not response.is_success:
             raise self._status_error(response.status_code, response.headers, response.content)
         return self._parse_message(self._decode_json(response.content, response), request)
@@ -268,7 +266,7 @@ class AnthropicProvider(HttpProvider):
             request, self.build_payload(request, stream=True), stream=True
         )
         deadline = deadline_after(request.timeout)
-        response = await self._send(http_request, request, self._url, deadline, stream=True)
+        response = await self._send(http_request, request, deadline, stream=True)
 
         result: ProviderResponse | None = None
         whole_text = ""  # set when the server answered a stream request with a JSON message
@@ -283,10 +281,10 @@ class AnthropicProvider(HttpProvider):
             else:
                 state = _StreamState()
                 parser = SSEParser()
-                chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                chunks = response.aiter_bytes()
                 try:
                     while result is None:
-                        received = await self._next_bytes(chunks, request, self._url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for name, data in events:
                             event = self._decode_event(data, response)
@@ -309,7 +307,7 @@ class AnthropicProvider(HttpProvider):
                 finally:
                     await chunks.aclose()
         finally:
-            await response.aclose()
+            response.close()
 
         if result is None:  # unreachable: both paths above end with a result or raise
             raise StreamInterrupted(f"{self.name}: the stream ended without an answer")
@@ -318,7 +316,7 @@ class AnthropicProvider(HttpProvider):
         yield StreamDone(result)
 
     def _apply(
-        self, state: _StreamState, kind: str, event: dict[str, Any], response: httpx.Response
+        self, state: _StreamState, kind: str, event: dict[str, Any], response: UpstreamResponse
     ) -> str:
         try:
             return state.apply(kind, event)
@@ -331,7 +329,7 @@ class AnthropicProvider(HttpProvider):
 
     def _http_request(
         self, request: ProviderRequest, payload: dict[str, Any], *, stream: bool
-    ) -> httpx.Request:
+    ) -> PreparedRequest:
         return self._build_request(
             request,
             self._url,
@@ -371,7 +369,7 @@ class AnthropicProvider(HttpProvider):
 
     # ------------------------------------------------------------------ errors
 
-    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
+    def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         detail = _error_detail(body, headers.get("request-id"))
         message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
         code, retryable = _classify_status(status)

@@ -64,7 +64,7 @@ It follows the rules of ``promptgate.providers.base`` the way
 (``promptgate.providers.http``):
 ``asyncio.CancelledError`` is never caught, and a cancelled or abandoned call
 closes its HTTP response so the upstream sees the disconnect. The
-``httpx.AsyncClient`` is shared and owned by the caller; ``aclose`` leaves it
+``UpstreamClient`` is shared and owned by the caller; ``aclose`` leaves it
 alone.
 
 Thought signatures: a ``functionCall`` part's ``thoughtSignature`` is kept in
@@ -79,10 +79,8 @@ import math
 import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, cast
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
-
-import httpx
 
 from promptgate import jsontext
 from promptgate.chat import (
@@ -109,6 +107,7 @@ from promptgate.providers.base import (
 from promptgate.providers.http import (
     PROTECTED_HEADERS,
     HttpProvider,
+    PreparedRequest,
     SSEParser,
     classify_status,
     deadline_after,
@@ -118,6 +117,7 @@ from promptgate.providers.http import (
     snippet,
     token_count,
 )
+from promptgate.providers.upstream import UpstreamClient
 
 __all__ = ["GeminiProvider", "parse_retry_delay"]
 
@@ -188,7 +188,7 @@ class GeminiProvider(HttpProvider):
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         base_url: str,
         api_key: str | None,
         name: str = "gemini",
@@ -241,7 +241,7 @@ class GeminiProvider(HttpProvider):
         """Send the request and return the whole answer."""
         url = self.url(request.model)
         http_request = self._http_request(request, url, self.build_payload(request), stream=False)
-        response = await self._send(http_request, request, url, deadline_after(request.timeout))
+        response = await self._send(http_request, request, deadline_after(request.timeout))
         if not response.is_success:
             raise self._status_error(response.status_code, response.headers, response.content)
         data = self._decode_json(response.content, response)
@@ -266,7 +266,7 @@ class GeminiProvider(HttpProvider):
             request, url, self.build_payload(request, stream=True), stream=True
         )
         deadline = deadline_after(request.timeout)
-        response = await self._send(http_request, request, url, deadline, stream=True)
+        response = await self._send(http_request, request, deadline, stream=True)
 
         answer = _Answer(self.name, request.model)
         try:
@@ -286,10 +286,10 @@ class GeminiProvider(HttpProvider):
                         yield TextDelta(text)
             else:
                 parser = SSEParser()
-                chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                chunks = response.aiter_bytes()
                 try:
                     while True:
-                        received = await self._next_bytes(chunks, request, url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for _event, data in events:
                             text = answer.apply(self._decode_event(data, response))
@@ -300,7 +300,7 @@ class GeminiProvider(HttpProvider):
                 finally:
                     await chunks.aclose()
         finally:
-            await response.aclose()
+            response.close()
 
         if answer.finish is None:
             raise StreamInterrupted(f"{self.name}: the stream ended before a finishReason")
@@ -310,7 +310,7 @@ class GeminiProvider(HttpProvider):
 
     def _http_request(
         self, request: ProviderRequest, url: str, payload: dict[str, Any], *, stream: bool
-    ) -> httpx.Request:
+    ) -> PreparedRequest:
         return self._build_request(
             request,
             url,
@@ -322,7 +322,7 @@ class GeminiProvider(HttpProvider):
 
     # ------------------------------------------------------------------ errors
 
-    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
+    def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         error = _error_from_body(body)
         retry_after = parse_retry_after(headers)
         if error is None:  # not Google's shape: a proxy's page, an empty body

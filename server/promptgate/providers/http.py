@@ -13,13 +13,14 @@ the same transport: JSON request bodies, JSON or server-sent-event answers,
 - ``PROTECTED_HEADERS``: headers a request's ``raw_headers`` may never set.
 - ``merge_overrides``: a request body's ``parameters.extra`` and ``raw_body``
   merged in.
-- ``token_count``, ``parse_arguments``, ``snippet`` and ``describe_exception``:
-  small readers and formatters for answers and error messages.
-- ``HttpProvider``: the base class of the adapters, holding their transport:
-  building a request (protected headers, per-request timeouts), sending it and
-  reading its body under one deadline, decoding JSON (bounded by
-  ``promptgate.jsontext``: too deep, huge numbers or NaN are unreadable), and mapping httpx errors
-  to ``ProviderTimeout``, ``ProviderBadResponse``, ``StreamInterrupted`` or
+- ``token_count``, ``parse_arguments`` and ``snippet``: small readers and
+  formatters for answers and error messages.
+- ``HttpProvider``: the base class of the adapters, on the shared
+  ``promptgate.providers.upstream.UpstreamClient``: building a request
+  (protected headers), sending it once and reading its body under one
+  deadline, decoding JSON (bounded by ``promptgate.jsontext``: too deep, huge
+  numbers or NaN are unreadable), and mapping ``UpstreamError`` to
+  ``ProviderTimeout``, ``ProviderBadResponse``, ``StreamInterrupted`` or
   ``ProviderError``. URLs, headers, payloads, answers and error bodies stay in
   each adapter.
 
@@ -33,10 +34,9 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final
-
-import httpx
 
 from promptgate import jsontext
 from promptgate.backoff import parse_seconds, retry_after_delay, sane_delay
@@ -48,15 +48,21 @@ from promptgate.errors import (
     StreamInterrupted,
 )
 from promptgate.providers.base import ProviderRequest
+from promptgate.providers.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamErrorKind,
+    UpstreamResponse,
+)
 
 __all__ = [
     "PROTECTED_HEADERS",
     "SNIPPET_CHARS",
     "HttpProvider",
+    "PreparedRequest",
     "SSEParser",
     "classify_status",
     "deadline_after",
-    "describe_exception",
     "drain",
     "is_json",
     "merge_overrides",
@@ -92,7 +98,7 @@ def token_count(value: Any) -> int:
     return 0
 
 
-def is_json(response: httpx.Response) -> bool:
+def is_json(response: UpstreamResponse) -> bool:
     """Whether ``response`` is ``application/json`` (a stream request answered as one)."""
     content_type = str(response.headers.get("content-type", ""))
     return content_type.partition(";")[0].strip().lower() == "application/json"
@@ -203,7 +209,7 @@ async def drain(chunks: AsyncIterator[bytes], deadline: float | None) -> None:
         async with asyncio.timeout_at(until):
             async for _ in chunks:
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, UpstreamError):
         pass  # the answer is complete; the connection is just not reused
 
 
@@ -240,12 +246,6 @@ def snippet(body: bytes | str) -> str:
     return text
 
 
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` for an exception (just ``Type`` when it has no message)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
     """Seconds to wait before retrying, from ``retry-after-ms`` or ``Retry-After``.
 
@@ -265,20 +265,28 @@ def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None
 # ---------------------------------------------------------------------- transport
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A provider request ready to send: ``POST body`` to ``url`` with ``headers``."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    """Names in lower case."""
+
+
 class HttpProvider:
     """The transport shared by the HTTP adapters; each adapter subclasses it.
 
     ``client`` is shared and belongs to the caller, who closes it; ``aclose``
-    does not. Methods that may report a transport failure take the ``url``
-    the request went to, for the error message. Every failure is a
-    ``ProviderError`` whose message starts with ``name``;
-    ``asyncio.CancelledError`` is never caught.
+    does not. Every failure is a ``ProviderError`` whose message starts with
+    ``name``; ``asyncio.CancelledError`` is never caught.
     """
 
     # What encoding a request body may raise that is reported as an invalid request.
     _BODY_ERRORS: ClassVar[tuple[type[Exception], ...]] = (TypeError, ValueError)
 
-    def __init__(self, *, client: httpx.AsyncClient, name: str) -> None:
+    def __init__(self, *, client: UpstreamClient, name: str) -> None:
         self.name = name
         self._client = client
 
@@ -297,12 +305,12 @@ class HttpProvider:
         protected: frozenset[str],
         credentials: Mapping[str, str],
         defaults: Mapping[str, str] | None = None,
-    ) -> httpx.Request:
-        """A ``POST url`` of ``payload`` as JSON, timed by ``request.timeout``.
+    ) -> PreparedRequest:
+        """A ``POST url`` of ``payload`` as JSON.
 
-        Headers, later ones winning: ``accept``, ``defaults``, the request's
-        ``raw_headers`` (except the ``protected`` names), ``content-type``,
-        then ``credentials``.
+        Headers, later ones winning (names compared without case): ``accept``,
+        ``defaults``, the request's ``raw_headers`` (except the ``protected``
+        names), ``content-type``, then ``credentials``.
         """
         try:
             content = json.dumps(
@@ -313,66 +321,43 @@ class HttpProvider:
                 f"{self.name}: the request body is not JSON: {exc}",
                 code="PROVIDER_INVALID_REQUEST",
             ) from exc
-        headers = httpx.Headers()
-        headers["accept"] = "text/event-stream" if stream else "application/json"
-        try:
-            for key, value in (defaults or {}).items():
-                headers[key] = value
-            for key, value in request.raw_headers.items():
-                if key.lower() not in protected:
-                    headers[key] = value
-            headers["content-type"] = "application/json"
-            for key, value in credentials.items():
-                headers[key] = value
-            return self._client.build_request(
-                "POST",
-                url,
-                content=content,
-                headers=headers,
-                timeout=self._timeout(request.timeout),
-            )
-        except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
-            raise ProviderError(
-                f"{self.name}: cannot build the request: {exc}", code="PROVIDER_INVALID_REQUEST"
-            ) from exc
-
-    def _timeout(self, seconds: float | None) -> httpx.Timeout:
-        """The client's timeouts, each capped at ``seconds`` (None: the client's own)."""
-        default = self._client.timeout
-        if seconds is None:
-            return default
-        connect = seconds if default.connect is None else min(default.connect, seconds)
-        # No per-read timeout: every read of the answer is bounded by the call's
-        # deadline (asyncio.timeout_at around each step), which is stricter, and
-        # a second timer per streamed chunk costs more than the chunk.
-        return httpx.Timeout(seconds, connect=connect, read=None)
+        headers = {"accept": "text/event-stream" if stream else "application/json"}
+        if defaults:
+            for key, value in defaults.items():
+                headers[key.lower()] = value
+        for key, value in request.raw_headers.items():
+            lowered = key.lower()
+            if lowered not in protected:
+                headers[lowered] = value
+        headers["content-type"] = "application/json"
+        for key, value in credentials.items():
+            headers[key.lower()] = value
+        return PreparedRequest(url, content, headers)
 
     async def _send(
         self,
-        http_request: httpx.Request,
+        prepared: PreparedRequest,
         request: ProviderRequest,
-        url: str,
         deadline: float | None,
         *,
         stream: bool = False,
-    ) -> httpx.Response:
-        """Send ``http_request`` and wait for its answer's head until ``deadline``."""
+    ) -> UpstreamResponse:
+        """Send ``prepared`` once; wait for its answer's head (and body unless
+        ``stream``) until ``deadline``."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._client.send(http_request, stream=stream)
+                return await self._client.send(
+                    prepared.url, prepared.body, prepared.headers, stream=stream
+                )
         except TimeoutError as exc:
             raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, url) from exc
+        except UpstreamError as exc:
+            raise self._transport_error(exc, prepared.url) from exc
 
     # ------------------------------------------------------------------ bodies
 
     async def _next_bytes(
-        self,
-        chunks: AsyncIterator[bytes],
-        request: ProviderRequest,
-        url: str,
-        deadline: float | None,
+        self, chunks: AsyncIterator[bytes], request: ProviderRequest, deadline: float | None
     ) -> bytes | None:
         """The next piece of a streamed body; None at its end."""
         try:
@@ -380,20 +365,16 @@ class HttpProvider:
                 return await anext(chunks, None)
         except TimeoutError as exc:
             raise self._timeout_error(request) from exc
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(exc, url) from exc
-        except httpx.DecodingError as exc:
-            raise ProviderBadResponse(
-                f"{self.name}: cannot decode the stream: {exc}", status=200
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise StreamInterrupted(
-                f"{self.name}: the stream broke off: {describe_exception(exc)}"
-            ) from exc
+        except UpstreamError as exc:
+            if exc.kind is UpstreamErrorKind.BAD_RESPONSE:
+                raise ProviderBadResponse(
+                    f"{self.name}: cannot decode the stream: {exc.message}", status=200
+                ) from exc
+            raise StreamInterrupted(f"{self.name}: the stream broke off: {exc.message}") from exc
 
     async def _read_body(
         self,
-        response: httpx.Response,
+        response: UpstreamResponse,
         request: ProviderRequest,
         url: str,
         deadline: float | None,
@@ -404,19 +385,19 @@ class HttpProvider:
                 return await response.aread()
         except TimeoutError as exc:
             raise self._timeout_error(request) from exc
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             raise self._transport_error(exc, url) from exc
 
     @staticmethod
-    async def _read_error_body(response: httpx.Response, deadline: float | None) -> bytes:
+    async def _read_error_body(response: UpstreamResponse, deadline: float | None) -> bytes:
         """An error response's body, or b"" if it cannot be read in time."""
         try:
             async with asyncio.timeout_at(deadline):
                 return await response.aread()
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, UpstreamError):
             return b""
 
-    def _decode_json(self, content: bytes, response: httpx.Response) -> Any:
+    def _decode_json(self, content: bytes, response: UpstreamResponse) -> Any:
         """A JSON body, or ``ProviderBadResponse``."""
         try:
             return jsontext.loads(content)
@@ -426,7 +407,7 @@ class HttpProvider:
                 status=response.status_code,
             ) from exc
 
-    def _decode_event(self, data: str, response: httpx.Response) -> dict[str, Any]:
+    def _decode_event(self, data: str, response: UpstreamResponse) -> dict[str, Any]:
         """A server-sent event's data as a JSON object, or ``ProviderBadResponse``."""
         try:
             event = jsontext.loads(data)
@@ -448,24 +429,28 @@ class HttpProvider:
         limit = "the time allowed" if request.timeout is None else f"{request.timeout:g}s"
         return ProviderTimeout(f"{self.name}: no answer within {limit}")
 
-    def _transport_error(self, exc: httpx.HTTPError, url: str) -> ProviderError:
-        """The ``ProviderError`` for an httpx failure talking to ``url``."""
-        what = describe_exception(exc)
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"{self.name}: timed out: {what}")
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
+    def _transport_error(self, exc: UpstreamError, url: str) -> ProviderError:
+        """The ``ProviderError`` for a failed exchange with ``url``."""
+        what = exc.message
+        kind = exc.kind
+        if kind is UpstreamErrorKind.TIMEOUT:
+            return ProviderTimeout(f"{self.name}: timed out connecting to {url}: {what}")
+        if kind is UpstreamErrorKind.UNREACHABLE:
             return ProviderError(
                 f"{self.name}: cannot connect to {url}: {what}",
                 code="PROVIDER_UNREACHABLE",
                 retryable=True,
             )
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        if kind is UpstreamErrorKind.TLS:
+            # Certificates and TLS versions do not change between two attempts.
+            return ProviderError(
+                f"{self.name}: TLS with {url} failed: {what}", code="PROVIDER_UNREACHABLE"
+            )
+        if kind is UpstreamErrorKind.INVALID_REQUEST:
             return ProviderError(
                 f"{self.name}: invalid request to {url}: {what}",
                 code="PROVIDER_INVALID_REQUEST",
             )
-        if isinstance(exc, httpx.DecodingError):
-            return ProviderBadResponse(f"{self.name}: cannot decode the response: {what}")
-        if isinstance(exc, httpx.TransportError):
-            return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)
-        return ProviderError(f"{self.name}: HTTP failure: {what}")
+        if kind is UpstreamErrorKind.BAD_RESPONSE:
+            return ProviderBadResponse(f"{self.name}: {what}")
+        return ProviderError(f"{self.name}: the connection failed: {what}", retryable=True)

@@ -18,8 +18,8 @@ It follows the rules of ``promptgate.providers.base``:
 - ``asyncio.CancelledError`` is never caught: a cancelled call closes its HTTP
   response, so the upstream server sees the disconnect.
 
-The ``httpx.AsyncClient`` is shared and owned by the caller, who creates and
-closes it; ``OpenAIProvider.aclose`` leaves it alone.
+The ``UpstreamClient`` (``promptgate.providers.upstream``) is shared and
+owned by the caller, who opens and closes it; ``OpenAIProvider.aclose`` leaves it alone.
 
 Consumers that may stop reading ``stream()`` before its ``StreamDone`` should
 close the generator (``contextlib.aclosing``) so the connection is released at
@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
-
-import httpx
+from typing import Any, Final
 
 from promptgate import jsontext
 from promptgate.chat import (
@@ -61,6 +59,7 @@ from promptgate.providers.http import (
     PROTECTED_HEADERS,
     SNIPPET_CHARS,
     HttpProvider,
+    PreparedRequest,
     SSEParser,
     classify_status,
     deadline_after,
@@ -72,6 +71,7 @@ from promptgate.providers.http import (
     snippet,
     token_count,
 )
+from promptgate.providers.upstream import UpstreamClient, UpstreamResponse
 
 # parse_retry_after lives in promptgate.providers.http; it is re-exported here for
 # the callers that import it from this module.
@@ -105,7 +105,7 @@ class OpenAIProvider(HttpProvider):
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         base_url: str,
         api_key: str | None,
         name: str = "openai",
@@ -147,9 +147,7 @@ class OpenAIProvider(HttpProvider):
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """Send the request and return the whole answer."""
         http_request = self._http_request(request, self.build_payload(request), stream=False)
-        response = await self._send(
-            http_request, request, self._url, deadline_after(request.timeout)
-        )
+        response = await self._send(http_request, request, deadline_after(request.timeout))
         if not response.is_success:
             raise self._status_error(response.status_code, response.headers, response.content)
         return self._parse_completion(self._decode_json(response.content, response), request)
@@ -166,7 +164,7 @@ class OpenAIProvider(HttpProvider):
             request, self.build_payload(request, stream=True), stream=True
         )
         deadline = deadline_after(request.timeout)
-        response = await self._send(http_request, request, self._url, deadline, stream=True)
+        response = await self._send(http_request, request, deadline, stream=True)
 
         result: ProviderResponse | None = None
         whole_text = ""  # set when a server answered a stream request with plain JSON
@@ -181,10 +179,10 @@ class OpenAIProvider(HttpProvider):
             else:
                 state = _StreamState(model=request.model)
                 parser = SSEParser()
-                chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                chunks = response.aiter_bytes()
                 try:
                     while result is None:
-                        received = await self._next_bytes(chunks, request, self._url, deadline)
+                        received = await self._next_bytes(chunks, request, deadline)
                         events = parser.feed(received) if received is not None else parser.flush()
                         for event, data in events:
                             if data == _DONE:
@@ -204,7 +202,7 @@ class OpenAIProvider(HttpProvider):
                 finally:
                     await chunks.aclose()
         finally:
-            await response.aclose()
+            response.close()
 
         if result is None:  # unreachable: both paths above end with a result or raise
             raise StreamInterrupted(f"{self.name}: the stream ended without an answer")
@@ -216,7 +214,7 @@ class OpenAIProvider(HttpProvider):
 
     def _http_request(
         self, request: ProviderRequest, payload: dict[str, Any], *, stream: bool
-    ) -> httpx.Request:
+    ) -> PreparedRequest:
         return self._build_request(
             request,
             self._url,
@@ -228,7 +226,7 @@ class OpenAIProvider(HttpProvider):
 
     # ------------------------------------------------------------------ parsing
 
-    def _decode_chunk(self, data: str, response: httpx.Response) -> dict[str, Any]:
+    def _decode_chunk(self, data: str, response: UpstreamResponse) -> dict[str, Any]:
         chunk = self._decode_event(data, response)
         error = chunk.get("error")
         if error is not None:
@@ -264,7 +262,7 @@ class OpenAIProvider(HttpProvider):
 
     # ------------------------------------------------------------------ errors
 
-    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
+    def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         detail = _error_detail(body)
         message = f"{self.name}: HTTP {status}" + (f": {detail}" if detail else "")
         code, retryable = classify_status(status)

@@ -26,13 +26,6 @@ class Capabilities:
 
 # Model-name prefixes that identify a provider when a request names none.
 FAMILIES = {"mock": "mock", "claude": "anthropic", "gemini": "gemini"}
-# Known model-name prefixes per provider (for listing models with prices).
-LISTED_PREFIXES = {
-    "openai": ("gpt-", "o1", "o3", "o4"),
-    "anthropic": ("claude",),
-    "gemini": ("gemini",),
-    "mock": ("mock",),
-}
 
 
 class ProviderRegistry:

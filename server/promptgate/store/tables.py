@@ -177,6 +177,8 @@ class ExecutionRow(SQLModel, table=True):
     # Chains (schema version 4): the chain execution this is a step of, and the step.
     chain_execution_id: str | None = Field(default=None, max_length=40)
     chain_step: str | None = Field(default=None, max_length=64)
+    # Tracing (schema version 5): the W3C trace id of the trace the execution ran in.
+    trace_id: str | None = Field(default=None, max_length=32)
 
 
 class ActualRow(SQLModel, table=True):

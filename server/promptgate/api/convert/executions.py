@@ -353,6 +353,7 @@ def execution_to_proto(record: ExecutionRecord) -> epb.Execution:
         attempt_log=[attempt_to_proto(a) for a in record.attempt_log],
         chain_execution_id=record.chain_execution_id,
         chain_step=record.chain_step,
+        trace_id=record.trace_id,
     )
 
 

@@ -496,6 +496,7 @@ class Execution(_message.Message):
     ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
     CHAIN_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     CHAIN_STEP_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The execution id, "exe_..."."""
     state: _common_pb2.ExecutionState.ValueType
@@ -512,6 +513,11 @@ class Execution(_message.Message):
     """
     chain_step: _builtins.str
     """Output only. The name of the chain step this execution ran."""
+    trace_id: _builtins.str
+    """Output only. The W3C trace id (32 lowercase hex digits) of the trace the
+    execution ran in: the server's span when tracing is on, else the caller's
+    `traceparent`; empty when neither was there.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptInput]:
         """Output only. The inputs as given."""
@@ -569,10 +575,11 @@ class Execution(_message.Message):
         attempt_log: _abc.Iterable[_common_pb2.ExecutionAttempt] | None = ...,
         chain_execution_id: _builtins.str = ...,
         chain_step: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "meta", b"meta", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "chain_execution_id", b"chain_execution_id", "chain_step", b"chain_step", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "attempt_log", b"attempt_log", "chain_execution_id", b"chain_execution_id", "chain_step", b"chain_step", "complete_time", b"complete_time", "create_time", b"create_time", "error", b"error", "external_id", b"external_id", "id", b"id", "inputs", b"inputs", "meta", b"meta", "metadata", b"metadata", "outputs", b"outputs", "prompt_name", b"prompt_name", "state", b"state", "streamed", b"streamed", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
