@@ -198,6 +198,28 @@ async def test_calls_the_client_cancels_are_counted_canceled(pg: Running) -> Non
     assert delta("promptgate_provider_requests_total", **hung) == 1
 
 
+async def test_calls_refused_while_draining_are_counted_unavailable(pg: Running) -> None:
+    port = pg.server.metrics_port
+    [e async for e in pg.executions.ExecutePromptStream(demo())]  # its series are bound
+    before = await scrape(port)
+    pg.server.draining = True  # what stop() sets: new calls are refused
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in pg.executions.ExecutePromptStream(demo()):
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pg.executions.ExecutePrompt(demo())
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        pg.server.draining = False
+    delta = Deltas(before, await scrape(port))
+    stream = grpc_labels("ExecutePromptStream", "server_stream")
+    assert delta("grpc_server_handled_total", **stream, grpc_code="Unavailable") == 1
+    unary = grpc_labels("ExecutePrompt")
+    assert delta("grpc_server_handled_total", **unary, grpc_code="Unavailable") == 1
+
+
 async def test_a_passed_deadline_and_context_writes_are_counted(pg: Running) -> None:
     """Health Watch sends with context.write; its deadline ends it server-side."""
     port = pg.server.metrics_port

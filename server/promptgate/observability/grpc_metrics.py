@@ -68,20 +68,18 @@ class _MethodSeries:
         "_handled",
         "_labels",
         "_metrics",
-        "asyncgen",
         "received",
         "seconds",
         "sent",
         "started",
     )
 
-    def __init__(self, metrics: Metrics, grpc_type: str, method: str, asyncgen: bool) -> None:
+    def __init__(self, metrics: Metrics, grpc_type: str, method: str) -> None:
         service, _, name = method.lstrip("/").rpartition("/")
         labels = (grpc_type, service, name)
         self._metrics = metrics
         self._labels = labels
         self._handled: dict[str, Any] = {}
-        self.asyncgen = asyncgen
         self.started = metrics.grpc_started.labels(*labels)
         self.received = metrics.grpc_msg_received.labels(*labels)
         self.sent = metrics.grpc_msg_sent.labels(*labels)
@@ -139,9 +137,12 @@ class MetricsInterceptor(_ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # Checked per call: the same method may be served by a generator now and
+            # by a coroutine later (a call refused while the server drains).
             behavior = handler.unary_stream
+            asyncgen = inspect.isasyncgenfunction(behavior)
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(behavior, series) if series.asyncgen else _writing(behavior, series),
+                _streaming(behavior, series) if asyncgen else _writing(behavior, series),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -155,7 +156,7 @@ class MetricsInterceptor(_ServerInterceptor):
             behavior = handler.stream_stream
             wrapped = (
                 _streaming(behavior, series, received=False)
-                if series.asyncgen
+                if inspect.isasyncgenfunction(behavior)
                 else _writing(behavior, series, received=False)
             )
             return grpc.stream_stream_rpc_method_handler(
@@ -166,16 +167,15 @@ class MetricsInterceptor(_ServerInterceptor):
         return handler
 
     def _bind(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _MethodSeries:
-        behavior: Any
         if handler.unary_unary is not None:
-            kind, behavior = "unary", handler.unary_unary
+            kind = "unary"
         elif handler.unary_stream is not None:
-            kind, behavior = "server_stream", handler.unary_stream
+            kind = "server_stream"
         elif handler.stream_unary is not None:
-            kind, behavior = "client_stream", handler.stream_unary
+            kind = "client_stream"
         else:
-            kind, behavior = "bidi_stream", handler.stream_stream
-        return _MethodSeries(self._metrics, kind, method, inspect.isasyncgenfunction(behavior))
+            kind = "bidi_stream"
+        return _MethodSeries(self._metrics, kind, method)
 
 
 def _unary(
