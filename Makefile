@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 PORT ?= 50051
+METRICS_PORT ?= 9464
 
 .PHONY: help venv tools generate lint test run bench clean check-generated clients check-clients client-tools
 
@@ -96,7 +97,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 run: venv
-	$(VENV)/bin/promptgate serve --dev --port $(PORT) --database-url sqlite+aiosqlite:///./data/promptgate.db
+	$(VENV)/bin/promptgate serve --dev --port $(PORT) --metrics-port $(METRICS_PORT) --database-url sqlite+aiosqlite:///./data/promptgate.db
 
 clean:
 	rm -rf $(VENV) node_modules $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist .gen .mypy_cache .ruff_cache .pytest_cache

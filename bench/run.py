@@ -21,6 +21,11 @@ ExecutePrompt with a fixed answer of the real size) and the load generator
    and remote ``$ref`` in schemas, template bombs, huge integers, deep JSON,
    bogus keys, idle watchers), the latency of a Health/Check and of a normal
    ExecutePrompt probing every 20 ms, against the same probe with no attack.
+5. Metrics (``bench.metrics_cost``): the same unary load with /metrics on and
+   off, in alternating rounds: throughput and server CPU per answer.
+
+Servers inherit the environment: ``PROMPTGATE_METRICS_PORT=0 python -m
+bench.run`` runs every scenario with metrics on (scenario 5 sets it per run).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, metrics_cost
 from bench.hostile import Scenario, Timing
 from bench.loadgen import LoadResult, LoadSpec
 
@@ -77,10 +82,11 @@ class Profile:
     workers: tuple[int, ...]
     try_uvloop: bool
     hostile: Timing
+    metrics_rounds: int
 
 
-FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2), True, Timing(4.0, 5.0, 10.0, 240.0))
-QUICK = Profile(0.8, 0.2, (8,), 50, 1.5, 1, (1,), False, Timing(0.3, 1.0, 5.0, 60.0))
+FULL = Profile(5.0, 1.0, (16, 64), 2000, 8.0, 2, (1, 2), True, Timing(4.0, 5.0, 10.0, 240.0), 3)
+QUICK = Profile(0.8, 0.2, (8,), 50, 1.5, 1, (1,), False, Timing(0.3, 1.0, 5.0, 60.0), 1)
 
 
 @dataclass
@@ -269,8 +275,12 @@ def start_promptgate(
     recording: bool,
     workers: int,
     loop: str = "asyncio",
+    metrics: bool | None = None,
 ) -> Server:
-    """Create the key, start the server, store the prompts; return it."""
+    """Create the key, start the server, store the prompts; return it.
+
+    ``metrics``: /metrics on a free port, or off; None: as the environment says.
+    """
     created = subprocess.run(
         [
             PROMPTGATE,
@@ -300,6 +310,8 @@ def start_promptgate(
     }
     if loop != "asyncio":
         env["PROMPTGATE_EVENT_LOOP"] = loop
+    if metrics is not None:
+        env["PROMPTGATE_METRICS_PORT"] = "0" if metrics else ""
     argv = [
         PROMPTGATE,
         "serve",
@@ -504,6 +516,7 @@ class Bench:
             self.unary_and_streams()
             self.recording()
             self.hostile()
+            self.metrics()
         finally:
             self.upstream.stop()
 
@@ -750,6 +763,46 @@ class Bench:
 
         Scenario(self.report, self.p.hostile, start, restart, PYTHON, str(ROOT)).run()
 
+    def metrics(self) -> None:
+        """Scenario 5: the cost of metrics (see bench.metrics_cost)."""
+        assert self.upstream is not None
+        upstream_port = self.upstream.port
+        concurrency = self.p.ladder[-1]
+
+        def start(on: bool) -> Server:
+            url = self.sqlite_url(f"metrics-{'on' if on else 'off'}-{uuid.uuid4().hex[:6]}")
+            return start_promptgate(
+                self.report, upstream_port, url, recording=True, workers=1, metrics=on
+            )
+
+        def load(server: Server) -> LoadResult:
+            return self.load(
+                server,
+                kind="grpc-unary",
+                target=server.target,
+                path=EXECUTE,
+                body=server.execute_body,
+                metadata=server.metadata,
+                concurrency=concurrency,
+            )
+
+        def stop(server: Server) -> None:
+            rows = stop_and_count(server)
+            self.report.recording.append(
+                {
+                    "run": "scenario 5, metrics",
+                    "store": "SQLite",
+                    "recording": "on",
+                    "answers": server.answered,
+                    "rows": rows,
+                }
+            )
+
+        _runs, row = metrics_cost.measure(
+            self.p.metrics_rounds, start, stop, load, TreeMonitor, self.report.notes
+        )
+        self.report.add("metrics", {"concurrency": concurrency, **row})
+
 
 def _uvloop_flag() -> list[str]:
     try:
@@ -827,6 +880,7 @@ TITLES = {
     "recording": "3. Recording on vs off (same load, 1 server process)",
     "hostile": "4. Hostile callers: probe latency (Health/Check and ExecutePrompt, each every "
     "20 ms) while each attack runs",
+    "metrics": "5. Metrics on vs off (same unary load, 1 server process, alternating rounds)",
 }
 
 
@@ -840,6 +894,7 @@ TARGETS = {
     "no INTERNAL among the attack's codes, 0 $ref fetches. Attack calls: 2 callers in a closed "
     "loop (10 s deadline each), in-flight calls cut at the window's end; the server is "
     "restarted after an attack it does not recover from.",
+    "metrics": "Target: throughput cost of metrics <= 3%; a scrape counts every answer.",
 }
 
 
@@ -885,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument(
-        "--only", choices=["unary", "recording", "hostile"], help="run one part of the suite"
+        "--only",
+        choices=["unary", "recording", "hostile", "metrics"],
+        help="run one part of the suite",
     )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
@@ -894,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="promptgate-bench-") as workdir:
         bench = Bench(profile, Path(workdir), report)
-        parts = ("unary_and_streams", "recording", "hostile")
+        parts = ("unary_and_streams", "recording", "hostile", "metrics")
         wanted = {"unary": "unary_and_streams"}.get(args.only or "", args.only)
         for part in parts:
             if wanted and part != wanted:

@@ -37,6 +37,7 @@ def test_bench_quick_runs_and_loses_nothing(tmp_path: Path) -> None:
         "stream_load",
         "recording",
         "hostile",
+        "metrics",
     ):
         assert report["sections"].get(section), f"scenario {section} did not run"
     # Hostile callers: the baseline and one row per attack class (figures are
@@ -53,5 +54,7 @@ def test_bench_quick_runs_and_loses_nothing(tmp_path: Path) -> None:
         assert run["answers"] > 0, run
         expected = run["answers"] if run["recording"] == "on" else 0
         assert run["rows"] == expected, run
+    # With metrics on, a scrape counted exactly the answers (else a note says otherwise).
+    assert not [n for n in report["notes"] if n.startswith("metrics:")], report["notes"]
     text = out.read_text()
     assert "## Machine" in text and "## Commands" in text

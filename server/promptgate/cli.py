@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the port with SO_REUSEPORT (default 1)",
     )
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 picks a free port "
+        "(default: off; on a free port with --dev)",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         default=None,
@@ -116,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level",
         "dev",
         "workers",
+        "metrics_port",
     }
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k in options and v is not None

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     event_loop: str = Field("asyncio", pattern="^(asyncio|uvloop)$")
     reuse_port: bool = False
+    # Prometheus /metrics over HTTP on this port (same host); off when unset,
+    # except with --dev (then a free port, printed). 0 picks a free port.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/promptgate.db"
@@ -191,6 +194,25 @@ class Settings(BaseSettings):
     def azure_openai_enabled(self) -> bool:
         """The azure-openai provider is on when it has an endpoint and a key."""
         return bool(self.azure_openai_endpoint) and bool(self.azure_openai_api_key)
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``PROMPTGATE_METRICS_PORT=`` (empty) leaves metrics off."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
+        return self
+
+    @property
+    def metrics_listen_port(self) -> int | None:
+        """The port /metrics listens on (0: a free one), or None when metrics are off."""
+        if self.metrics_port is None and self.dev:
+            return 0
+        return self.metrics_port
 
     @property
     def anthropic_enabled(self) -> bool:

@@ -76,7 +76,11 @@ from promptgate.execution.usage import UsageReader
 from promptgate.ids import new_id
 from promptgate.observability import tracing
 from promptgate.observability.call_interceptor import CallInterceptor
+from promptgate.observability.exposition import METRICS_PATH, WorkerMetricsDir, add_metrics_route
+from promptgate.observability.grpc_metrics import MetricsInterceptor
+from promptgate.observability.http_server import HttpServer
 from promptgate.observability.logging import configure_logging, settings_secrets
+from promptgate.observability.metrics import Metrics
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -136,6 +140,9 @@ class PromptgateServer:
         self._health = HealthServicer()
         self._stopped = asyncio.Event()
         self.draining = False
+        self.metrics: Metrics | None = None
+        self.http_server: HttpServer | None = None
+        self.metrics_port = 0
 
     async def start(self) -> int:
         """Build everything, bind and start serving; return the bound port."""
@@ -198,6 +205,7 @@ class PromptgateServer:
             },
         )
         self.prices = PriceTable.load(s.prices_file)
+        self.metrics = self._build_metrics()
         self.templates = TemplateEngine(
             max_chars=s.max_prompt_chars, timeout_s=s.template_timeout_s
         )
@@ -219,6 +227,7 @@ class PromptgateServer:
             batch_max=s.record_batch_max,
             record_all=s.record_executions,
             sqlite_thread=True,
+            metrics=self.metrics,
         )
         self.recorder.start()
         self.actuals = ActualsLog(self.sessions)
@@ -263,6 +272,7 @@ class PromptgateServer:
             limits=self.limits,
             owner=self.process_id,
             stale_after_s=s.batch_stale_after_s,
+            metrics=self.metrics,
         )
         self._build_chains()
         self.dev_key: str | None = None
@@ -277,14 +287,14 @@ class PromptgateServer:
                 log.info("seeded the demo prompt %r", demo.DEMO_PROMPT)
 
         calls = CallContext()
-        server = grpc.aio.server(
-            interceptors=[
-                CallInterceptor(access_log=s.access_log),
-                ErrorInterceptor(draining=lambda: self.draining),
-                AuthInterceptor(self.keys, self.limiter),
-            ],
-            options=server_options(s),
-        )
+        interceptors: list[Any] = [
+            CallInterceptor(access_log=s.access_log),
+            ErrorInterceptor(draining=lambda: self.draining),
+            AuthInterceptor(self.keys, self.limiter, self.metrics),
+        ]
+        if self.metrics is not None:  # first: it sees every call and the status it ended with
+            interceptors.insert(0, MetricsInterceptor(self.metrics))
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(s))
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         self._build_batches(self.port)
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
@@ -324,6 +334,7 @@ class PromptgateServer:
         enable_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
+        await self._start_http()
         await server.start()
         await self.runner.start()
         for name in ("", *SERVICE_NAMES):
@@ -331,6 +342,24 @@ class PromptgateServer:
         self._server = server
         log.info("promptgate listening on %s:%d", s.host, self.port)
         return self.port
+
+    def _build_metrics(self) -> Metrics | None:
+        """Metrics when they are on; ``model`` labels name only the models configured
+        here (priced or allow-listed): other model names count as ``other``."""
+        if self.settings.metrics_listen_port is None:
+            return None
+        known = set(self.prices.models())
+        for name in self.registry.names:
+            known |= self.registry.allowed_models(name) or set()
+        return Metrics(known_models=known)
+
+    async def _start_http(self) -> None:
+        """Serve /metrics (when on) on its own port, on this event loop."""
+        s, port = self.settings, self.settings.metrics_listen_port
+        if self.metrics is not None and port is not None:
+            self.http_server = HttpServer(s.host, port, reuse_port=s.reuse_port or s.workers > 1)
+            add_metrics_route(self.http_server.app, self.metrics)
+            self.metrics_port = await self.http_server.start()
 
     def _build_chains(self) -> None:
         s = self.settings
@@ -355,6 +384,7 @@ class PromptgateServer:
                 running_limit_s=s.default_timeout_s + 60,
             ),
             limits=self.limits,
+            metrics=self.metrics,
         )
 
     def _build_batches(self, port: int) -> None:
@@ -387,6 +417,7 @@ class PromptgateServer:
             ),
             worker_id=self.process_id,
             chains=self.chains,
+            metrics=self.metrics,
         )
         self.batches = BatchService(
             store,
@@ -428,6 +459,8 @@ class PromptgateServer:
         await self.recorder.close()
         self.templates.close()
         log.info("recorded executions flushed (%d written)", self.recorder.written)
+        if self.http_server is not None:
+            await self.http_server.stop()
         await self.registry.aclose()
         await self.cache.aclose()
         await self.limiter.aclose()
@@ -470,6 +503,11 @@ async def serve(
                 flush=True,
             )
         print(demo.demo_commands(address, server.dev_key), flush=True)
+    if server.http_server is not None:
+        host = address.rsplit(":", 1)[0]
+        print(
+            f"promptgate metrics on http://{host}:{server.metrics_port}{METRICS_PATH}", flush=True
+        )
     return await _run_until_signal(server, announce)
 
 
@@ -510,10 +548,29 @@ def run_workers(settings: Settings) -> int:
     printed once all of them do. SIGTERM/SIGINT are passed on to every worker, each of which drains
     and exits as a single server does. If a worker dies, the others are
     stopped. Returns 0 when every worker exited 0.
+
+    With metrics on, the workers share the metrics port too and count into one
+    multiprocess directory, so any of them serves the whole server's numbers
+    (see ``observability.exposition``).
     """
     port = settings.port or _free_port(settings.host)
+    metrics_port = settings.metrics_listen_port
+    if metrics_port == 0:
+        metrics_port = _free_port(settings.host)
+    common = {"port": port, "workers": 1, "reuse_port": True, "metrics_port": metrics_port}
+    metrics_dir = WorkerMetricsDir() if metrics_port is not None else None
+    try:
+        return _supervise(settings, common, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics_dir.close()
+
+
+def _supervise(
+    settings: Settings, common: dict[str, Any], metrics_dir: WorkerMetricsDir | None
+) -> int:
+    port = common["port"]
     ctx = multiprocessing.get_context("spawn")
-    common = {"port": port, "workers": 1, "reuse_port": True}
     ready = ctx.Event()
     first = ctx.Process(
         target=_worker_main,
@@ -560,6 +617,9 @@ def run_workers(settings: Settings) -> int:
             log.error("a worker exited unexpectedly; stopping the others")
             forward(signal.SIGTERM, None)
         time.sleep(0.1)
+    if metrics_dir is not None:
+        for child in children:
+            metrics_dir.worker_exited(child.pid or 0)
     # A worker stopped by the signal before it could install its handlers had
     # nothing in flight: that is a clean stop too.
     clean = (0, -signal.SIGTERM) if stopping else (0,)

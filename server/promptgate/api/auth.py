@@ -30,6 +30,7 @@ from promptgate.auth.limits import Lease, Limiter, Window
 from promptgate.auth.model import ApiKey, Scope
 from promptgate.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from promptgate.observability import context as log_context
+from promptgate.observability.metrics import Metrics
 
 CURRENT_KEY: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar(
     "promptgate_api_key", default=None
@@ -132,9 +133,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AuthInterceptor(_ServerInterceptor):
     """Authenticates, authorises and rate-limits calls (see the module docstring)."""
 
-    def __init__(self, keys: KeyStore, limiter: Limiter) -> None:
+    def __init__(self, keys: KeyStore, limiter: Limiter, metrics: Metrics | None = None) -> None:
         self._keys = keys
         self._limiter = limiter
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -182,6 +184,7 @@ class AuthInterceptor(_ServerInterceptor):
         try:
             window = await self._limiter.hit(key)
         except ResourceExhausted as exc:
+            self._rejected(exc)
             await context.send_initial_metadata(
                 rate_headers(
                     Window(key.limits.requests_per_minute, 0, int(exc.retry_after) + _now())
@@ -191,6 +194,18 @@ class AuthInterceptor(_ServerInterceptor):
         await context.send_initial_metadata(rate_headers(window))
         return key
 
+    async def _begin(self, key: ApiKey) -> Lease:
+        """Take one of the key's execution slots (counting a refusal)."""
+        try:
+            return await self._limiter.begin(key)
+        except ResourceExhausted as exc:
+            self._rejected(exc)
+            raise
+
+    def _rejected(self, exc: ResourceExhausted) -> None:
+        if self._metrics is not None:
+            self._metrics.ratelimit_rejected(exc.reason)
+
     def _unary(self, behavior: Any, needed: tuple[Scope, ...], execution: bool) -> Any:
         async def guarded(request: Any, context: Context) -> Any:
             key = await self._admit(context, needed)
@@ -199,7 +214,7 @@ class AuthInterceptor(_ServerInterceptor):
             set_actor(key.id)  # the audit log's "who"
             if not execution:
                 return await behavior(request, context)
-            lease = await self._limiter.begin(key)
+            lease = await self._begin(key)
             try:
                 return await behavior(request, context)
             finally:
@@ -219,7 +234,7 @@ class AuthInterceptor(_ServerInterceptor):
             # ContextVar.reset raises.
             CURRENT_KEY.set(key)
             set_actor(key.id)  # the audit log's "who"
-            lease: Lease | None = await self._limiter.begin(key) if execution else None
+            lease: Lease | None = await self._begin(key) if execution else None
             try:
                 # Closed here, not whenever the garbage collector gets to it.
                 async with contextlib.aclosing(behavior(request, context)) as responses:

@@ -58,6 +58,7 @@ from promptgate.execution.model import (
 from promptgate.ids import new_id
 from promptgate.observability import context as log_context
 from promptgate.observability import tracing
+from promptgate.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ class BatchRunner:
         *,
         worker_id: str = "",
         chains: ChainRunner | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._chains = chains
+        self._metrics = metrics
         self._store = store
         self._executor = executor
         self._notifier = notifier
@@ -225,12 +228,16 @@ class BatchRunner:
                 self._items[key] = task
                 task.add_done_callback(self._forget(key))
             free -= len(claimed)
+            if self._metrics is not None:
+                self._metrics.batch_items_now(len(self._items))
             if free <= 0:
                 return
 
     def _forget(self, key: _Key) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._items.pop(key, None)
+            if self._metrics is not None:
+                self._metrics.batch_items_now(len(self._items))
             self._shutdown_cancelled.discard(key)
             self._wake.set()  # a slot is free only now that the task is gone
 
@@ -499,6 +506,8 @@ class BatchRunner:
     def _settle(self, group: list[_Queued], *, written: bool) -> None:
         for outcome, done in group:
             self._unwritten.discard((outcome.batch_id, outcome.index))
+            if written and self._metrics is not None:
+                self._metrics.batch_item_finished(outcome.state.value)
             if done is not None and not done.done():
                 done.set_result(written)
 
@@ -506,6 +515,8 @@ class BatchRunner:
         self._notifier.notify(batch_id)
         self._wake.set()
         if finished is not None:
+            if self._metrics is not None:
+                self._metrics.batch_finished(finished.state.value)
             self._batches.pop(batch_id, None)
             self._deliveries_due = bool(finished.callback_url)
             log.info(

@@ -74,6 +74,7 @@ from promptgate.execution.planning import MAX_EXTERNAL_ID, ExecutorLimits
 from promptgate.execution.records import input_to_json
 from promptgate.ids import new_id
 from promptgate.observability import tracing
+from promptgate.observability.metrics import Metrics
 from promptgate.observability.tracing import Span
 from promptgate.prompts.model import InputType, PromptInput
 from promptgate.prompts.splits import MAX_SPLIT_KEY
@@ -115,7 +116,9 @@ class ChainRunner:
         store: ChainExecutionStore,
         keys: ChainKeys,
         limits: ExecutorLimits,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._catalog = catalog
         self._planner = planner
         self._executor = executor
@@ -308,12 +311,15 @@ class ChainRunner:
                 execution.state = ExecutionState.FULFILLED
         except (asyncio.CancelledError, GeneratorExit):
             self._abandon(execution, running, "CANCELLED", "the caller cancelled the chain")
+            self._observe(execution, time.monotonic() - started)
             raise
         except Exception:
             self._abandon(execution, running, "INTERNAL_ERROR", "the chain failed unexpectedly")
+            self._observe(execution, time.monotonic() - started)
             raise
         execution.latency = time.monotonic() - started
         execution.completed_at = utcnow()
+        self._observe(execution, execution.latency)
         try:
             await self._store.save(execution)
         except Exception:
@@ -322,6 +328,12 @@ class ChainRunner:
             self._save_later(execution)
             raise
         yield ChainFinished(execution)
+
+    def _observe(self, execution: ChainExecution, seconds: float) -> None:
+        """Count the ended chain execution in the metrics (when they are on)."""
+        if self._metrics is not None:
+            error = execution.error.code if execution.error is not None else ""
+            self._metrics.chain_finished(execution.state.value, error, seconds)
 
     def _abandon(
         self, execution: ChainExecution, running: StepResult | None, code: str, message: str

@@ -49,6 +49,7 @@ from promptgate.execution.records import ExecutionHistory, IdempotencyKeys, requ
 from promptgate.execution.router import RoutePolicy, Router, RouteRun
 from promptgate.execution.telemetry import EXECUTION, RECORD, RENDER
 from promptgate.observability import tracing
+from promptgate.observability.metrics import Metrics
 from promptgate.observability.tracing import Span
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.model import CacheMode
@@ -84,10 +85,11 @@ class Executor:
         usage_sink: Callable[[str, int], Coroutine[Any, Any, None]] | None = None,
         owner: str = "",
         stale_after_s: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """``owner`` names this server process in the rows of executions it runs;
         another process takes a RUNNING execution over once the owner's heartbeat
-        is older than ``stale_after_s``."""
+        is older than ``stale_after_s``. ``metrics`` counts finished executions."""
         self._planner = Planner(
             catalog=catalog,
             registry=registry,
@@ -110,6 +112,7 @@ class Executor:
         self._router = router
         self._cache = cache
         self._usage_sink = usage_sink
+        self._metrics = metrics
         self._counting: set[asyncio.Task[None]] = set()
         self._active = 0
         self._idle = asyncio.Event()
@@ -211,6 +214,11 @@ class Executor:
         self._counting.add(task)
         task.add_done_callback(self._counting.discard)
 
+    def _observe(self, record: ExecutionRecord, run: RouteRun) -> None:
+        """Count the finished execution in the metrics (when they are on)."""
+        if self._metrics is not None:
+            self._metrics.execution_finished(record, run.in_flight, time.monotonic())
+
     def _leave(self) -> None:
         self._active -= 1
         if not self._active:
@@ -272,9 +280,11 @@ class Executor:
         except asyncio.CancelledError:
             apply_run(record, run)
             self._outcomes.cancel(record, "", started)
+            self._observe(record, run)
             self._recorder.submit(record, upsert=claimed)
             self._count_usage(record)
             raise
+        self._observe(record, run)
         await self._record(record, upsert=claimed)
         self._count_usage(record)
         return record
@@ -351,9 +361,11 @@ class Executor:
         except (asyncio.CancelledError, GeneratorExit):
             apply_run(record, run)
             self._outcomes.cancel(record, "".join(parts), started)
+            self._observe(record, run)
             self._recorder.submit(record, upsert=claimed)
             self._count_usage(record)
             raise
+        self._observe(record, run)
         with tracing.use(span):
             await self._record(record, upsert=claimed)
         self._count_usage(record)

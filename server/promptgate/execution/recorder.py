@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ from promptgate.errors import STORE_RETRY_AFTER_S, Unavailable
 from promptgate.execution.model import ExecutionRecord
 from promptgate.execution.records import row_values, to_row
 from promptgate.observability import tracing
+from promptgate.observability.metrics import Metrics
 from promptgate.observability.tracing import Span
 from promptgate.store.engine import SessionFactory, create_sync_sqlite_engine
 from promptgate.store.faults import describe, is_store_fault, store_fault
@@ -90,10 +92,13 @@ class ExecutionRecorder:
         batch_max: int = 512,
         record_all: bool = True,
         sqlite_thread: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         """``sqlite_thread``: on SQLite, write each group from a dedicated thread
-        with its own connection, the whole transaction in one hop."""
+        with its own connection, the whole transaction in one hop. ``metrics``:
+        queue depth, records waiting for a rewrite, commit times."""
         self._sessions = sessions
+        self._metrics = metrics
         self._sync: Engine | None = None
         self._inserter: _SqliteInserter | None = None
         self._thread: ThreadPoolExecutor | None = None
@@ -113,6 +118,9 @@ class ExecutionRecorder:
         self.commits = 0
         self.written = 0
         self.lost = 0
+        self._lost_counted = 0
+        if metrics is not None:
+            metrics.watch_recorder_queue(self._queue.qsize)
 
     def start(self) -> None:
         """Start the writer task."""
@@ -191,7 +199,14 @@ class ExecutionRecorder:
             self.lost += 1
             log.error("execution %s could not be recorded before shutdown", pending.record.id)
         self._retrying = []
+        self._observe_waiting()
         self._release_thread()
+
+    def _observe_waiting(self) -> None:
+        """Report records waiting for a rewrite, and those lost since the last report."""
+        if self._metrics is not None:
+            self._metrics.recorder_waiting(len(self._retrying), self.lost - self._lost_counted)
+            self._lost_counted = self.lost
 
     @property
     def retrying(self) -> int:
@@ -204,11 +219,15 @@ class ExecutionRecorder:
             group = [first]
             while len(group) < self._batch_max and not self._queue.empty():
                 group.append(self._queue.get_nowait())
+            if self._metrics is not None:
+                self._metrics.recorder_queued(self._queue.qsize())
             try:
                 await self._write(group)
             finally:
                 for _ in group:
                     self._queue.task_done()
+                if self._metrics is not None:
+                    self._metrics.recorder_queued(self._queue.qsize())
 
     async def _write(self, group: list[_Pending]) -> None:
         try:
@@ -248,13 +267,16 @@ class ExecutionRecorder:
             if pending.failures > MAX_REFUSALS:
                 self.lost += 1
                 log.error("execution %s could not be recorded", record.id, exc_info=exc)
+                self._observe_waiting()
                 return
             log.warning("recording execution %s failed; will retry", record.id, exc_info=exc)
         if len(self._retrying) >= MAX_RETRYING:
             self.lost += 1
             log.error("execution %s could not be recorded (too many waiting)", record.id)
+            self._observe_waiting()
             return
         self._retrying.append(pending)
+        self._observe_waiting()
         if self._rewriter is None or self._rewriter.done():
             loop = asyncio.get_running_loop()
             self._rewriter = loop.create_task(self._rewrite(), name="recorder-retry")
@@ -265,10 +287,19 @@ class ExecutionRecorder:
         while self._retrying:
             await backoff.sleep()
             group, self._retrying = self._retrying, []
+            self._observe_waiting()
             for start in range(0, len(group), self._batch_max):
                 await self._write(group[start : start + self._batch_max])
 
     async def _commit(self, group: list[_Pending]) -> None:
+        started = time.perf_counter()
+        await self._traced_commit(group)
+        self.commits += 1
+        self.written += len(group)
+        if self._metrics is not None:
+            self._metrics.recorder_committed(time.perf_counter() - started, len(group))
+
+    async def _traced_commit(self, group: list[_Pending]) -> None:
         if not tracing.enabled():
             await self._commit_group(group)
             return
@@ -294,8 +325,6 @@ class ExecutionRecorder:
             rows = [row_values(p.record) for p in group]
             async with self._sessions.write_turn():
                 await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
-            self.commits += 1
-            self.written += len(group)
             return
         # New rows go in one multi-row INSERT (SQLAlchemy Core: no ORM objects,
         # no unit of work); the few that replace a claimed row are merged.
@@ -310,8 +339,6 @@ class ExecutionRecorder:
                 connection = await session.connection()
                 await connection.execute(insert(_EXECUTIONS), fresh)
             await session.commit()
-        self.commits += 1
-        self.written += len(group)
 
 
 class _SqliteInserter:

@@ -76,6 +76,8 @@ class RouteRun:
 
     attempts: list[Attempt] = field(default_factory=list)
     served: Candidate | None = None
+    # The call under way: (provider, model, monotonic start); None between calls.
+    in_flight: tuple[str, str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ class Router:
         for candidate in self.order(candidates, policy.strategy):
             for attempt in range(1, max(policy.max_attempts, 1) + 1):
                 started = time.monotonic()
+                run.in_flight = (candidate.provider_name, candidate.request.model, started)
                 traced = telemetry.attempt(candidate, len(run.attempts) + 1)
                 try:
                     with tracing.use(traced.span):
@@ -207,6 +210,7 @@ class Router:
         for candidate in self.order(candidates, policy.strategy):
             for attempt in range(1, max(policy.max_attempts, 1) + 1):
                 started = time.monotonic()
+                run.in_flight = (candidate.provider_name, candidate.request.model, started)
                 sent = False
                 events = candidate.provider.stream(candidate.request)
                 # Not current: the attempt lives across yields.
@@ -316,6 +320,7 @@ class Router:
     ) -> None:
         if exc.retryable:
             self._health.failed(candidate.key)
+        run.in_flight = None
         run.attempts.append(
             Attempt(
                 len(run.attempts) + 1,
@@ -328,6 +333,7 @@ class Router:
 
     def _succeeded(self, run: RouteRun, candidate: Candidate, started: float) -> None:
         self._health.succeeded(candidate.key)
+        run.in_flight = None
         run.attempts.append(
             Attempt(
                 len(run.attempts) + 1,
