@@ -226,6 +226,13 @@ async def test_secrets_never_appear_in_the_logs(
         response = await running.executions.ExecutePrompt(_rejected("gpt-4o-mini"))
         assert response.state == pb.EXECUTION_STATE_REJECTED
         assert provider.requests[0]["authorization"] == f"Bearer {provider_key}"
+        # ...and the echo reaches neither the caller nor the stored execution.
+        assert "Incorrect API key provided" in response.error.message
+        stored = await running.executions.GetExecution(
+            epb.GetExecutionRequest(execution_id=response.execution_id)
+        )
+        for shown in (str(response), str(stored)):
+            assert provider_key not in shown and "PROVIDERSECRET" not in shown
 
         # Bad keys: well-formed unknown, malformed, in either header.
         bogus = "pgk_" + "a" * 26 + ".BOGUSsecretBOGUSsecret0123456789"

@@ -81,6 +81,7 @@ from promptgate.observability.grpc_metrics import MetricsInterceptor
 from promptgate.observability.http_server import HttpServer
 from promptgate.observability.logging import configure_logging, settings_secrets
 from promptgate.observability.metrics import Metrics
+from promptgate.observability.redaction import Redactor
 from promptgate.prompts.catalog import PromptCatalog
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.providers.anthropic import AnthropicProvider
@@ -258,7 +259,8 @@ class PromptgateServer:
             history=self.history,
             sessions=self.sessions,
             router=Router(
-                TargetHealth(CooldownSettings(failures=s.cooldown_failures, seconds=s.cooldown_s))
+                TargetHealth(CooldownSettings(failures=s.cooldown_failures, seconds=s.cooldown_s)),
+                scrub=Redactor(settings_secrets(s)).redact,
             ),
             cache=self.cache,
             routing_defaults=RoutePolicy(

@@ -132,10 +132,20 @@ class Router:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        scrub: Callable[[str], str] | None = None,
     ) -> None:
         self._health = health
         self._sleep = sleep
         self._rng = rng or random.Random()
+        # Provider error messages quote the provider's answer, and some providers
+        # echo the credential they were sent: it must not reach the caller, the
+        # stored execution or the attempt log.
+        self._scrub = scrub
+
+    def _scrubbed(self, exc: ProviderError) -> None:
+        if self._scrub is not None:
+            exc.message = self._scrub(exc.message)
+            exc.args = (exc.message,)
 
     def order(self, candidates: Sequence[Candidate], strategy: Strategy) -> list[Candidate]:
         """The order to try ``candidates`` in; cooling targets go last."""
@@ -182,6 +192,7 @@ class Router:
                     with tracing.use(traced.span):
                         response = await self._call(candidate, policy, deadline)
                 except ProviderError as exc:
+                    self._scrubbed(exc)
                     traced.failed(exc)
                     last = exc
                     self._log_failure(run, candidate, started, exc)
@@ -242,6 +253,7 @@ class Router:
                             retryable=True,
                         )
                 except ProviderError as exc:
+                    self._scrubbed(exc)
                     traced.failed(exc)
                     last = exc
                     self._log_failure(run, candidate, started, exc)
