@@ -10,12 +10,10 @@ with every row intact, to exactly the schema of a new database.
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import text
@@ -30,7 +28,7 @@ from promptgate.store.migrations import SchemaError, autogen, runner
 from promptgate.store.migrations.autogen import target_metadata
 from promptgate.store.migrations.baseline import ALEMBIC_MANAGED_VERSION
 from promptgate.store.migrations.runner import head_revision, schema_status, upgrade_schema
-from tests.conftest import PG_ADMIN_DSN, Running
+from tests.conftest import Running, fresh_postgres_database
 from tests.legacy_db import (
     ADDED_COLUMNS,
     FIRST_TABLES,
@@ -69,23 +67,8 @@ def fresh_url(dialect: str, tmp_path: Path) -> Iterator[str]:
     if dialect == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
         return
-    import asyncio
-
-    name = f"pg_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database() as url:
+        yield url
 
 
 async def _versions(url: str) -> tuple[str, int]:

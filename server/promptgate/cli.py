@@ -136,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.log_level, fmt=settings.log_format, secrets=settings_secrets(settings)
     )
     if args.command == "serve":
-        from promptgate.server import run_loop, run_workers, serve
+        from promptgate.server import run_loop, serve
         from promptgate.store.migrations import SchemaError
+        from promptgate.workers import run_workers
 
         if settings.workers > 1:
             return run_workers(settings)

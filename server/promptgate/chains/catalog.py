@@ -22,7 +22,12 @@ from promptgate.chains.model import (
 )
 from promptgate.chains.planning import ChainPlanner
 from promptgate.prompts.model import ReleaseTag, ReleaseTagEvent
-from promptgate.prompts.versioned import VersionedKind, VersionedStore, check_release_tags
+from promptgate.prompts.names import check_release_tags
+from promptgate.prompts.versioned import (
+    VersionedKind,
+    VersionedStore,
+    resource_fields,
+)
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import (
     ChainReleaseTagEventRow,
@@ -165,18 +170,7 @@ class ChainCatalog:
 
 
 def _chain(row: Any, tags: list[ReleaseTag]) -> Chain:
-    return Chain(
-        id=row.id,
-        workspace_id=row.workspace_id,
-        name=row.name,
-        description=row.description,
-        labels=dict(row.labels or {}),
-        archived=row.archived,
-        latest_version=row.latest_version,
-        release_tags=tuple(tags),
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
-    )
+    return Chain(**resource_fields(row, tags))
 
 
 def _version(row: Any) -> ChainVersion:

@@ -44,6 +44,7 @@ from promptgate.prompts.model import (
     spec_from_json,
     spec_to_json,
 )
+from promptgate.prompts.names import NAME, check_release_tags, check_tag
 from promptgate.prompts.partial_resolver import PartialResolver
 from promptgate.prompts.partials import PartialStore
 from promptgate.prompts.release_checks import check_tag_moves, tag_report
@@ -52,12 +53,10 @@ from promptgate.prompts.splits import check_target, split_from_json, stored_spli
 from promptgate.prompts.templates import TemplateEngine
 from promptgate.prompts.validation import ModelCheck, validate_spec
 from promptgate.prompts.versioned import (
-    NAME,
     VersionedKind,
     VersionedStore,
-    check_release_tags,
-    check_tag,
     event_of,
+    resource_fields,
     tag_of,
 )
 from promptgate.store.engine import SessionFactory
@@ -477,18 +476,7 @@ class PromptCatalog:
 
 
 def _prompt(row: PromptRow, tags: list[ReleaseTag]) -> Prompt:
-    return Prompt(
-        id=row.id,
-        workspace_id=row.workspace_id,
-        name=row.name,
-        description=row.description,
-        labels=dict(row.labels or {}),
-        archived=row.archived,
-        latest_version=row.latest_version,
-        release_tags=tuple(tags),
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
-    )
+    return Prompt(**resource_fields(row, tags))
 
 
 def _version(row: PromptVersionRow) -> PromptVersion:

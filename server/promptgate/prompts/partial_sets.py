@@ -17,16 +17,16 @@ characters in all, whose includes nest at most ``MAX_INCLUDE_DEPTH`` deep
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from promptgate.errors import InvalidArgument
+from promptgate.prompts.names import NAME
 from promptgate.prompts.source_limits import MAX_TEMPLATE_CHARS
 
 # A partial's name: the same rule as a prompt's.
-PARTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PARTIAL_NAME = NAME
 MAX_PARTIALS = 32
 MAX_INCLUDE_DEPTH = 8
 MAX_SET_CHARS = MAX_TEMPLATE_CHARS

@@ -17,7 +17,6 @@ per resource (a row lock on PostgreSQL, the write lock on SQLite).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,12 +32,10 @@ from promptgate.ids import new_id
 from promptgate.paging import decode_token, encode_token, page_size
 from promptgate.prompts import versioned_audit
 from promptgate.prompts.model import ReleaseTag, ReleaseTagEvent
+from promptgate.prompts.names import LATEST, NAME, check_release_tags, check_tag
 from promptgate.store.engine import SessionFactory
 from promptgate.store.tables import as_utc, utcnow
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LATEST = "latest"
 CLAIM_ATTEMPTS = 20
 
 
@@ -467,30 +464,6 @@ class VersionedStore:
         )
 
 
-def check_tag(tag: str, field: str) -> None:
-    """INVALID_ARGUMENT unless ``tag`` is a settable release tag name."""
-    if tag == LATEST:
-        raise InvalidArgument.field(
-            field,
-            '"latest" follows the newest version and cannot be set',
-            reason="INVALID_RELEASE_TAG",
-        )
-    if not TAG_NAME.fullmatch(tag):
-        raise InvalidArgument.field(
-            field,
-            "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            reason="INVALID_RELEASE_TAG",
-        )
-
-
-def check_release_tags(release_tags: Sequence[str]) -> None:
-    """INVALID_ARGUMENT unless ``release_tags`` (of a new version) are settable and distinct."""
-    for i, tag in enumerate(release_tags):
-        check_tag(tag, f"release_tags[{i}]")
-    if len(set(release_tags)) != len(release_tags):
-        raise InvalidArgument.field("release_tags", "a tag is listed twice")
-
-
 def event_of(row: Any) -> ReleaseTagEvent:
     """A tag-event row as a ReleaseTagEvent."""
     return ReleaseTagEvent(
@@ -511,3 +484,19 @@ def tag_of(row: Any) -> ReleaseTag:
         version_id=row.version_id,
         updated_at=as_utc(row.updated_at),
     )
+
+
+def resource_fields(row: Any, tags: Sequence[ReleaseTag]) -> dict[str, Any]:
+    """The fields a resource row and its tags give its domain object (Prompt, Chain)."""
+    return {
+        "id": row.id,
+        "workspace_id": row.workspace_id,
+        "name": row.name,
+        "description": row.description,
+        "labels": dict(row.labels or {}),
+        "archived": row.archived,
+        "latest_version": row.latest_version,
+        "release_tags": tuple(tags),
+        "created_at": as_utc(row.created_at),
+        "updated_at": as_utc(row.updated_at),
+    }
